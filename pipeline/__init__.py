@@ -1,0 +1,10 @@
+"""The worker side of batch-user-processing, run by ``dramatiq pipeline``.
+
+Importing the package builds the configured Kafka broker (lazily: no connection is opened until the first
+enqueue or consume), makes it Dramatiq's global broker and declares the actors.
+"""
+
+from pipeline.broker import broker
+from pipeline import actors  # noqa: E402,F401  (declares the actors on the broker)
+
+__all__ = ["broker"]

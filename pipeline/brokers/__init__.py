@@ -1,0 +1,1 @@
+"""Dramatiq brokers written for this project. ``kafka`` is the only module that imports kafka-python."""

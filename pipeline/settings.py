@@ -1,0 +1,171 @@
+"""The one reader of the environment.
+
+Every tunable of the service is read here, once, at import time, with a sensible default; the rest of the
+code imports the values from this module and never touches ``os.environ``.  Each value is documented in
+``README.md`` and ``.env.example``.
+
+Heroku-style platforms are understood as they are: ``DATABASE_URL`` in the ``postgres://`` form, Heroku
+Kafka's ``KAFKA_URL`` (a comma list of ``kafka+ssl://host:port``) with ``KAFKA_TRUSTED_CERT``,
+``KAFKA_CLIENT_CERT``, ``KAFKA_CLIENT_CERT_KEY`` and ``KAFKA_PREFIX``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """A variable of the environment holds a value that cannot be used."""
+
+
+def _str(name: str, default: str) -> str:
+    value = os.environ.get(name)
+    return default if value is None or value == "" else value
+
+
+def _int(name: str, default: int, *, minimum: int | None = None) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, not {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, not {value}")
+    return value
+
+
+def _bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    if raw.strip().lower() in {"1", "true", "yes", "on"}:
+        return True
+    if raw.strip().lower() in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(f"{name} must be true or false, not {raw!r}")
+
+
+def _list(name: str, default: str) -> list[str]:
+    return [part.strip() for part in _str(name, default).split(",") if part.strip()]
+
+
+def _kafka_servers(env: Mapping[str, str]) -> list[str]:
+    """``KAFKA_BOOTSTRAP_SERVERS`` wins; else Heroku's ``KAFKA_URL`` (``kafka+ssl://h:p,kafka+ssl://h:p``)."""
+    raw = env.get("KAFKA_BOOTSTRAP_SERVERS") or env.get("KAFKA_URL") or "127.0.0.1:19092"
+    servers = []
+    for part in raw.split(","):
+        part = part.strip()
+        if "://" in part:
+            part = part.split("://", 1)[1]
+        if part:
+            servers.append(part)
+    return servers
+
+
+def _kafka_security_protocol(env: Mapping[str, str]) -> str:
+    explicit = env.get("KAFKA_SECURITY_PROTOCOL")
+    if explicit:
+        return explicit.upper()
+    if "kafka+ssl://" in env.get("KAFKA_URL", "") and not env.get("KAFKA_BOOTSTRAP_SERVERS"):
+        return "SSL"
+    return "PLAINTEXT"
+
+
+def _kafka_options(env: Mapping[str, str]) -> dict[str, Any]:
+    """Extra kafka-python options as JSON in ``KAFKA_OPTIONS``, passed through to every client."""
+    raw = env.get("KAFKA_OPTIONS", "").strip()
+    if not raw:
+        return {}
+    try:
+        options = json.loads(raw)
+    except ValueError:
+        raise SettingsError(f"KAFKA_OPTIONS must be a JSON object, not {raw!r}") from None
+    if not isinstance(options, dict):
+        raise SettingsError("KAFKA_OPTIONS must be a JSON object")
+    return options
+
+
+def _database_url(env: Mapping[str, str]) -> str:
+    url = env.get("DATABASE_URL") or "postgresql://bup@127.0.0.1:55432/bup"
+    # Heroku hands out postgres://, which some drivers refuse; peewee's playhouse accepts both.
+    return url
+
+
+# --- Web -------------------------------------------------------------------------------------------------
+#: TCP port the web process listens on.
+PORT = _int("PORT", 8000, minimum=1)
+#: Bearer token required on every ``/api`` route when set; empty means no authentication.
+API_TOKEN = _str("API_TOKEN", "")
+#: Largest body accepted by ``POST /api/user``, in bytes.
+MAX_BODY_BYTES = _int("MAX_BODY_BYTES", 1024 * 1024, minimum=1)
+#: Largest body accepted by ``POST /api/users`` (JSON, NDJSON or CSV), in bytes.
+MAX_BATCH_BYTES = _int("MAX_BATCH_BYTES", 256 * 1024 * 1024, minimum=1)
+#: Most records accepted in one batch.
+MAX_BATCH_RECORDS = _int("MAX_BATCH_RECORDS", 2_000_000, minimum=1)
+#: Records carried by one Kafka message of a batch.
+BATCH_CHUNK_SIZE = _int("BATCH_CHUNK_SIZE", 500, minimum=1)
+#: Secret that signs submission and batch ids, so that the API can tell its own ids from made-up ones.
+ID_SECRET = _str("ID_SECRET", "change-me-in-production")
+#: Seconds a client is told to wait (``Retry-After``) when Kafka cannot take a submission.
+RETRY_AFTER_SECONDS = _int("RETRY_AFTER_SECONDS", 5, minimum=1)
+
+# --- Database ----------------------------------------------------------------------------------------------
+#: PostgreSQL address; ``postgres://`` and ``postgresql://`` both work.
+DATABASE_URL = _database_url(os.environ)
+#: Fields that together make a user unique (the unique index of the ``users`` table).
+UNIQUE_FIELDS = _list("UNIQUE_FIELDS", "name,age")
+#: Largest ``additional_info`` kept for a user, in bytes of JSON.
+MAX_ADDITIONAL_INFO_BYTES = _int("MAX_ADDITIONAL_INFO_BYTES", 16 * 1024, minimum=0)
+
+# --- Kafka -------------------------------------------------------------------------------------------------
+_ENV = os.environ
+#: Kafka bootstrap servers (``host:port`` list); Heroku's ``KAFKA_URL`` is understood too.
+KAFKA_BOOTSTRAP_SERVERS = _kafka_servers(_ENV)
+#: Prefix for every topic and consumer group (Heroku's multi-tenant Kafka needs ``KAFKA_PREFIX``).
+KAFKA_TOPIC_PREFIX = _str("KAFKA_TOPIC_PREFIX", _str("KAFKA_PREFIX", ""))
+#: Consumer group the workers join (prefixed like topics); one group serves every queue.
+KAFKA_GROUP_ID = _str("KAFKA_GROUP_ID", "bup-workers")
+#: Client id reported to Kafka.
+KAFKA_CLIENT_ID = _str("KAFKA_CLIENT_ID", "batch-user-processing")
+#: Partitions of each topic the broker creates (existing topics are used as they are).
+KAFKA_PARTITIONS = _int("KAFKA_PARTITIONS", 6, minimum=1)
+#: Replication factor of each topic the broker creates.
+KAFKA_REPLICATION_FACTOR = _int("KAFKA_REPLICATION_FACTOR", 1, minimum=1)
+#: Retention of the failed-message (dead-letter) topics, in milliseconds (default 14 days).
+KAFKA_FAILED_RETENTION_MS = _int("KAFKA_FAILED_RETENTION_MS", 14 * 24 * 3600 * 1000, minimum=-1)
+#: How long ``enqueue`` waits for Kafka's acknowledgement before it raises, in milliseconds.
+KAFKA_SEND_TIMEOUT_MS = _int("KAFKA_SEND_TIMEOUT_MS", 10_000, minimum=1)
+#: ``PLAINTEXT``, ``SSL``, ``SASL_PLAINTEXT`` or ``SASL_SSL``.
+KAFKA_SECURITY_PROTOCOL = _kafka_security_protocol(_ENV)
+#: ``PLAIN``, ``SCRAM-SHA-256`` or ``SCRAM-SHA-512`` with a ``SASL_*`` protocol.
+KAFKA_SASL_MECHANISM = _str("KAFKA_SASL_MECHANISM", "")
+KAFKA_SASL_USERNAME = _str("KAFKA_SASL_USERNAME", "")
+KAFKA_SASL_PASSWORD = _str("KAFKA_SASL_PASSWORD", "")
+#: PEM text of the CA (Heroku: ``KAFKA_TRUSTED_CERT``), client certificate and key.
+KAFKA_TRUSTED_CERT = _str("KAFKA_TRUSTED_CERT", "")
+KAFKA_CLIENT_CERT = _str("KAFKA_CLIENT_CERT", "")
+KAFKA_CLIENT_CERT_KEY = _str("KAFKA_CLIENT_CERT_KEY", "")
+#: Whether to check the broker's hostname against its certificate (Heroku's certificates do not name it).
+KAFKA_SSL_CHECK_HOSTNAME = _bool("KAFKA_SSL_CHECK_HOSTNAME", "KAFKA_URL" not in _ENV)
+#: Any other kafka-python option, as a JSON object.
+KAFKA_OPTIONS = _kafka_options(_ENV)
+
+# --- Workers -----------------------------------------------------------------------------------------------
+#: Worker processes and threads per process started by the Procfile's ``worker`` line.
+WORKER_PROCESSES = _int("WORKER_PROCESSES", 2, minimum=1)
+WORKER_THREADS = _int("WORKER_THREADS", 8, minimum=1)
+#: Retries of a message whose actor failed with a transient error, and the backoff bounds in milliseconds.
+MAX_RETRIES = _int("MAX_RETRIES", 8, minimum=0)
+MIN_BACKOFF_MS = _int("MIN_BACKOFF_MS", 1_000, minimum=0)
+MAX_BACKOFF_MS = _int("MAX_BACKOFF_MS", 60_000, minimum=0)
+#: Port the worker's Prometheus exporter listens on (Dramatiq's ``dramatiq_prom_port``); 0 turns it off.
+WORKER_METRICS_PORT = _int("WORKER_METRICS_PORT", 9191, minimum=0)
+
+# --- Logging -----------------------------------------------------------------------------------------------
+#: Python logging level name.
+LOG_LEVEL = _str("LOG_LEVEL", "INFO").upper()
