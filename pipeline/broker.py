@@ -1,0 +1,103 @@
+"""Builds the service's Dramatiq broker from settings and makes it Dramatiq's global broker.
+
+The broker is a :class:`~pipeline.brokers.kafka.KafkaBroker`; it opens no connection until the first
+enqueue, consume or inspection, so importing this module is cheap and works while Kafka is down.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import tempfile
+from typing import Any
+
+import dramatiq
+from dramatiq.middleware import (
+    AgeLimit,
+    Callbacks,
+    CurrentMessage,
+    Pipelines,
+    Retries,
+    ShutdownNotifications,
+    TimeLimit,
+)
+from dramatiq.middleware import prometheus
+
+from pipeline import settings
+from pipeline.brokers.kafka import KafkaBroker
+
+#: The queue every actor of the service runs on.
+QUEUE = "users"
+
+
+def _pem_file(text: str, suffix: str) -> str:
+    """kafka-python wants certificate *files*; Heroku hands out their text in variables."""
+    handle = tempfile.NamedTemporaryFile("w", suffix=suffix, delete=False)  # noqa: SIM115
+    with handle:
+        handle.write(text)
+    os.chmod(handle.name, 0o600)
+    atexit.register(lambda: os.path.exists(handle.name) and os.unlink(handle.name))
+    return handle.name
+
+
+def client_options() -> dict[str, Any]:
+    """kafka-python options for security (SSL, SASL PLAIN/SCRAM) and whatever ``KAFKA_OPTIONS`` adds."""
+    options: dict[str, Any] = {"security_protocol": settings.KAFKA_SECURITY_PROTOCOL}
+    if settings.KAFKA_SECURITY_PROTOCOL in {"SSL", "SASL_SSL"}:
+        options["ssl_check_hostname"] = settings.KAFKA_SSL_CHECK_HOSTNAME
+        if settings.KAFKA_TRUSTED_CERT:
+            options["ssl_cafile"] = _pem_file(settings.KAFKA_TRUSTED_CERT, ".ca.pem")
+        if settings.KAFKA_CLIENT_CERT:
+            options["ssl_certfile"] = _pem_file(settings.KAFKA_CLIENT_CERT, ".cert.pem")
+        if settings.KAFKA_CLIENT_CERT_KEY:
+            options["ssl_keyfile"] = _pem_file(settings.KAFKA_CLIENT_CERT_KEY, ".key.pem")
+    if settings.KAFKA_SECURITY_PROTOCOL.startswith("SASL_"):
+        options["sasl_mechanism"] = settings.KAFKA_SASL_MECHANISM or "PLAIN"
+        options["sasl_plain_username"] = settings.KAFKA_SASL_USERNAME
+        options["sasl_plain_password"] = settings.KAFKA_SASL_PASSWORD
+    options.update(settings.KAFKA_OPTIONS)
+    return options
+
+
+def middleware() -> list[dramatiq.Middleware]:
+    """Dramatiq's default middleware, with retries tuned from settings, plus Prometheus and CurrentMessage."""
+    chosen: list[dramatiq.Middleware] = [
+        AgeLimit(),
+        TimeLimit(),
+        ShutdownNotifications(),
+        Callbacks(),
+        Pipelines(),
+        Retries(
+            max_retries=settings.MAX_RETRIES,
+            min_backoff=settings.MIN_BACKOFF_MS,
+            max_backoff=settings.MAX_BACKOFF_MS,
+        ),
+        CurrentMessage(),
+    ]
+    if settings.WORKER_METRICS_PORT:
+        # Dramatiq reads its exporter's port from the environment at import; settings own that here.
+        prometheus.HTTP_PORT = settings.WORKER_METRICS_PORT
+        chosen.insert(0, prometheus.Prometheus())
+    return chosen
+
+
+def build_broker(**overrides: Any) -> KafkaBroker:
+    """A KafkaBroker configured from settings; keyword arguments override any of its parameters."""
+    parameters: dict[str, Any] = {
+        "bootstrap_servers": settings.KAFKA_BOOTSTRAP_SERVERS,
+        "middleware": middleware(),
+        "topic_prefix": settings.KAFKA_TOPIC_PREFIX,
+        "group_id": settings.KAFKA_GROUP_ID,
+        "client_id": settings.KAFKA_CLIENT_ID,
+        "partitions": settings.KAFKA_PARTITIONS,
+        "replication_factor": settings.KAFKA_REPLICATION_FACTOR,
+        "dead_letter_retention_ms": settings.KAFKA_FAILED_RETENTION_MS,
+        "send_timeout_ms": settings.KAFKA_SEND_TIMEOUT_MS,
+        "client_options": client_options(),
+    }
+    parameters.update(overrides)
+    return KafkaBroker(**parameters)
+
+
+broker = build_broker()
+dramatiq.set_broker(broker)
