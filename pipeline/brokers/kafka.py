@@ -445,9 +445,14 @@ class KafkaBroker(Broker):
         committed = self._admin_call("list_group_offsets", {group: list(ends)}).get(group, {})
         lags = {}
         for tp, end in ends.items():
+            start = starts.get(tp, 0)
             done = committed.get(tp)
-            position = starts.get(tp, 0) if done is None or done.offset < 0 else max(done.offset, starts.get(tp, 0))
-            lags[tp.partition] = max(0, end - position)
+            if done is None or done.offset < 0:
+                lags[tp.partition] = max(0, end - start)
+                continue
+            position = max(done.offset, start)
+            acked_above = sum(1 for o in _decode_acked(done.offset, done.metadata) if position <= o < end)
+            lags[tp.partition] = max(0, end - position - acked_above)
         return lags
 
     def ping(self) -> None:

@@ -84,3 +84,11 @@ def worker(broker: dramatiq.Broker) -> Iterator[dramatiq.Worker]:
     worker.start()
     yield worker
     worker.stop()
+
+
+@pytest.fixture
+def kafka_worker(kafka_broker: KafkaBroker) -> Iterator[dramatiq.Worker]:
+    worker = dramatiq.Worker(kafka_broker, worker_timeout=100, worker_threads=4)
+    worker.start()
+    yield worker
+    worker.stop()

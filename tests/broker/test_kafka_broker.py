@@ -1,0 +1,312 @@
+"""What only the Kafka broker promises: shared partitions, crashes, rebalances, keys, delays that survive
+restarts, and records that are not Dramatiq messages.  Real Kafka, real worker processes."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import dramatiq
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+
+from pipeline.brokers.kafka import KafkaBroker, _decode_acked, _encode_acked
+from tests.broker.conftest import delete_topics, make_kafka_broker
+
+ROOT = Path(__file__).resolve().parents[2]
+THREADS = 4
+#: What a worker may hold un-acked: Dramatiq's queue prefetch (2 per thread).
+PREFETCH = 2 * THREADS
+
+
+def spawn_worker(servers: str, prefix: str, log: Path, *, sleep_ms: int = 0, commit_ms: int = 100) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "TEST_KAFKA": servers,
+        "TEST_PREFIX": prefix,
+        "TEST_LOG": str(log),
+        "TEST_SLEEP_MS": str(sleep_ms),
+        "TEST_COMMIT_MS": str(commit_ms),
+        "PYTHONPATH": str(ROOT),
+        "dramatiq_restart_delay": "500",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "dramatiq", "tests.broker.worker_app", "--processes", "1", "--threads", str(THREADS)],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,  # its own process group, so that kill -9 takes the forked worker too
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def kill_hard(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
+
+
+def processed(log: Path) -> list[tuple[int, int]]:
+    if not log.exists():
+        return []
+    rows = []
+    for line in log.read_text().splitlines():
+        pid, n = line.split()
+        rows.append((int(pid), int(n)))
+    return rows
+
+
+def wait_until(predicate, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def sender(kafka_bootstrap_servers: str, topic_prefix: str):
+    """A broker in the test process that declares the same actor as the worker processes."""
+    broker = make_kafka_broker(kafka_bootstrap_servers, topic_prefix)
+    dramatiq.set_broker(broker)
+
+    @dramatiq.actor(max_retries=0)
+    def work(n: int) -> None:  # the worker processes run the real one (tests/broker/worker_app.py)
+        raise AssertionError("runs in the worker processes only")
+
+    yield broker, work
+    delete_topics(broker)
+    broker.close()
+
+
+def test_two_worker_processes_share_the_queue_partitions(kafka_bootstrap_servers, topic_prefix, sender, tmp_path):
+    # Given two worker processes in the same consumer group
+    broker, work = sender
+    log = tmp_path / "log"
+    workers = [spawn_worker(kafka_bootstrap_servers, topic_prefix, log, sleep_ms=5) for _ in range(2)]
+    try:
+        # When 600 messages are sent
+        broker.enqueue_many([work.message(n) for n in range(600)])
+        broker.join("default", timeout=120_000)
+    finally:
+        for w in workers:
+            stop(w)
+
+    # Then every message ran, and both processes took part
+    rows = processed(log)
+    assert sorted({n for _, n in rows}) == list(range(600))
+    assert len({pid for pid, _ in rows}) == 2
+
+
+def test_a_worker_killed_mid_stream_loses_nothing_and_redoes_no_more_than_it_held(
+    kafka_bootstrap_servers, topic_prefix, sender, tmp_path
+):
+    # Given 3,000 messages and a worker that commits after every batch of acks
+    broker, work = sender
+    log = tmp_path / "log"
+    total = 3000
+    broker.enqueue_many([work.message(n) for n in range(total)])
+    redone = 0
+    for _round in range(3):
+        # When a worker is killed with SIGKILL part-way through, three times over
+        before = len(processed(log))
+        victim = spawn_worker(kafka_bootstrap_servers, topic_prefix, log, sleep_ms=2, commit_ms=0)
+        wait_until(lambda b=before: len(processed(log)) >= b + 300)
+        kill_hard(victim)
+    survivor = spawn_worker(kafka_bootstrap_servers, topic_prefix, log, sleep_ms=0, commit_ms=0)
+    try:
+        broker.join("default", timeout=120_000)
+    finally:
+        stop(survivor)
+
+    # Then every message ran at least once...
+    counts = collections.Counter(n for _, n in processed(log))
+    assert set(counts) == set(range(total))
+    # ...and what ran twice is bounded, per kill, by what the worker held un-acked or acked but not yet
+    # committed (at most a prefetch window each).
+    redone = sum(c - 1 for c in counts.values())
+    assert redone <= 3 * 2 * PREFETCH, redone
+
+
+def test_a_rebalance_while_messages_are_in_flight_loses_nothing(kafka_bootstrap_servers, topic_prefix, sender, tmp_path):
+    # Given one slow worker busy with 400 messages
+    broker, work = sender
+    log = tmp_path / "log"
+    broker.enqueue_many([work.message(n) for n in range(400)])
+    first = spawn_worker(kafka_bootstrap_servers, topic_prefix, log, sleep_ms=20)
+    second = None
+    try:
+        wait_until(lambda: len(processed(log)) >= 50)
+        # When a second worker joins the group (partitions move while messages are in flight)
+        second = spawn_worker(kafka_bootstrap_servers, topic_prefix, log, sleep_ms=20)
+        broker.join("default", timeout=120_000)
+    finally:
+        stop(first)
+        if second is not None:
+            stop(second)
+
+    # Then every message ran, and the redone ones are bounded by what was in flight
+    counts = collections.Counter(n for _, n in processed(log))
+    assert set(counts) == set(range(400))
+    assert sum(c - 1 for c in counts.values()) <= 2 * PREFETCH
+
+
+def test_messages_with_the_same_partition_key_keep_their_order(kafka_bootstrap_servers, kafka_broker: KafkaBroker):
+    # Given messages for three keys, interleaved
+    @dramatiq.actor
+    def keyed(key: str, n: int) -> None:
+        pass
+
+    messages = [keyed.message_with_options(args=(k, n), partition_key=k) for n in range(30) for k in "abc"]
+
+    # When they are enqueued
+    kafka_broker.enqueue_many(messages)
+
+    # Then each key's messages sit in one partition, in the order they were sent
+    reader = KafkaConsumer(
+        kafka_broker.topic_for("default"),
+        bootstrap_servers=kafka_bootstrap_servers,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=3000,
+    )
+    seen: dict[str, list[tuple[int, int]]] = collections.defaultdict(list)
+    for record in reader:
+        message = dramatiq.Message.decode(record.value)
+        seen[message.args[0]].append((record.partition, message.args[1]))
+    reader.close()
+    for key in "abc":
+        assert len({p for p, _ in seen[key]}) == 1
+        assert [n for _, n in seen[key]] == list(range(30))
+
+
+def test_delayed_messages_acked_behind_a_long_delay_are_not_run_again_after_a_restart(
+    kafka_bootstrap_servers, topic_prefix
+):
+    # Given a one-partition delay queue holding one long delay, then ten short ones behind it
+    broker = make_kafka_broker(kafka_bootstrap_servers, topic_prefix, partitions=1)
+    broker.emit_after("process_boot")
+    dramatiq.set_broker(broker)
+    ran: list[int] = []
+    lock = threading.Lock()
+
+    @dramatiq.actor
+    def later(n: int) -> None:
+        with lock:
+            ran.append(n)
+
+    try:
+        later.send_with_options(args=(-1,), delay=120_000)
+        for n in range(10):
+            later.send_with_options(args=(n,), delay=100)
+
+        # When a worker runs the short ones, then restarts while still holding the long one
+        worker = dramatiq.Worker(broker, worker_timeout=100, worker_threads=2)
+        worker.start()
+        wait_until(lambda: len(ran) == 10)
+        time.sleep(0.5)
+        worker.stop()
+        worker = dramatiq.Worker(broker, worker_timeout=100, worker_threads=2)
+        worker.start()
+        # the new worker picks the long one up again (it was never acked)...
+        wait_until(lambda: sum(broker.lag("default.DQ").values()) == 1 and sum(broker.lag("default").values()) == 0)
+        time.sleep(1.0)
+        worker.stop()
+    finally:
+        delete_topics(broker)
+        broker.close()
+
+    # Then each short one ran exactly once, and the long one has not run yet
+    assert sorted(ran) == list(range(10))
+
+
+def test_a_record_that_is_not_a_dramatiq_message_goes_to_the_failed_topic(
+    kafka_bootstrap_servers, kafka_broker: KafkaBroker, kafka_worker
+):
+    # Given a queue with a garbage record on it, then a real message
+    seen: list[str] = []
+
+    @dramatiq.actor
+    def fine(x: str) -> None:
+        seen.append(x)
+
+    kafka_broker._ensure_topics("default")
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap_servers)
+    producer.send(kafka_broker.topic_for("default"), b"\xff not json").get(10)
+    producer.close()
+    fine.send("ok")
+
+    # When the worker drains the queue
+    kafka_broker.join("default", timeout=60_000)
+
+    # Then the real message ran and the garbage is on the failed topic with its reason
+    assert seen == ["ok"]
+    failed = list(kafka_broker.failed_messages("default"))
+    assert [f.raw for f in failed] == [b"\xff not json"]
+    assert failed[0].message is None and failed[0].reason.startswith("DecodeError")
+
+
+def test_failed_messages_can_be_replayed_onto_their_queue(kafka_broker: KafkaBroker, kafka_worker):
+    # Given an actor that fails until it is allowed to succeed
+    allowed = threading.Event()
+    done: list[int] = []
+
+    @dramatiq.actor(max_retries=0)
+    def picky(n: int) -> None:
+        if not allowed.is_set():
+            raise RuntimeError("not now")
+        done.append(n)
+
+    for n in range(3):
+        picky.send(n)
+    kafka_broker.join("default", timeout=60_000)
+    assert kafka_broker.failed_count("default") == 3
+    assert all("RuntimeError: not now" == f.reason for f in kafka_broker.failed_messages("default"))
+
+    # When the cause is fixed and the failed messages are replayed
+    allowed.set()
+    replayed, left = kafka_broker.replay_failed("default")
+    kafka_broker.join("default", timeout=60_000)
+
+    # Then they ran and the failed topic is empty
+    assert (replayed, left) == (3, 0)
+    assert sorted(done) == [0, 1, 2]
+    assert kafka_broker.failed_count("default") == 0
+
+
+def test_enqueue_raises_a_broker_error_when_kafka_cannot_be_reached():
+    # Given a broker pointed at a port where nothing listens
+    broker = KafkaBroker(bootstrap_servers="127.0.0.1:1", send_timeout_ms=1000)
+    broker.declare_queue("default")
+    message = dramatiq.Message(queue_name="default", actor_name="x", args=(), kwargs={}, options={})
+
+    # When I enqueue, Then it fails fast with a Dramatiq connection error
+    with pytest.raises(dramatiq.errors.BrokerConnectionError):
+        broker.enqueue(message)
+
+
+@pytest.mark.parametrize(
+    "acked",
+    [set(), {11}, {11, 12, 13, 20}, set(range(101, 5000, 2))],
+)
+def test_acked_offsets_survive_the_round_trip_through_commit_metadata(acked):
+    # Given offsets acked above a commit point of 10
+    # When they are encoded into commit metadata and decoded again
+    decoded = _decode_acked(10, _encode_acked(10, acked))
+
+    # Then what fits comes back exactly, and what does not fit is left out (to be redelivered)
+    assert decoded <= acked
+    if len(acked) < 100:
+        assert decoded == acked
+    else:
+        assert len(_encode_acked(10, acked)) <= 4000 + len("acked:")
