@@ -1,0 +1,1 @@
+"""Placeholder: the pipeline helper replaces this file with the actors."""

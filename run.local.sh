@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Runs batch-user-processing on this machine against a real Apache Kafka and a real PostgreSQL, no Docker.
+#
+#   ./run.local.sh                           set up, start the services, migrate, then run the Procfile's web
+#                                            and worker in the foreground (Ctrl-C stops them; the services
+#                                            stay up for the next run: `./run.local.sh services down`)
+#   ./run.local.sh test [pytest args...]     the same set-up, then pytest against the services; exits as pytest
+#   ./run.local.sh services up|down|status   Kafka and PostgreSQL only; `up` also writes .local/env
+#
+# Every step is a small script of its own under scripts/ (venv.sh, kafka.sh, postgres.sh) that can be run
+# alone; their variables (ports, ...) are listed at the top of scripts/lib.sh. All state lives in .local/:
+# `./run.local.sh services down && rm -rf .local` starts afresh.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+. scripts/lib.sh
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; }
+
+# Starts whatever of Kafka and PostgreSQL is not already running (or given), waits until both answer, and
+# writes their addresses to .local/env.
+services_up() {
+    # Installs run one after the other (two apt-get at once would fight over dpkg's lock); the starts overlap.
+    kafka_is_external || scripts/kafka.sh install
+    pg_is_external || scripts/postgres.sh install
+    local kafka_job failed=0
+    scripts/kafka.sh up &
+    kafka_job=$!
+    scripts/postgres.sh up || failed=1
+    wait "$kafka_job" || failed=1
+    [ "$failed" = 0 ] || die "the services did not start (messages above)"
+}
+
+write_env() {
+    mkdir -p "$LOCAL_DIR"
+    {
+        echo "# Written by ./run.local.sh services up: the addresses of the services this checkout uses."
+        printf 'export KAFKA_BOOTSTRAP_SERVERS=%q\n' "${KAFKA_BOOTSTRAP_SERVERS:-$LOCAL_KAFKA_BOOTSTRAP_SERVERS}"
+        printf 'export DATABASE_URL=%q\n' "${DATABASE_URL:-$LOCAL_DATABASE_URL}"
+    } >"$LOCAL_DIR/env.tmp"
+    mv "$LOCAL_DIR/env.tmp" "$LOCAL_DIR/env"
+    say "wrote .local/env (source it to reach the services)"
+}
+
+services_down() {
+    local failed=0
+    scripts/kafka.sh down || failed=1
+    scripts/postgres.sh down || failed=1
+    return "$failed"
+}
+
+services_status() {
+    local failed=0
+    scripts/kafka.sh status || failed=1
+    scripts/postgres.sh status || failed=1
+    return "$failed"
+}
+
+migrate() {
+    if [ -f pipeline/__main__.py ]; then
+        say "applying migrations (python -m pipeline migrate)"
+        "$PY" -m pipeline migrate
+    else
+        say "no migrations to apply yet: pipeline/__main__.py (python -m pipeline migrate) does not exist"
+    fi
+}
+
+# Everything `./run.local.sh` and `./run.local.sh test` need before they start their own processes.
+prepare() {
+    scripts/venv.sh
+    services_up
+    # .local/env describes this checkout's own services: a run against external ones leaves it alone.
+    if ! kafka_is_external && ! pg_is_external; then
+        write_env
+    fi
+    export KAFKA_BOOTSTRAP_SERVERS="${KAFKA_BOOTSTRAP_SERVERS:-$LOCAL_KAFKA_BOOTSTRAP_SERVERS}"
+    export DATABASE_URL="${DATABASE_URL:-$LOCAL_DATABASE_URL}"
+    export PYTHONUNBUFFERED=1
+    migrate
+}
+
+case "${1:-}" in
+    "")
+        prepare
+        export PATH="$VENV/bin:$PATH" PORT="${PORT:-8000}"
+        say "starting web (http://127.0.0.1:$PORT) and worker; Ctrl-C stops them"
+        exec "$VENV/bin/honcho" start -f Procfile web worker
+        ;;
+    test)
+        shift
+        prepare
+        exec "$PY" -m pytest "$@"
+        ;;
+    services)
+        case "${2:-}" in
+            up) scripts/venv.sh && services_up && write_env ;;
+            down) services_down ;;
+            status) services_status ;;
+            *) usage; exit 2 ;;
+        esac
+        ;;
+    -h | --help | help) usage ;;
+    *) usage; exit 2 ;;
+esac

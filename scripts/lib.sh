@@ -1,0 +1,70 @@
+# shellcheck shell=bash disable=SC2034  # (the variables are used by the scripts that source this file)
+# Shared by run.local.sh and scripts/*.sh (sourced, never run): paths, ports and a few small helpers.
+#
+# Script variables (environment, all optional):
+#   LOCAL_KAFKA_PORT             Kafka's client port on 127.0.0.1 (default 19092)
+#   LOCAL_KAFKA_CONTROLLER_PORT  Kafka's KRaft controller port (default LOCAL_KAFKA_PORT + 1)
+#   LOCAL_KAFKA_HEAP             Kafka's JVM heap, as -Xmx takes it (default 512m)
+#   LOCAL_KAFKA_STOP_TIMEOUT     seconds `down` waits for Kafka's controlled shutdown before a SIGKILL (60)
+#   LOCAL_PG_PORT                PostgreSQL's port on 127.0.0.1 (default 55432)
+#   LOCAL_PG_USER                system user that runs PostgreSQL when we are root (default postgres)
+#   LOCAL_START_TIMEOUT          seconds to wait for a service to accept connections (default 120)
+#   PYTHON                       interpreter that creates .venv (default: the first python3.X >= 3.11 found)
+#   JAVA_HOME                    the Java 17+ to run Kafka with (default: `java` on PATH)
+#   KAFKA_BOOTSTRAP_SERVERS      use this Kafka and start none (unless it is the local address above)
+#   DATABASE_URL                 use this PostgreSQL and start none (unless it is the local address above)
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+LOCAL_DIR=$ROOT/.local
+VENV=$ROOT/.venv
+PY=$VENV/bin/python
+
+LOCAL_KAFKA_PORT=${LOCAL_KAFKA_PORT:-19092}
+LOCAL_KAFKA_CONTROLLER_PORT=${LOCAL_KAFKA_CONTROLLER_PORT:-$((LOCAL_KAFKA_PORT + 1))}
+LOCAL_KAFKA_HEAP=${LOCAL_KAFKA_HEAP:-512m}
+LOCAL_PG_PORT=${LOCAL_PG_PORT:-55432}
+LOCAL_PG_USER=${LOCAL_PG_USER:-postgres}
+LOCAL_START_TIMEOUT=${LOCAL_START_TIMEOUT:-120}
+
+# The addresses of the services this checkout runs itself.
+LOCAL_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$LOCAL_KAFKA_PORT
+LOCAL_DATABASE_URL=postgresql://bup@127.0.0.1:$LOCAL_PG_PORT/bup
+
+say() { printf '[%s] %s\n' "$(basename "$0" .sh)" "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+is_root() { [ "$(id -u)" = 0 ]; }
+
+# Kafka or PostgreSQL is "external" when the environment names one that is not ours; a value equal to our
+# own address (for instance after `source .local/env`) still means the local service, which we manage.
+kafka_is_external() { [ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" ] && [ "$KAFKA_BOOTSTRAP_SERVERS" != "$LOCAL_KAFKA_BOOTSTRAP_SERVERS" ]; }
+pg_is_external() { [ -n "${DATABASE_URL:-}" ] && [ "$DATABASE_URL" != "$LOCAL_DATABASE_URL" ]; }
+
+# Installs Debian packages when we may (root), else says what is missing and stops.
+apt_install() {
+    is_root || die "missing: $*; install the Debian packages '$*' (or run this script as root, which does it)"
+    command -v apt-get >/dev/null || die "missing: $*, and this is not a Debian-like system (no apt-get)"
+    say "installing Debian packages: $*"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2
+    apt-get install -y -qq --no-install-recommends "$@" >&2
+}
+
+# True when something accepts TCP connections on 127.0.0.1:$1 (bash's /dev/tcp, no tool needed).
+port_answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# True when process $1 is alive (not a zombie) and its command line contains $2.
+process_is() {
+    local pid=$1 needle=$2 cmdline
+    [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
+    cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+    [[ $cmdline == *"$needle"* ]]
+}
+
+# Serialises set-up and start/stop of one service between concurrent invocations (lock file $1, fd 9).
+# Daemons started while holding it must be given `9>&-`, or they would hold the lock forever.
+take_lock() {
+    command -v flock >/dev/null || return 0
+    mkdir -p "$(dirname "$1")"
+    exec 9>"$1"
+    flock -w 600 9 || die "could not take the lock $1 within 10 minutes"
+}

@@ -1,0 +1,136 @@
+"""Fixtures shared by every test.
+
+The first section holds the real services: the addresses of the Apache Kafka and PostgreSQL that
+``./run.local.sh test`` starts (or that ``KAFKA_BOOTSTRAP_SERVERS`` and ``DATABASE_URL`` name). A test that
+needs a service which does not answer is skipped on a developer's machine and fails in CI (``CI=true``):
+CI must never turn green by skipping. Add fixtures of your own in a section below it.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import NoReturn
+
+import pytest
+
+# ======================================================================================================
+# Services (owned by the foundation: run.local.sh, scripts/)
+# ======================================================================================================
+
+#: Where ``./run.local.sh`` runs its services when the environment names none (as in ``scripts/lib.sh``).
+DEFAULT_KAFKA_BOOTSTRAP_SERVERS = "127.0.0.1:19092"
+DEFAULT_DATABASE_URL = "postgresql://bup@127.0.0.1:55432/bup"
+#: Seconds a service gets to answer the probe made once per test session.
+PROBE_TIMEOUT_S = 10
+
+
+def in_ci() -> bool:
+    """True when the tests run in CI, where a missing service must fail the run instead of skipping."""
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _unavailable(message: str) -> NoReturn:
+    if in_ci():
+        pytest.fail(f"{message} (CI=true: a missing service is a failure, not a skip)", pytrace=False)
+    pytest.skip(f"{message}; start it with `./run.local.sh services up && source .local/env`")
+
+
+def _kafka_problem(servers: str) -> str | None:
+    """Why the Kafka at ``servers`` cannot be used, or None when it answers a metadata request."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=servers.split(","),
+            bootstrap_timeout_ms=PROBE_TIMEOUT_S * 1000,
+            request_timeout_ms=PROBE_TIMEOUT_S * 1000,
+        )
+    except (KafkaError, OSError) as error:
+        return f"{type(error).__name__}: {error}"
+    try:
+        if not admin.describe_cluster().get("brokers"):
+            return "the cluster reports no broker"
+    except (KafkaError, OSError) as error:
+        return f"{type(error).__name__}: {error}"
+    finally:
+        admin.close()
+    return None
+
+
+def _postgres_problem(url: str) -> str | None:
+    """Why the PostgreSQL at ``url`` cannot be used, or None when it runs a query."""
+    import psycopg2
+
+    try:
+        connection = psycopg2.connect(url, connect_timeout=PROBE_TIMEOUT_S)
+    except psycopg2.Error as error:
+        return f"{type(error).__name__}: {str(error).strip()}"
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except psycopg2.Error as error:
+        return f"{type(error).__name__}: {str(error).strip()}"
+    finally:
+        connection.close()
+    return None
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap_servers() -> str:
+    """``host:port[,host:port...]`` of a real Apache Kafka that answers (skip or fail otherwise)."""
+    servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or DEFAULT_KAFKA_BOOTSTRAP_SERVERS
+    problem = _kafka_problem(servers)
+    if problem:
+        _unavailable(f"Kafka at {servers} does not answer ({problem})")
+    return servers
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    """URL of a real PostgreSQL database that answers (skip or fail otherwise)."""
+    url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+    problem = _postgres_problem(url)
+    if problem:
+        _unavailable(f"PostgreSQL at {url} does not answer ({problem})")
+    return url
+
+
+@pytest.fixture
+def unique_name() -> str:
+    """A fresh name for this test's own topic, table or group: lower-case, starts with a letter, 14 chars.
+
+    Valid both as a Kafka topic name and as an unquoted PostgreSQL identifier, so tests never see each
+    other's data (nor that of an earlier run).
+    """
+    return f"t_{uuid.uuid4().hex[:12]}"
+
+
+# ======================================================================================================
+# More fixtures: add your own sections below.
+# ======================================================================================================
+
+
+# ======================================================================================================
+# Web (owned by the web helper; helpers in tests/web_support.py)
+# ======================================================================================================
+
+
+@pytest.fixture
+def web_broker():
+    """A fresh Dramatiq StubBroker for a web app under test (what it enqueued: ``web_support.enqueued``)."""
+    from dramatiq.brokers.stub import StubBroker
+
+    broker = StubBroker()
+    yield broker
+    broker.close()
+
+
+@pytest.fixture
+def web_client(web_broker):
+    """A Starlette TestClient of ``create_app(web_broker)`` with the small limits of ``web_support``."""
+    from web_support import make_client
+
+    with make_client(web_broker) as client:
+        yield client

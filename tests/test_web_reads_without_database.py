@@ -1,0 +1,56 @@
+"""The read routes refuse what they can without touching the database: made-up ids, bad parameters."""
+
+from __future__ import annotations
+
+import pytest
+from web_support import assert_error
+
+from web.ids import IdSigner
+
+other_signer = IdSigner("not-the-test-secret")
+test_signer = IdSigner("test-secret")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/submissions/nope",
+        f"/api/submissions/{other_signer.new_submission_id()}",
+        f"/api/submissions/{other_signer.new_batch_id()}.1",
+        f"/api/submissions/{test_signer.new_batch_id()}",
+        f"/api/submissions/{test_signer.new_batch_id()}.0",
+        "/api/batches/nope",
+        f"/api/batches/{other_signer.new_batch_id()}",
+        f"/api/batches/{test_signer.new_submission_id()}",
+        "/api/submissions/%00",
+        "/api/batches/%F0%9F%90%89",
+    ],
+)
+def test_an_id_this_service_did_not_issue_is_404(web_client, path):
+    assert_error(web_client.get(path), 404, "not_found")
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=0",
+        "limit=1001",
+        "limit=-1",
+        "limit=abc",
+        "limit=1e3",
+        "cursor=-1",
+        "cursor=x",
+        "cursor=99999999999999999999999",
+        "limit=" + "9" * 5000,
+        "cursor=٣",
+    ],
+)
+def test_bad_paging_parameters_are_400(web_client, query):
+    assert_error(web_client.get(f"/api/users?{query}"), 400, "invalid_parameter")
+    batch_id = test_signer.new_batch_id()
+    assert_error(web_client.get(f"/api/batches/{batch_id}?{query}"), 400, "invalid_parameter")
+
+
+@pytest.mark.parametrize("name", ["%00", "x" * 201])
+def test_a_bad_name_filter_is_400(web_client, name):
+    assert_error(web_client.get(f"/api/users?name={name}"), 400, "invalid_parameter")

@@ -1,0 +1,285 @@
+"""The HTTP API: accept user records at once, hand them to Kafka, report what became of them.
+
+``app`` is the uvicorn target (``uvicorn web.app:app``); tests build their own with :func:`create_app`,
+giving it a broker (Dramatiq's ``StubBroker``) and settings of their choosing.
+
+Routes (see ``web/openapi.py`` for the full description):
+
+=======  ==============================  ===============================================================
+POST     /api/user                        one JSON object -> 202 ``{"id", "status": "queued"}``
+POST     /api/users                       JSON array, NDJSON, CSV or a multipart CSV/JSON file -> 202
+GET      /api/submissions/{id}            outcome of a submission (200), or 202 while queued
+GET      /api/batches/{id}                state, counts and invalid/failed items of a batch
+GET      /api/reports/age-distribution    share of stored users per age group
+GET      /api/users                       stored users, filtered by name, by pages
+GET      /healthz, /readyz, /metrics, /openapi.json
+=======  ==============================  ===============================================================
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import dramatiq
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from pipeline import settings
+from web import reads
+from web.auth import BearerTokenMiddleware
+from web.batches import BodyChunks, accept_records, file_chunks
+from web.enqueue import QUEUE_NAME, Enqueuer, submission_message
+from web.errors import EXCEPTION_HANDLERS, InvalidBody, Malformed, PayloadTooLarge, UnsupportedMediaType
+from web.ids import IdSigner
+from web.metrics import Metrics, MetricsMiddleware, metrics_endpoint
+from web.openapi import openapi_endpoint
+from web.parsing import parse_object
+
+logger = logging.getLogger(__name__)
+
+#: Media types of ``POST /api/users`` bodies, and the batch form each one is.
+BATCH_MEDIA_TYPES = {
+    "application/json": "json",
+    "application/x-ndjson": "ndjson",
+    "application/ndjson": "ndjson",
+    "application/jsonl": "ndjson",
+    "text/csv": "csv",
+    "application/csv": "csv",
+}
+MULTIPART = "multipart/form-data"
+#: The multipart part that holds the uploaded file.
+UPLOAD_FIELD = "file"
+#: Bodies of ``POST /api/user`` larger than this are parsed in the thread pool, off the event loop.
+_INLINE_PARSE_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    """The settings the web reads; defaults come from ``pipeline.settings`` (tests override them)."""
+
+    api_token: str = field(default_factory=lambda: settings.API_TOKEN)
+    id_secret: str = field(default_factory=lambda: settings.ID_SECRET)
+    max_body_bytes: int = field(default_factory=lambda: settings.MAX_BODY_BYTES)
+    max_batch_bytes: int = field(default_factory=lambda: settings.MAX_BATCH_BYTES)
+    max_batch_records: int = field(default_factory=lambda: settings.MAX_BATCH_RECORDS)
+    batch_chunk_size: int = field(default_factory=lambda: settings.BATCH_CHUNK_SIZE)
+    retry_after_seconds: int = field(default_factory=lambda: settings.RETRY_AFTER_SECONDS)
+
+
+def _media_type(request: Request) -> str:
+    """The media type of the body, lower case, without parameters; 415 for a charset other than UTF-8."""
+    raw = request.headers.get("content-type", "")
+    media, *parameters = raw.split(";")
+    for parameter in parameters:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in {"utf-8", "utf8"}:
+            raise UnsupportedMediaType("only UTF-8 bodies are accepted")
+    return media.strip().lower()
+
+
+def _check_declared_length(request: Request, limit: int) -> None:
+    """413 at once when ``Content-Length`` announces more than ``limit`` bytes (the body is not read)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    """The whole body, refusing (413) as soon as more than ``limit`` bytes have arrived."""
+    parts: list[bytes] = []
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def post_user(request: Request) -> Response:
+    """``POST /api/user``: one JSON object; 202 once it is durable in Kafka."""
+    config: WebSettings = request.app.state.settings
+    media = _media_type(request)
+    if media != "application/json":
+        raise UnsupportedMediaType(f"send the user as application/json, not {media or 'no content type'}")
+    _check_declared_length(request, config.max_body_bytes)
+    body = await _read_limited(request, config.max_body_bytes)
+    data = (
+        parse_object(body)
+        if len(body) <= _INLINE_PARSE_BYTES
+        else await run_in_threadpool(parse_object, body)
+    )
+    submission_id = request.app.state.signer.new_submission_id()
+    await request.app.state.enqueuer.send_async(submission_message(submission_id, data))
+    request.app.state.metrics.accepted.labels("single").inc()
+    logger.info("accepted submission %s", submission_id)
+    return JSONResponse(
+        {"id": submission_id, "status": "queued"},
+        status_code=202,
+        headers={"Location": f"/api/submissions/{submission_id}"},
+    )
+
+
+def _upload_source(upload: UploadFile) -> str:
+    """The batch form of an uploaded file: its part's content type, else its file name, else CSV."""
+    media = (upload.content_type or "").split(";")[0].strip().lower()
+    if media in BATCH_MEDIA_TYPES:
+        return BATCH_MEDIA_TYPES[media]
+    name = (upload.filename or "").lower()
+    if name.endswith((".ndjson", ".jsonl")):
+        return "ndjson"
+    if name.endswith(".json"):
+        return "json"
+    return "csv"
+
+
+async def _receive_upload(request: Request, limit: int, max_field: int) -> tuple[Any, str, Any]:
+    """Parse a multipart body; return the form (to close), the batch form and a binary file of the upload.
+
+    A file part is spooled to a temporary file by Starlette (not kept in memory); a plain field named
+    ``file`` (no file name) is taken as CSV text, up to ``max_field`` bytes.
+    """
+    received = 0
+
+    async def limited() -> Any:
+        nonlocal received
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+            yield chunk
+
+    try:
+        parser = MultiPartParser(
+            request.headers, limited(), max_files=1, max_fields=16, max_part_size=max_field
+        )
+        form = await parser.parse()
+    except MultiPartException as exc:
+        if exc.message.startswith("Part exceeded"):  # Starlette's words for a field over max_part_size
+            raise PayloadTooLarge(f"a multipart field is larger than {max_field} bytes") from None
+        raise Malformed(
+            f"the multipart body cannot be parsed: {exc.message}", code="malformed_multipart"
+        ) from None
+    except (ValueError, LookupError) as exc:  # python-multipart's own errors on a broken header or boundary
+        raise Malformed(f"the multipart body cannot be parsed: {exc}", code="malformed_multipart") from None
+    upload = form.get(UPLOAD_FIELD)
+    if isinstance(upload, UploadFile):
+        return form, _upload_source(upload), upload.file
+    if isinstance(upload, str):
+        return form, "csv", io.BytesIO(upload.encode("utf-8"))
+    await form.close()
+    raise InvalidBody(f"a multipart body needs a file part named {UPLOAD_FIELD!r}")
+
+
+async def post_users(request: Request) -> Response:
+    """``POST /api/users``: a batch; 202 ``{"batch_id", "count"}`` once every record is durable in Kafka."""
+    state = request.app.state
+    config: WebSettings = state.settings
+    media = _media_type(request)
+    if media != MULTIPART and media not in BATCH_MEDIA_TYPES:
+        raise UnsupportedMediaType(
+            "send a batch as application/json (array), application/x-ndjson, text/csv or "
+            f"multipart/form-data, not {media or 'no content type'}"
+        )
+    _check_declared_length(request, config.max_batch_bytes)
+    batch_id = state.signer.new_batch_id()
+    options = {
+        "batch_id": batch_id,
+        "enqueuer": state.enqueuer,
+        "chunk_size": config.batch_chunk_size,
+        "max_records": config.max_batch_records,
+        "max_record_bytes": config.max_body_bytes,
+    }
+    if media == MULTIPART:
+        form, source, file = await _receive_upload(request, config.max_batch_bytes, config.max_body_bytes)
+        try:
+            chunks: Iterable[bytes] = file_chunks(file, limit=config.max_batch_bytes)
+            count = await run_in_threadpool(accept_records, chunks, source=source, **options)
+        finally:
+            await form.close()
+    else:
+        source = BATCH_MEDIA_TYPES[media]
+        stream = request.stream()
+        try:
+            chunks = BodyChunks(stream, limit=config.max_batch_bytes)
+            count = await run_in_threadpool(accept_records, chunks, source=source, **options)
+        finally:
+            await stream.aclose()
+    state.metrics.accepted.labels("batch").inc(count)
+    return JSONResponse(
+        {"batch_id": batch_id, "count": count},
+        status_code=202,
+        headers={"Location": f"/api/batches/{batch_id}"},
+    )
+
+
+async def healthz(request: Request) -> Response:
+    """``GET /healthz``: the process is up (checks nothing else)."""
+    return JSONResponse({"status": "ok"})
+
+
+def create_app(
+    broker: dramatiq.Broker | None = None,
+    *,
+    config: WebSettings | None = None,
+    database_check: Callable[[], None] | None = None,
+) -> Starlette:
+    """Build the application.
+
+    Parameters:
+      broker(dramatiq.Broker): Where submissions go; the service's Kafka broker (``pipeline.broker``)
+        when None.  Nothing connects until the first request.
+      config(WebSettings): Limits, token and secret; from ``pipeline.settings`` when None.
+      database_check(callable): Raises when PostgreSQL cannot be reached (``/readyz``); the default runs
+        ``SELECT 1`` on the pipeline's database.
+    """
+    if broker is None:
+        from pipeline.broker import broker as service_broker
+
+        broker = service_broker
+    config = config or WebSettings()
+    # Declaring is local bookkeeping (no connection); it lets the web enqueue before the actors exist.
+    broker.declare_queue(QUEUE_NAME)
+    metrics = Metrics()
+    routes = [
+        Route("/api/user", post_user, methods=["POST"]),
+        Route("/api/users", post_users, methods=["POST"]),
+        Route("/api/users", reads.list_users, methods=["GET"]),
+        Route("/api/submissions/{id}", reads.get_submission, methods=["GET"]),
+        Route("/api/batches/{id}", reads.get_batch, methods=["GET"]),
+        Route("/api/reports/age-distribution", reads.age_distribution, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", reads.readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/openapi.json", openapi_endpoint, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[
+            Middleware(MetricsMiddleware, metrics=metrics),
+            Middleware(BearerTokenMiddleware, token=config.api_token),
+        ],
+        exception_handlers=EXCEPTION_HANDLERS,
+    )
+    app.state.settings = config
+    app.state.broker = broker
+    app.state.metrics = metrics
+    app.state.signer = IdSigner(config.id_secret)
+    app.state.enqueuer = Enqueuer(broker, retry_after=config.retry_after_seconds, metrics=metrics)
+    app.state.database_check = database_check or reads.ping_database
+    if config.id_secret == "change-me-in-production":  # noqa: S105  (the default of settings, to warn about)
+        logger.warning("ID_SECRET is the default value; set it so that ids cannot be forged")
+    return app
+
+
+app = create_app()

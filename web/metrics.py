@@ -1,0 +1,95 @@
+"""Prometheus metrics of the web process, and the middleware that records them.
+
+Each application gets its own ``CollectorRegistry`` (tests build many apps in one process); ``/metrics``
+renders it in the text exposition format.  Routes are labelled by their template
+(``/api/submissions/{id}``), never by the raw path, so that the number of series stays bounded.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+#: Latency buckets in seconds: accepting a submission waits for Kafka's acknowledgement (a few ms),
+#: a large batch upload takes seconds.
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    """The collectors of one application.
+
+    Parameters:
+      registry(CollectorRegistry): Where to register them (a fresh one by default).
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.requests = Counter(
+            "http_requests",
+            "HTTP requests answered, by route template, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "http_request_duration_seconds",
+            "Time from the request's arrival to the end of the response, by route template and method.",
+            ["route", "method"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.enqueue_failures = Counter(
+            "enqueue_failures",
+            "Messages Kafka did not acknowledge (answered 503 queue_unavailable), by message kind.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.accepted = Counter(
+            "submissions_accepted",
+            "Records accepted (durable in Kafka, answered 202), by path: single or batch.",
+            ["path"],
+            registry=self.registry,
+        )
+
+    def render(self) -> Response:
+        """The ``/metrics`` answer."""
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request (pure ASGI, so streaming bodies stay streaming)."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record_status)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "<unmatched>"
+            method = scope.get("method", "")
+            self.metrics.requests.labels(template, method, str(status)).inc()
+            self.metrics.latency.labels(template, method).observe(time.perf_counter() - started)
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """``GET /metrics``: Prometheus text of this application's registry."""
+    metrics: Metrics = request.app.state.metrics
+    return metrics.render()

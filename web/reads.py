@@ -1,0 +1,273 @@
+"""The read side of the API: submissions, batches, users, the age report and readiness.
+
+Peewee is synchronous, so every query runs in the thread pool (:func:`_query`), inside a connection
+context of the pipeline's database.  When PostgreSQL cannot be reached the routes answer
+``503 database_unavailable`` with ``Retry-After``, never a 500.
+
+Pagination is by keyset: ``limit`` (1..1000, default 100) and ``cursor``, the last row number (batch
+items) or user id (users) of the previous page, which the answer gives as ``next_cursor`` (``null`` on the
+last page).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+import peewee
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from web.errors import DatabaseUnavailable, InvalidParameter, NotFound
+from web.ids import BATCH, parse_submission_id
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Statuses a submission ends with, in the order the batch report lists them.
+OUTCOMES = ("stored", "duplicate", "invalid", "failed")
+#: Outcomes whose items the batch report lists (with their errors).
+LISTED_OUTCOMES = ("invalid", "failed")
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+#: Seconds each readiness check may take.
+READY_TIMEOUT_SECONDS = 2.0
+#: Longest ``name`` filter accepted by ``GET /api/users``.
+MAX_NAME_FILTER = 200
+
+# Errors that mean "the database is not there", as opposed to a bug in a query.
+_UNAVAILABLE = (peewee.OperationalError, peewee.InterfaceError)
+
+
+def _models() -> Any:
+    # Imported on first use: the web must start (and accept submissions) even if the models module
+    # or the database is not ready.
+    from pipeline import models
+
+    return models
+
+
+def _run_in_connection(function: Callable[[], T]) -> T:
+    models = _models()
+    with models.database.connection_context():
+        return function()
+
+
+async def _query(request: Request, function: Callable[[], T]) -> T:
+    """Run ``function`` (Peewee calls) in the thread pool; 503 when the database is unreachable."""
+    try:
+        return await run_in_threadpool(_run_in_connection, function)
+    except _UNAVAILABLE as exc:
+        logger.warning("database unavailable on %s: %s", request.url.path, type(exc).__name__)
+        retry_after = request.app.state.settings.retry_after_seconds
+        raise DatabaseUnavailable(
+            "the database cannot be reached; retry later", retry_after=retry_after
+        ) from None
+
+
+def _int_parameter(request: Request, name: str, default: int, minimum: int, maximum: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    # The length check first: int() of a huge digit string is slow (and limited) in Python.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 20 or not minimum <= int(raw) <= maximum:
+        raise InvalidParameter(f"{name} must be an integer from {minimum} to {maximum}")
+    return int(raw)
+
+
+#: Largest cursor of each kind: a row (PostgreSQL ``int``) and a user id (``bigint``).
+MAX_ROW_CURSOR = 2**31 - 1
+MAX_ID_CURSOR = 2**63 - 1
+
+
+def _page(request: Request, max_cursor: int) -> tuple[int, int]:
+    limit = _int_parameter(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    cursor = _int_parameter(request, "cursor", 0, 0, max_cursor)
+    return limit, cursor
+
+
+def user_json(user: Any) -> dict[str, Any] | None:
+    """A row of ``users`` as the API shows it (field names as submitted: ``phoneNumber``)."""
+    if user is None or user.id is None:
+        return None
+    created = getattr(user, "created_at", None)
+    return {
+        "id": user.id,
+        "name": user.name,
+        "age": user.age,
+        "email": user.email,
+        "phoneNumber": user.phone_number,
+        "address": user.address,
+        "additional_info": user.additional_info or {},
+        "created_at": created.isoformat() if created is not None else None,
+    }
+
+
+async def get_submission(request: Request) -> Response:
+    """``GET /api/submissions/{id}``: 200 with the outcome, 202 while queued, 404 for unknown ids."""
+    ref = parse_submission_id(request.app.state.signer, request.path_params["id"])
+    if ref is None:
+        raise NotFound("no submission has this id")
+
+    def find() -> tuple[Any, int | None]:
+        models = _models()
+        submission = (
+            models.Submission.select(models.Submission, models.User)
+            .join(models.User, peewee.JOIN.LEFT_OUTER)
+            .where(models.Submission.id == ref.id)
+            .first()
+        )
+        count = None
+        if submission is None and ref.batch_id is not None:
+            batch = models.Batch.get_or_none(models.Batch.id == ref.batch_id)
+            count = None if batch is None else batch.count
+        return submission, count
+
+    submission, batch_count = await _query(request, find)
+    if submission is None:
+        if batch_count is not None and ref.row is not None and ref.row > batch_count:
+            raise NotFound(f"the batch has {batch_count} records; there is no row {ref.row}")
+        return JSONResponse({"id": ref.id, "status": "queued"}, status_code=202)
+    user = submission.user if submission.user_id is not None else None
+    return JSONResponse(
+        {
+            "id": submission.id,
+            "status": submission.status,
+            "errors": submission.errors or [],
+            "user": user_json(user),
+        }
+    )
+
+
+async def get_batch(request: Request) -> Response:
+    """``GET /api/batches/{id}``: state, counts per status and the invalid/failed items, by pages."""
+    batch_id = request.path_params["id"]
+    if not request.app.state.signer.verify(batch_id, BATCH):
+        raise NotFound("no batch has this id")
+    limit, cursor = _page(request, MAX_ROW_CURSOR)
+
+    def find() -> tuple[int | None, dict[str, int], list[Any]]:
+        models = _models()
+        Submission = models.Submission
+        batch = models.Batch.get_or_none(models.Batch.id == batch_id)
+        counts = dict.fromkeys(OUTCOMES, 0)
+        grouped = (
+            Submission.select(Submission.status, peewee.fn.COUNT(Submission.id).alias("n"))
+            .where(Submission.batch_id == batch_id)
+            .group_by(Submission.status)
+            .tuples()
+        )
+        for status, number in grouped:
+            counts[status] = counts.get(status, 0) + number
+        items = list(
+            Submission.select(Submission.id, Submission.row, Submission.status, Submission.errors)
+            .where(
+                (Submission.batch_id == batch_id)
+                & (Submission.status.in_(LISTED_OUTCOMES))
+                & (Submission.row > cursor)
+            )
+            .order_by(Submission.row)
+            .limit(limit + 1)
+        )
+        return (None if batch is None else batch.count), counts, items
+
+    count, counts, items = await _query(request, find)
+    done = sum(counts.values())
+    queued = None if count is None else max(0, count - done)
+    state = "completed" if count is not None and done >= count else "processing"
+    page, more = items[:limit], len(items) > limit
+    return JSONResponse(
+        {
+            "batch_id": batch_id,
+            "state": state,
+            "count": count,
+            "counts": {"queued": queued, **counts},
+            "items": [
+                {"id": item.id, "row": item.row, "status": item.status, "errors": item.errors or []}
+                for item in page
+            ],
+            "next_cursor": str(page[-1].row) if more and page else None,
+        }
+    )
+
+
+async def list_users(request: Request) -> Response:
+    """``GET /api/users``: stored users by id, optionally those whose name contains ``name``."""
+    limit, cursor = _page(request, MAX_ID_CURSOR)
+    name = request.query_params.get("name", "")
+    if len(name) > MAX_NAME_FILTER or "\x00" in name:
+        raise InvalidParameter(f"name must be at most {MAX_NAME_FILTER} characters, without NUL")
+
+    def find() -> list[Any]:
+        User = _models().User
+        query = User.select().where(User.id > cursor)
+        if name.strip():
+            # strpos, not LIKE: the filter is a plain substring, "%" and "_" in it mean themselves.
+            query = query.where(peewee.fn.strpos(peewee.fn.lower(User.name), name.strip().lower()) > 0)
+        return list(query.order_by(User.id).limit(limit + 1))
+
+    users = await _query(request, find)
+    page, more = users[:limit], len(users) > limit
+    return JSONResponse(
+        {
+            "items": [user_json(user) for user in page],
+            "next_cursor": str(page[-1].id) if more and page else None,
+        }
+    )
+
+
+async def age_distribution(request: Request) -> Response:
+    """``GET /api/reports/age-distribution``: the pipeline's one-query report."""
+
+    def report() -> Any:
+        from pipeline.reports import age_distribution as compute
+
+        return compute()
+
+    return JSONResponse(await _query(request, report))
+
+
+def ping_database() -> None:
+    """Raise unless PostgreSQL answers ``SELECT 1``."""
+    _run_in_connection(lambda: _models().database.execute_sql("SELECT 1"))
+
+
+async def _check(check: Callable[[], Any]) -> str:
+    try:
+        with anyio.fail_after(READY_TIMEOUT_SECONDS):
+            await anyio.to_thread.run_sync(check, abandon_on_cancel=True)
+    except TimeoutError:
+        return "timeout"
+    except Exception as exc:  # any failure of a probe means "not ready"; the reason goes to the log only
+        logger.warning("readiness check failed: %s: %s", type(exc).__name__, exc)
+        return "unavailable"
+    return "ok"
+
+
+async def readyz(request: Request) -> Response:
+    """``GET /readyz``: 200 when Kafka and PostgreSQL answer, else 503 naming the one(s) that do not."""
+    broker = request.app.state.broker
+    results: dict[str, str] = {}
+
+    async def kafka() -> None:
+        ping = getattr(broker, "ping", None)
+        results["kafka"] = "unknown" if ping is None else await _check(ping)
+
+    async def database() -> None:
+        results["database"] = await _check(request.app.state.database_check)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(kafka)
+        group.start_soon(database)
+    failing = sorted(name for name, result in results.items() if result not in {"ok", "unknown"})
+    if not failing:
+        return JSONResponse(results)
+    # The error shape, plus the result of each check so that an operator sees which one failed.
+    error = {"code": "not_ready", "message": f"cannot reach: {', '.join(failing)}"}
+    retry_after = str(request.app.state.settings.retry_after_seconds)
+    return JSONResponse({"error": error, **results}, status_code=503, headers={"Retry-After": retry_after})
