@@ -1,1 +1,262 @@
-"""Placeholder: the pipeline helper replaces this file with the actors."""
+"""The user pipeline's actors, all on the ``users`` queue.
+
+The web enqueues ``process_user`` (one record) or ``process_users`` (a chunk of a batch) and, once a whole
+batch is in Kafka, ``register_batch``.  Both process actors run a Dramatiq pipeline::
+
+    validate_users(records) | persist_users(results)
+
+``validate_users`` is pure (Cerberus); ``persist_users`` writes every outcome of the chunk in one
+transaction and is idempotent: a redelivered message never writes a second row, and never turns ``stored``
+into ``duplicate``.  Transient database errors are retried with backoff by Dramatiq's ``Retries``; when the
+retries run out the message goes to the failed-message topic and ``record_failure`` (an ``on_failure``
+callback, itself retried) marks its submissions ``failed``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from typing import Any
+
+import dramatiq
+import peewee
+import psycopg2
+
+from pipeline import settings
+from pipeline.broker import QUEUE
+from pipeline.db import database, reset_connection
+from pipeline.models import Batch, Submission, User, unique_columns
+from pipeline.validation import validate_record
+
+logger = logging.getLogger("pipeline.actors")
+
+#: Errors worth retrying: the database went away or is restarting.  Anything else is a bug or bad data.
+TRANSIENT = (peewee.OperationalError, peewee.InterfaceError, psycopg2.OperationalError, psycopg2.InterfaceError)
+#: Rows per INSERT statement (PostgreSQL takes at most 65,535 parameters in one).
+INSERT_CHUNK = 1000
+
+
+def _retry_transient(retries: int, exception: Exception) -> bool:
+    if isinstance(exception, TRANSIENT):
+        reset_connection()
+        return retries < settings.MAX_RETRIES
+    return False
+
+
+_persisting = {
+    "queue_name": QUEUE,
+    "retry_when": _retry_transient,
+    "min_backoff": settings.MIN_BACKOFF_MS,
+    "max_backoff": settings.MAX_BACKOFF_MS,
+    "on_failure": "record_failure",
+}
+
+
+def _records_of(submission: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"id": submission["id"], "row": None, "data": submission.get("data"), "errors": []}]
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=settings.MAX_RETRIES, on_failure="record_failure")
+def process_user(submission: dict[str, Any]) -> None:
+    """One submitted record ``{"id", "data"}``: validate, then dedupe and persist."""
+    records = _records_of(submission)
+    dramatiq.pipeline([validate_users.message(records, None, "json"), persist_users.message()]).run()
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=settings.MAX_RETRIES, on_failure="record_failure")
+def process_users(chunk: dict[str, Any]) -> None:
+    """A chunk of a batch ``{"batch_id", "source", "records": [{"id", "row", "data", "errors"}]}``."""
+    dramatiq.pipeline(
+        [
+            validate_users.message(chunk["records"], chunk["batch_id"], chunk.get("source", "json")),
+            persist_users.message(),
+        ]
+    ).run()
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0, on_failure="record_failure")
+def validate_users(records: list[dict[str, Any]], batch_id: str | None, source: str) -> list[dict[str, Any]]:
+    """Validate every record with Cerberus; the result lists each record's user or all of its errors."""
+    results = []
+    for record in records:
+        user, errors = validate_record(record.get("data"), source=source, parse_errors=record.get("errors") or ())
+        results.append(
+            {"id": record["id"], "row": record.get("row"), "batch_id": batch_id, "user": user, "errors": errors}
+        )
+    return results
+
+
+@dramatiq.actor(**_persisting, max_retries=settings.MAX_RETRIES)
+def persist_users(results: list[dict[str, Any]]) -> dict[str, int]:
+    """Store the valid users (``ON CONFLICT DO NOTHING``) and every outcome, in one transaction."""
+    try:
+        counts = _persist(results)
+    except TRANSIENT:
+        reset_connection()
+        raise
+    batch = results[0]["batch_id"] if results else None
+    logger.info(
+        "persisted %s stored=%d duplicate=%d invalid=%d skipped=%d",
+        f"batch={batch}" if batch else f"id={results[0]['id'] if results else '-'}",
+        counts["stored"],
+        counts["duplicate"],
+        counts["invalid"],
+        counts["skipped"],
+    )
+    return counts
+
+
+def _key(user: dict[str, Any], columns: list[str]) -> tuple[Any, ...]:
+    return tuple(user.get(c) for c in columns)
+
+
+def _matches(columns: list[str], key: tuple[Any, ...]) -> peewee.Expression:
+    condition = None
+    for column, value in zip(columns, key, strict=True):
+        field = getattr(User, column)
+        part = field.is_null() if value is None else field == value
+        condition = part if condition is None else condition & part
+    return condition
+
+
+def _persist(results: list[dict[str, Any]]) -> dict[str, int]:
+    columns = unique_columns(settings.UNIQUE_FIELDS)
+    counts = {"stored": 0, "duplicate": 0, "invalid": 0, "skipped": 0}
+    now = datetime.datetime.now(datetime.UTC)
+    with database.connection_context(), database.atomic():
+        ids = [r["id"] for r in results]
+        done = {
+            s.id
+            for s in Submission.select(Submission.id).where(Submission.id.in_(ids) & (Submission.status != "failed"))
+        }
+        todo = [r for r in results if r["id"] not in done]
+        counts["skipped"] = len(results) - len(todo)
+
+        # First occurrence of a key within the chunk is the one inserted; later ones are its duplicates.
+        first: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for r in todo:
+            if r["user"] is not None:
+                first.setdefault(_key(r["user"], columns), r)
+        stored_ids: dict[tuple[Any, ...], int] = {}
+        rows = [r["user"] for r in first.values()]
+        for start in range(0, len(rows), INSERT_CHUNK):
+            inserted = (
+                User.insert_many(rows[start : start + INSERT_CHUNK])
+                .on_conflict_ignore()
+                .returning(User.id, *[getattr(User, c) for c in columns])
+                .tuples()
+                .execute()
+            )
+            for row in inserted:
+                stored_ids[tuple(row[1:])] = row[0]
+        missing = [k for k in first if k not in stored_ids]
+        existing: dict[tuple[Any, ...], int] = {}
+        for start in range(0, len(missing), INSERT_CHUNK):
+            condition = None
+            for key in missing[start : start + INSERT_CHUNK]:
+                match = _matches(columns, key)
+                condition = match if condition is None else condition | match
+            for row in User.select(User.id, *[getattr(User, c) for c in columns]).where(condition).tuples():
+                existing[tuple(row[1:])] = row[0]
+
+        outcomes = []
+        for r in todo:
+            user_id = None
+            if r["user"] is None:
+                status = "invalid"
+            else:
+                key = _key(r["user"], columns)
+                if first[key] is r and key in stored_ids:
+                    status, user_id = "stored", stored_ids[key]
+                else:
+                    status, user_id = "duplicate", stored_ids.get(key) or existing.get(key)
+            counts[status] += 1
+            outcomes.append(
+                {
+                    "id": r["id"],
+                    "batch_id": r.get("batch_id"),
+                    "row": r.get("row"),
+                    "status": status,
+                    "errors": r["errors"] if status == "invalid" else [],
+                    "user": user_id,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+        for start in range(0, len(outcomes), INSERT_CHUNK):
+            (
+                Submission.insert_many(outcomes[start : start + INSERT_CHUNK])
+                .on_conflict(
+                    conflict_target=[Submission.id],
+                    update={
+                        Submission.status: peewee.EXCLUDED.status,
+                        Submission.errors: peewee.EXCLUDED.errors,
+                        Submission.user: peewee.EXCLUDED.user_id,
+                        Submission.updated_at: peewee.EXCLUDED.updated_at,
+                    },
+                    where=(Submission.status == "failed"),
+                )
+                .execute()
+            )
+    return counts
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=settings.MAX_RETRIES, retry_when=_retry_transient)
+def register_batch(batch_id: str, count: int, source: str | None = None) -> None:
+    """Record a batch's size once all of its chunks are in Kafka (the batch report needs it)."""
+    try:
+        with database.connection_context():
+            Batch.insert(id=batch_id, count=count, source=source).on_conflict_ignore().execute()
+    except TRANSIENT:
+        reset_connection()
+        raise
+    logger.info("registered batch=%s count=%d", batch_id, count)
+
+
+def _submission_records(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """The submissions a failed message was carrying, whichever actor of the pipeline it was for."""
+    args = message.get("args") or []
+    actor = message.get("actor_name")
+    if actor == "process_user" and args:
+        return [{"id": args[0]["id"], "row": None, "batch_id": None}]
+    if actor == "process_users" and args:
+        return [{"id": r["id"], "row": r.get("row"), "batch_id": args[0].get("batch_id")} for r in args[0]["records"]]
+    if actor == "validate_users" and args:
+        return [{"id": r["id"], "row": r.get("row"), "batch_id": args[1] if len(args) > 1 else None} for r in args[0]]
+    if actor == "persist_users" and args:
+        return [{"id": r["id"], "row": r.get("row"), "batch_id": r.get("batch_id")} for r in args[0]]
+    return []
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=max(settings.MAX_RETRIES, 20), retry_when=_retry_transient)
+def record_failure(message: dict[str, Any], exception: dict[str, Any]) -> None:
+    """``on_failure`` callback: mark the message's submissions ``failed`` with the reason.
+
+    A submission that already has an outcome keeps it.  Replaying the failed message later (``python -m
+    pipeline dlq replay``) replaces ``failed`` with the real outcome.
+    """
+    reason = f"{exception.get('type', 'Error')}: {exception.get('message', '')}"
+    records = _submission_records(message)
+    if not records:
+        return
+    now = datetime.datetime.now(datetime.UTC)
+    rows = [
+        {
+            "id": r["id"],
+            "batch_id": r["batch_id"],
+            "row": r["row"],
+            "status": "failed",
+            "errors": [{"field": "_system", "message": reason}],
+            "created_at": now,
+            "updated_at": now,
+        }
+        for r in records
+    ]
+    try:
+        with database.connection_context(), database.atomic():
+            for start in range(0, len(rows), INSERT_CHUNK):
+                Submission.insert_many(rows[start : start + INSERT_CHUNK]).on_conflict_ignore().execute()
+    except TRANSIENT:
+        reset_connection()
+        raise
+    logger.warning("failed %d submission(s) of %s: %s", len(rows), message.get("actor_name"), reason)

@@ -1,0 +1,368 @@
+"""Validation and normalisation of user records, with Cerberus as the judge of every record.
+
+A record is the JSON object a client sent (or a CSV row nested by its dotted headers).  The rules:
+
+* ``name`` (required): a string, or ``{"firstName": str, "lastName": str}`` (both required, neither empty)
+  stored as ``"First Last"``.  Whitespace is trimmed at both ends and runs of whitespace inside become one
+  space; the stored name is 1 to :data:`NAME_MAX_LENGTH` characters.
+* ``age`` (required): an integer from :data:`AGE_MIN` to :data:`AGE_MAX`.  From JSON a boolean is not an
+  integer and neither is ``"30"`` nor ``30.0``; from CSV (where every cell is a string) an optionally signed
+  string of digits, with surrounding spaces, is the integer (``" 42 "`` is 42, ``"abc"`` is an error).
+* ``email`` (optional): ``local@domain.tld`` without spaces, at most :data:`EMAIL_MAX_LENGTH` characters,
+  trimmed.
+* ``phoneNumber`` (optional): E.164-like; spaces, dashes, dots and parentheses are removed first, then it
+  must read ``+?[1-9]`` followed by 6 to 14 digits.  It is stored in that compact form (``+1 (415)
+  555-0123`` is stored as ``+14155550123``).
+* ``address`` (optional): an object with only ``line1``, ``line2``, ``city`` and ``state``, each a string
+  of at most :data:`ADDRESS_FIELD_MAX_LENGTH` characters (trimmed).  Any other key in it is an error.
+* Optional fields may be ``null`` (same as absent).
+* Every other top-level field is kept as it is in ``additional_info``, as long as its JSON takes at most
+  ``settings.MAX_ADDITIONAL_INFO_BYTES`` bytes (UTF-8).
+* No string anywhere may hold a NUL character or a lone surrogate (PostgreSQL cannot store them).
+
+Every error is collected (never only the first) as ``{"field": "<dotted path>", "message": "<for a
+person>"}``: ``name.firstName``, ``address.city``, ``_root`` when the record is not an object.
+
+Cerberus validators are not cheap to build, so each thread keeps one per schema (JSON and CSV) and reuses
+it for every record (:func:`validator_for`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import cerberus
+from cerberus import errors as cerberus_errors
+from cerberus.platform import _int_types  # noqa: F401  (documents where Cerberus' own mapping comes from)
+
+from pipeline import settings
+
+#: Longest stored name, in characters (after trimming and joining first and last name).
+NAME_MAX_LENGTH = 100
+#: Bounds of ``age``, inclusive.
+AGE_MIN = 0
+AGE_MAX = 150
+#: Longest email address, in characters (RFC 5321's path limit).
+EMAIL_MAX_LENGTH = 254
+#: Longest ``address`` line, city or state, in characters.
+ADDRESS_FIELD_MAX_LENGTH = 200
+#: Fields of ``address``.
+ADDRESS_FIELDS = ("line1", "line2", "city", "state")
+#: Top-level fields the schema knows; every other one goes to ``additional_info``.
+KNOWN_FIELDS = ("name", "age", "email", "phoneNumber", "address")
+#: Where the rest of a record goes (a key of the validated document, never taken from the input as is).
+ADDITIONAL_INFO = "additional_info"
+#: Field of the error given when the record is not an object at all.
+ROOT_FIELD = "_root"
+
+#: ``local@domain.tld``: no spaces, one ``@``, a dot in the domain.  Deliberately loose: the only
+#: way to know that an address works is to write to it.
+EMAIL_PATTERN = r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+"
+#: E.164-like, after removing the separators listed in :data:`_PHONE_SEPARATORS`.
+PHONE_PATTERN = r"\+?[1-9][0-9]{6,14}"
+
+_PHONE_SEPARATORS = re.compile(r"[\s\-.()]+")
+_WHITESPACE_RUN = re.compile(r"\s+")
+_CSV_INTEGER = re.compile(r"\s*[+-]?[0-9]{1,20}\s*")
+
+#: Outcome of :func:`validate_record`: the normalised user (or None) and every error.
+ErrorList = list[dict[str, str]]
+
+#: An error of our own rule ``storable``; its info is the dotted path, inside the record, of the value.
+_UNSTORABLE = cerberus_errors.ErrorDefinition(0x91, "storable")
+_UNSTORABLE_MESSAGE = "must not contain NUL characters or unpaired surrogates"
+
+
+def _clean_text(value: str) -> str:
+    """Trim both ends and turn every run of whitespace inside into one space."""
+    return _WHITESPACE_RUN.sub(" ", value).strip()
+
+
+def _is_storable(text: str) -> bool:
+    """PostgreSQL refuses NUL in ``text``/``jsonb``, and UTF-8 cannot encode a lone surrogate."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _unstorable_paths(value: Any, path: str) -> Iterable[str]:
+    """Dotted paths of every string (key or value) in a JSON value that PostgreSQL cannot store."""
+    if isinstance(value, str):
+        if not _is_storable(value):
+            yield path
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            key_path = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str) and not _is_storable(key):
+                yield key_path
+            else:
+                yield from _unstorable_paths(item, key_path)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _unstorable_paths(item, f"{path}.{index}" if path else str(index))
+
+
+def _json_size(value: Any) -> int:
+    # ensure_ascii=False: the bound is on what PostgreSQL stores (UTF-8), not on \u escapes.
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+
+
+class UserValidator(cerberus.Validator):  # type: ignore[misc]
+    """Cerberus validator with the few rules and coercers the user schema needs.
+
+    * type ``integer`` excludes booleans (Cerberus counts ``True`` as an integer, JSON does not);
+    * coercers ``text`` (trim, collapse whitespace), ``csv_integer`` (digits to int), ``phone`` (drop
+      separators) leave values of other types alone, so that the type rule reports them;
+    * rule ``storable`` rejects strings PostgreSQL cannot store;
+    * rule ``max_json_bytes`` bounds the JSON size of a value;
+    * check ``full_name`` bounds the length of a ``{"firstName", "lastName"}`` name once joined.
+    """
+
+    types_mapping = {
+        **cerberus.Validator.types_mapping,
+        "integer": cerberus.TypeDefinition("integer", (int,), (bool,)),
+    }
+
+    def _normalize_coerce_text(self, value: Any) -> Any:
+        return _clean_text(value) if isinstance(value, str) else value
+
+    def _normalize_coerce_csv_integer(self, value: Any) -> Any:
+        if isinstance(value, str) and _CSV_INTEGER.fullmatch(value):
+            return int(value)
+        return value
+
+    def _normalize_coerce_phone(self, value: Any) -> Any:
+        return _PHONE_SEPARATORS.sub("", value) if isinstance(value, str) else value
+
+    def _validate_storable(self, storable: bool, field: str, value: Any) -> None:
+        """{'type': 'boolean'}"""
+        if storable:
+            for path in _unstorable_paths(value, ""):
+                self._error(field, _UNSTORABLE, path)
+
+    def _validate_max_json_bytes(self, limit: int, field: str, value: Any) -> None:
+        """{'type': 'integer'}"""
+        size = _json_size(value)
+        if size > limit:
+            self._error(
+                field,
+                f"the fields besides {', '.join(KNOWN_FIELDS)} take {size} bytes as JSON; at most {limit} are kept",
+            )
+
+    def _check_with_full_name(self, field: str, value: Any) -> None:
+        if isinstance(value, Mapping):
+            first, last = value.get("firstName"), value.get("lastName")
+            if isinstance(first, str) and isinstance(last, str):
+                length = len(_clean_text(f"{first} {last}"))
+                if length > NAME_MAX_LENGTH:
+                    self._error(
+                        field, f"first and last name together must be at most {NAME_MAX_LENGTH} characters, not {length}"
+                    )
+
+
+def _text(max_length: int, **extra: Any) -> dict[str, Any]:
+    return {"type": "string", "coerce": "text", "storable": True, "maxlength": max_length, **extra}
+
+
+def build_schema(*, source: str = "json", max_additional_info_bytes: int | None = None) -> dict[str, Any]:
+    """The Cerberus schema of a user record from ``source`` (``json``, ``ndjson`` or ``csv``)."""
+    limit = settings.MAX_ADDITIONAL_INFO_BYTES if max_additional_info_bytes is None else max_additional_info_bytes
+    age: dict[str, Any] = {"required": True, "type": "integer", "min": AGE_MIN, "max": AGE_MAX}
+    if source == "csv":
+        age["coerce"] = "csv_integer"
+    name_part = {"required": True, **_text(NAME_MAX_LENGTH, empty=False)}
+    return {
+        "name": {
+            "required": True,
+            "type": ["string", "dict"],
+            "coerce": "text",
+            "storable": True,
+            "empty": False,
+            "maxlength": NAME_MAX_LENGTH,
+            "schema": {"firstName": name_part, "lastName": name_part},
+            "check_with": "full_name",
+        },
+        "age": age,
+        "email": _text(EMAIL_MAX_LENGTH, nullable=True, empty=False, regex=EMAIL_PATTERN),
+        "phoneNumber": {
+            "type": "string",
+            "nullable": True,
+            "coerce": "phone",
+            "storable": True,
+            "empty": False,
+            "regex": PHONE_PATTERN,
+        },
+        "address": {
+            "type": "dict",
+            "nullable": True,
+            "schema": {key: _text(ADDRESS_FIELD_MAX_LENGTH) for key in ADDRESS_FIELDS},
+        },
+        ADDITIONAL_INFO: {"type": "dict", "storable": True, "max_json_bytes": limit},
+    }
+
+
+_local = threading.local()
+
+
+def validator_for(source: str) -> UserValidator:
+    """This thread's validator for records from ``source``: built once, reused for every record."""
+    kind = "csv" if source == "csv" else "json"
+    validators: dict[str, UserValidator] | None = getattr(_local, "validators", None)
+    if validators is None:
+        validators = _local.validators = {}
+    validator = validators.get(kind)
+    if validator is None:
+        validator = validators[kind] = UserValidator(build_schema(source=kind))
+    return validator
+
+
+# --- Messages --------------------------------------------------------------------------------------------
+
+_TYPE_NAMES = {"string": "a string", "integer": "an integer", "dict": "an object"}
+_MESSAGES_BY_FIELD = {
+    ("name", "type"): 'must be a string, or an object with "firstName" and "lastName"',
+    ("email", "regex"): "must be a valid email address (name@example.com)",
+    ("phoneNumber", "regex"): (
+        "must be a phone number in international form: an optional +, then 7 to 15 digits not starting "
+        "with 0 (spaces, dashes, dots and parentheses are ignored)"
+    ),
+}
+
+
+def _message(error: cerberus_errors.ValidationError, top_field: str) -> str:
+    rule, constraint = error.rule, error.constraint
+    special = _MESSAGES_BY_FIELD.get((top_field, rule)) if len(error.document_path) == 1 else None
+    if special:
+        return special
+    if error.code == cerberus_errors.CUSTOM.code:
+        return str(error.info[0])
+    if error.code == cerberus_errors.UNKNOWN_FIELD.code:
+        return "is not a known field" + (
+            f" (the address has {', '.join(ADDRESS_FIELDS)})" if top_field == "address" else ""
+        )
+    if rule == "required":
+        return "is required"
+    if rule == "nullable":
+        return "must not be null"
+    if rule == "empty":
+        return "must not be empty"
+    if rule == "type":
+        kinds = constraint if isinstance(constraint, list) else [constraint]
+        return "must be " + " or ".join(_TYPE_NAMES.get(kind, kind) for kind in kinds)
+    if rule == "min":
+        return f"must be at least {constraint}"
+    if rule == "max":
+        return f"must be at most {constraint}"
+    if rule == "maxlength":
+        return f"must be at most {constraint} characters long"
+    if rule == "regex":
+        return "is not in the expected form"
+    return str(cerberus.errors.BasicErrorHandler.messages.get(error.code, f"breaks the rule {rule!r}"))
+
+
+def _flatten(errors: Iterable[cerberus_errors.ValidationError]) -> Iterable[cerberus_errors.ValidationError]:
+    for error in errors:
+        if error.is_group_error:
+            yield from _flatten(error.child_errors)
+        else:
+            yield error
+
+
+def _field_order(item: dict[str, str]) -> tuple[int, str]:
+    top = item["field"].split(".", 1)[0]
+    order = (*KNOWN_FIELDS, ADDITIONAL_INFO)
+    return (order.index(top) if top in order else len(order), item["field"])
+
+
+def _errors_of(validator: UserValidator) -> ErrorList:
+    found = []
+    for error in _flatten(validator._errors):
+        path = [str(part) for part in error.document_path]
+        if error.rule == _UNSTORABLE.rule:
+            # Values of additional_info are reported where the client put them (``gender``, not
+            # ``additional_info.gender``); the others at their own path.
+            inner = str(error.info[0])
+            path = [*path[:-1], inner] if path[0] == ADDITIONAL_INFO and inner else path + ([inner] if inner else [])
+            found.append({"field": ".".join(path), "message": _UNSTORABLE_MESSAGE})
+            continue
+        found.append({"field": ".".join(path), "message": _message(error, path[0] if path else "")})
+    unique = list({(e["field"], e["message"]): e for e in found}.values())
+    return sorted(unique, key=_field_order)
+
+
+def _user_from(document: Mapping[str, Any]) -> dict[str, Any]:
+    """The validated document as the ``users`` columns."""
+    name = document["name"]
+    if isinstance(name, Mapping):
+        name = _clean_text(f"{name['firstName']} {name['lastName']}")
+    address = document.get("address")
+    return {
+        "name": name,
+        "age": document["age"],
+        "email": document.get("email"),
+        "phone_number": document.get("phoneNumber"),
+        "address": dict(address) if address is not None else None,
+        "additional_info": document.get(ADDITIONAL_INFO) or {},
+    }
+
+
+def validate_record(
+    data: Any, *, source: str = "json", parse_errors: Iterable[Mapping[str, str]] = ()
+) -> tuple[dict[str, Any] | None, ErrorList]:
+    """Validate one record; return ``(user, [])`` when valid, else ``(None, every error)``.
+
+    ``user`` holds the ``users`` columns: ``name``, ``age``, ``email``, ``phone_number``, ``address``,
+    ``additional_info``.  ``parse_errors`` (found by the web while reading the body) are kept first and
+    make the record invalid whatever its data.
+    """
+    errors: ErrorList = [{"field": str(e["field"]), "message": str(e["message"])} for e in parse_errors]
+    if not isinstance(data, Mapping):
+        if not errors:
+            kind = "an array" if isinstance(data, list) else "null" if data is None else f"a {type(data).__name__}"
+            errors.append({"field": ROOT_FIELD, "message": f"must be a JSON object with the user's fields, not {kind}"})
+        return None, errors
+    document: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in KNOWN_FIELDS:
+            # null in an optional field means "not given"; in a required one the nullable rule reports it.
+            if value is not None or key in ("name", "age"):
+                document[key] = value
+        else:
+            extra[key] = value
+    document[ADDITIONAL_INFO] = extra
+    validator = validator_for(source)
+    if validator.validate(document) and not errors:
+        return _user_from(validator.document), []
+    return None, errors + _errors_of(validator)
+
+
+def validate_users(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Validate records of the contract (``{"id", "row", "batch_id", "source", "data", "errors"}``).
+
+    Returns one result per record, in order: ``{"id", "row", "batch_id", "user", "errors"}`` where
+    ``user`` is None exactly when ``errors`` is not empty.
+    """
+    results = []
+    for record in records:
+        user, errors = validate_record(
+            record.get("data"), source=record.get("source") or "json", parse_errors=record.get("errors") or ()
+        )
+        results.append(
+            {
+                "id": record["id"],
+                "row": record.get("row"),
+                "batch_id": record.get("batch_id"),
+                "user": user,
+                "errors": errors,
+            }
+        )
+    return results
