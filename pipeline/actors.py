@@ -8,8 +8,10 @@ batch is in Kafka, ``register_batch``.  Both process actors run a Dramatiq pipel
 ``validate_users`` is pure (Cerberus); ``persist_users`` writes every outcome of the chunk in one
 transaction and is idempotent: a redelivered message never writes a second row, and never turns ``stored``
 into ``duplicate``.  Transient database errors are retried with backoff by Dramatiq's ``Retries``; when the
-retries run out the message goes to the failed-message topic and ``record_failure`` (an ``on_failure``
-callback, itself retried) marks its submissions ``failed``.
+retries run out the message goes to the failed-message topic and ``record_failure`` (Dramatiq's
+``on_retry_exhausted`` callback, itself retried) marks its submissions ``failed``.  Not ``on_failure``:
+that callback fires on *every* failed attempt, which would mark ``failed`` a submission still being
+retried.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ _persisting = {
     "retry_when": _retry_transient,
     "min_backoff": settings.MIN_BACKOFF_MS,
     "max_backoff": settings.MAX_BACKOFF_MS,
-    "on_failure": "record_failure",
+    "on_retry_exhausted": "record_failure",
 }
 
 
@@ -56,14 +58,14 @@ def _records_of(submission: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"id": submission["id"], "row": None, "data": submission.get("data"), "errors": []}]
 
 
-@dramatiq.actor(queue_name=QUEUE, max_retries=settings.MAX_RETRIES, on_failure="record_failure")
+@dramatiq.actor(queue_name=QUEUE, max_retries=settings.MAX_RETRIES, on_retry_exhausted="record_failure")
 def process_user(submission: dict[str, Any]) -> None:
     """One submitted record ``{"id", "data"}``: validate, then dedupe and persist."""
     records = _records_of(submission)
     dramatiq.pipeline([validate_users.message(records, None, "json"), persist_users.message()]).run()
 
 
-@dramatiq.actor(queue_name=QUEUE, max_retries=settings.MAX_RETRIES, on_failure="record_failure")
+@dramatiq.actor(queue_name=QUEUE, max_retries=settings.MAX_RETRIES, on_retry_exhausted="record_failure")
 def process_users(chunk: dict[str, Any]) -> None:
     """A chunk of a batch ``{"batch_id", "source", "records": [{"id", "row", "data", "errors"}]}``."""
     dramatiq.pipeline(
@@ -74,7 +76,7 @@ def process_users(chunk: dict[str, Any]) -> None:
     ).run()
 
 
-@dramatiq.actor(queue_name=QUEUE, max_retries=0, on_failure="record_failure")
+@dramatiq.actor(queue_name=QUEUE, max_retries=0, on_retry_exhausted="record_failure")
 def validate_users(records: list[dict[str, Any]], batch_id: str | None, source: str) -> list[dict[str, Any]]:
     """Validate every record with Cerberus; the result lists each record's user or all of its errors."""
     results = []
@@ -228,14 +230,34 @@ def _submission_records(message: dict[str, Any]) -> list[dict[str, Any]]:
     return []
 
 
-@dramatiq.actor(queue_name=QUEUE, max_retries=max(settings.MAX_RETRIES, 20), retry_when=_retry_transient)
-def record_failure(message: dict[str, Any], exception: dict[str, Any]) -> None:
-    """``on_failure`` callback: mark the message's submissions ``failed`` with the reason.
+#: Retries of ``record_failure`` itself: the database it writes to is often what made the message fail.
+RECORD_FAILURE_RETRIES = 20
 
-    A submission that already has an outcome keeps it.  Replaying the failed message later (``python -m
+
+def _retry_record_failure(retries: int, exception: Exception) -> bool:
+    patience = max(settings.MAX_RETRIES, RECORD_FAILURE_RETRIES)
+    return _retry_transient(0, exception) and retries < patience
+
+
+def _reason(message: dict[str, Any]) -> str:
+    """``"<exception class>: <message>"`` from the traceback ``Retries`` stored in the message's options."""
+    traceback = message.get("options", {}).get("traceback") or ""
+    lines = [line for line in traceback.splitlines() if line.strip()]
+    if not lines:
+        return "unknown error: the retries ran out"
+    kind, separator, text = lines[-1].partition(": ")
+    return f"{kind.rsplit('.', 1)[-1]}{separator}{text.strip()}"[:1000]
+
+
+@dramatiq.actor(queue_name=QUEUE, retry_when=_retry_record_failure)
+def record_failure(message: dict[str, Any], retries: dict[str, Any] | None = None) -> None:
+    """``on_retry_exhausted`` callback: mark the message's submissions ``failed`` with the reason.
+
+    Called with the failed message (``Message.asdict()``) and ``{"retries", "max_retries"}``.  A
+    submission that already has an outcome keeps it.  Replaying the failed message later (``python -m
     pipeline dlq replay``) replaces ``failed`` with the real outcome.
     """
-    reason = f"{exception.get('type', 'Error')}: {exception.get('message', '')}"
+    reason = _reason(message)
     records = _submission_records(message)
     if not records:
         return

@@ -33,6 +33,12 @@ database = PooledPostgresqlDatabase(
 database.init(**_parameters(settings.DATABASE_URL))
 
 
+def configure(url: str) -> None:
+    """Point ``database`` at another PostgreSQL URL (tests, tools), dropping every pooled connection."""
+    database.close_all()
+    database.init(**_parameters(url))
+
+
 def reset_connection() -> None:
     """Drop this thread's connection (after the server went away) so that the next query reconnects."""
     try:

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
+from peewee import SQL
 from playhouse.migrate import PostgresqlMigrator
+from playhouse.migrate import migrate as run_operations
+from playhouse.postgres_ext import DateTimeTZField
 
 from pipeline import settings
 from pipeline.db import database
-from pipeline.models import Batch, Submission, User, unique_columns
+from pipeline.models import unique_columns
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +29,21 @@ UNIQUE_INDEX = "users_unique_key"
 
 
 def _0001_initial(migrator: PostgresqlMigrator) -> None:
-    database.create_tables([User, Submission, Batch], safe=True)
+    # Frozen: the tables as the models first were, so that later changes to the models never change
+    # what this step does (later migrations alter them).
+    for statement in (
+        "CREATE TABLE users (id bigserial PRIMARY KEY, name text NOT NULL, age integer NOT NULL, email text, "
+        "phone_number text, address jsonb, additional_info jsonb NOT NULL, created_at timestamp NOT NULL)",
+        "CREATE TABLE submissions (id varchar(128) PRIMARY KEY, batch_id varchar(128), row integer, "
+        "status varchar(16) NOT NULL, errors jsonb NOT NULL, "
+        "user_id bigint REFERENCES users (id) ON DELETE SET NULL, "
+        "created_at timestamp NOT NULL, updated_at timestamp NOT NULL)",
+        "CREATE INDEX submission_batch_id_status_row ON submissions (batch_id, status, row)",
+        "CREATE INDEX submission_user_id ON submissions (user_id)",
+        "CREATE TABLE batches (id varchar(128) PRIMARY KEY, count integer NOT NULL, source varchar(16), "
+        "created_at timestamp NOT NULL)",
+    ):
+        database.execute_sql(statement)
 
 
 def _0002_users_name_index(migrator: PostgresqlMigrator) -> None:
@@ -33,10 +51,32 @@ def _0002_users_name_index(migrator: PostgresqlMigrator) -> None:
     database.execute_sql("CREATE INDEX IF NOT EXISTS users_lower_name ON users (lower(name))")
 
 
+def _0003_timestamptz_and_defaults(migrator: PostgresqlMigrator) -> None:
+    # The times become timestamptz (Peewee wrote UTC wall-clock times into the old columns, hence AT TIME
+    # ZONE 'UTC'), and the columns get the defaults the contract states, for writers other than Peewee.
+    def to_timestamptz(table: str, column: str) -> Any:
+        cast = SQL(f"{column} AT TIME ZONE 'UTC'")
+        return migrator.alter_column_type(table, column, DateTimeTZField(), cast=cast)
+
+    run_operations(
+        to_timestamptz("users", "created_at"),
+        migrator.add_column_default("users", "created_at", "now()"),
+        migrator.add_column_default("users", "additional_info", "'{}'"),
+        to_timestamptz("submissions", "created_at"),
+        to_timestamptz("submissions", "updated_at"),
+        migrator.add_column_default("submissions", "created_at", "now()"),
+        migrator.add_column_default("submissions", "updated_at", "now()"),
+        migrator.add_column_default("submissions", "errors", "'[]'"),
+        to_timestamptz("batches", "created_at"),
+        migrator.add_column_default("batches", "created_at", "now()"),
+    )
+
+
 #: Every migration, in order; append only.
 MIGRATIONS: list[tuple[str, Callable[[PostgresqlMigrator], None]]] = [
     ("0001_initial", _0001_initial),
     ("0002_users_name_index", _0002_users_name_index),
+    ("0003_timestamptz_and_defaults", _0003_timestamptz_and_defaults),
 ]
 
 

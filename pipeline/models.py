@@ -7,13 +7,12 @@ import datetime
 from peewee import (
     BigAutoField,
     CharField,
-    DateTimeField,
     ForeignKeyField,
     IntegerField,
     Model,
     TextField,
 )
-from playhouse.postgres_ext import BinaryJSONField
+from playhouse.postgres_ext import BinaryJSONField, DateTimeTZField
 
 from pipeline.db import database
 
@@ -37,7 +36,7 @@ class User(_Base):
     phone_number = TextField(null=True)
     address = BinaryJSONField(null=True, index=False)
     additional_info = BinaryJSONField(default=dict, index=False)
-    created_at = DateTimeField(default=_now)
+    created_at = DateTimeTZField(default=_now)
 
     class Meta:
         table_name = "users"
@@ -52,8 +51,8 @@ class Submission(_Base):
     status = CharField(max_length=16)
     errors = BinaryJSONField(default=list, index=False)
     user = ForeignKeyField(User, null=True, column_name="user_id", on_delete="SET NULL")
-    created_at = DateTimeField(default=_now)
-    updated_at = DateTimeField(default=_now)
+    created_at = DateTimeTZField(default=_now)
+    updated_at = DateTimeTZField(default=_now)
 
     class Meta:
         table_name = "submissions"
@@ -66,7 +65,7 @@ class Batch(_Base):
     id = CharField(primary_key=True, max_length=128)
     count = IntegerField()
     source = CharField(max_length=16, null=True)
-    created_at = DateTimeField(default=_now)
+    created_at = DateTimeTZField(default=_now)
 
     class Meta:
         table_name = "batches"

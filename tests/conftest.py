@@ -134,3 +134,56 @@ def web_client(web_broker):
 
     with make_client(web_broker) as client:
         yield client
+
+
+# ======================================================================================================
+# Pipeline (owned by the pipeline helper): a PostgreSQL database of the session, migrated once
+# ======================================================================================================
+
+
+@pytest.fixture(scope="session")
+def pipeline_database(database_url):
+    """``pipeline.db.database`` pointed at a database created for this session and migrated once.
+
+    The database is new (``bup_test_<hex>``, on the server of ``DATABASE_URL``) and dropped at the end, so
+    that migration tests may change the unique key without touching anyone else's data.
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg2
+
+    from pipeline import db, migrations, settings
+
+    name = f"bup_test_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(database_url)
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    url = urlunsplit(urlsplit(database_url)._replace(path=f"/{name}"))
+    db.configure(url)
+    migrations.migrate(settings.UNIQUE_FIELDS)
+    yield db.database
+    db.database.close_all()
+    with admin.cursor() as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+@pytest.fixture
+def clean_database(pipeline_database):
+    """The session's database, emptied (users, submissions, batches) for this test."""
+    with pipeline_database.connection_context():
+        pipeline_database.execute_sql("TRUNCATE users, submissions, batches RESTART IDENTITY CASCADE")
+    return pipeline_database
+
+
+@pytest.fixture
+def sql(clean_database):
+    """Run one SQL statement on the test database and return its rows (``sql("SELECT ...", arg, ...)``)."""
+
+    def run(statement, *params):
+        with clean_database.connection_context():
+            cursor = clean_database.execute_sql(statement, params or None)
+            return cursor.fetchall() if cursor.description else []
+
+    return run

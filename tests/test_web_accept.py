@@ -183,7 +183,7 @@ def test_a_json_batch_travels_in_chunks_then_registers_its_count(web_client, web
     assert [len(m.args[0]["records"]) for m in messages[:3]] == [3, 3, 1]
     assert {m.args[0]["source"] for m in messages[:3]} == {"json"}
     assert {m.args[0]["batch_id"] for m in messages[:3]} == {body["batch_id"]}
-    assert messages[-1].args == (body["batch_id"], 7)
+    assert messages[-1].args == (body["batch_id"], 7, "json")
     records = batch_records(messages)
     assert [r["row"] for r in records] == list(range(1, 8))
     assert [r["data"] for r in records] == users

@@ -127,7 +127,7 @@ def accept_records(
             group.append(chunk_message(batch_id, source, chunk))
         enqueuer.send_many(group)
         sent_chunks += len(group)
-        enqueuer.send_many([register_batch_message(batch_id, count)])
+        enqueuer.send_many([register_batch_message(batch_id, count, source)])
     except ApiError as exc:
         if sent_chunks:
             # Those records will be processed; say so, so that the outcome is traceable.

@@ -6,7 +6,7 @@ with ``pipeline/actors.py``:
 
 * ``process_user({"id", "data"})`` — one submission;
 * ``process_users({"batch_id", "source", "records": [{"id", "row", "data", "errors"}]})`` — one chunk;
-* ``register_batch(batch_id, count)`` — sent after every chunk of the batch is durable.
+* ``register_batch(batch_id, count, source)`` — sent after every chunk of the batch is durable.
 
 ``broker.enqueue`` returns once Kafka has acknowledged the message, so it blocks: callers on the event
 loop use :meth:`Enqueuer.send_async`, which runs it in the thread pool.  Broker failures (Dramatiq's
@@ -53,9 +53,9 @@ def chunk_message(batch_id: str, source: str, records: list[dict[str, Any]]) -> 
     return _message(PROCESS_USERS, {"batch_id": batch_id, "source": source, "records": records})
 
 
-def register_batch_message(batch_id: str, count: int) -> dramatiq.Message[Any]:
-    """``register_batch`` once every chunk of a batch is durable."""
-    return _message(REGISTER_BATCH, batch_id, count)
+def register_batch_message(batch_id: str, count: int, source: str) -> dramatiq.Message[Any]:
+    """``register_batch`` once every chunk of a batch is durable (``source`` is stored with the batch)."""
+    return _message(REGISTER_BATCH, batch_id, count, source)
 
 
 class Enqueuer:

@@ -27,6 +27,7 @@ _ERROR_CODES = [
     "unsupported_media_type",
     "invalid_body",
     "queue_unavailable",
+    "kafka_unavailable",
     "database_unavailable",
     "service_unavailable",
     "not_ready",
@@ -235,6 +236,24 @@ _SCHEMAS: dict[str, Any] = {
             "Share of stored users per age group: `under 20` (age < 20), `20 to 40` (20..40 inclusive), "
             "`41 to 60` (41..60), `over 60` (> 60). Computed by one SQL query."
         ),
+        "required": ["total", "groups"],
+        "properties": {
+            "total": {"type": "integer", "description": "Stored users."},
+            "groups": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["group", "min_age", "max_age", "count", "share"],
+                    "properties": {
+                        "group": {"enum": ["under 20", "20 to 40", "41 to 60", "over 60"]},
+                        "min_age": {"type": ["integer", "null"], "description": "Inclusive; null: no bound."},
+                        "max_age": {"type": ["integer", "null"], "description": "Inclusive; null: no bound."},
+                        "count": {"type": "integer"},
+                        "share": {"type": "number", "minimum": 0, "maximum": 1, "description": "count / total"},
+                    },
+                },
+            },
+        },
     },
     "Readiness": {
         "type": "object",

@@ -757,7 +757,7 @@ class _KafkaConsumer(Consumer, AsyncConsumerRebalanceListener):
                 if room <= 0:
                     self._pause()
                     # Keeps the group membership alive; a rebalance may hand us new, unpaused partitions.
-                    self._take(self._consumer.poll(timeout_ms=0))
+                    self._take(self._poll(0))
                     if remaining_ms <= 0:
                         return None
                     self._acked_event.wait(min(_POLL_SLICE_MS, remaining_ms) / 1000)
@@ -765,7 +765,7 @@ class _KafkaConsumer(Consumer, AsyncConsumerRebalanceListener):
                     continue
 
                 self._resume()
-                batch = self._consumer.poll(timeout_ms=max(0, min(_POLL_SLICE_MS, remaining_ms)), max_records=room)
+                batch = self._poll(max(0, min(_POLL_SLICE_MS, remaining_ms)), room)
                 if batch:
                     self._take(batch)
                     continue
@@ -786,6 +786,16 @@ class _KafkaConsumer(Consumer, AsyncConsumerRebalanceListener):
             self.logger.warning("Closing the consumer of %s: %s", self.topic, e)
 
     # -- internals ----------------------------------------------------------------------------------------
+    def _poll(self, timeout_ms: int, max_records: int | None = None) -> dict[TopicPartition, list[Any]]:
+        # kafka-python 3.0.12 loses a rebalance that a metadata change started when ``poll`` times out while
+        # its JoinGroup/SyncGroup task runs: the task's assignment is never applied, and the consumer sits in
+        # the group with no partitions for good.  Keeping the coordinator's own "rejoin needed" flag up while
+        # a rebalance is under way makes the next ``poll`` finish it (at worst with one more join).
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        if coordinator is not None and getattr(coordinator, "rejoining", False):
+            coordinator.rejoin_needed = True
+        return self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+
     def _outstanding(self) -> int:
         return len(self._buffer) + sum(state.outstanding for state in self._states.values())
 

@@ -1,0 +1,359 @@
+"""The operator tools against the real system: the page in headless Chromium, and the upload CLI.
+
+``live_server`` runs the stack as the Procfile does: ``uvicorn`` serving ``web.app`` (with the page's
+routes) and a ``dramatiq pipeline`` worker, on the real Kafka (topics of their own) and a PostgreSQL
+database of their own, with ``API_TOKEN`` set so that the token path is exercised too.
+
+Chromium is Debian's (``apt-get install chromium``) driven by Playwright from PyPI; Playwright's own browser
+download is never used (it cannot be fetched here).  The screenshot is saved as
+``tests/artifacts/operator-page.png``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import psycopg2
+import pytest
+from conftest import in_ci
+
+pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.postgres]
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "tests" / "artifacts"
+SCREENSHOT = ARTIFACTS / "operator-page.png"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+#: How long a test waits for a batch of a few hundred records to complete, in milliseconds.
+BATCH_WAIT_MS = 180_000
+
+# uvicorn's target: the application, with the page's routes added unless web.app already serves them.
+_APP_SHIM = """
+from web import ui
+from web.app import app
+
+if not any(getattr(route, "path", None) == "/api/overview" for route in app.routes):
+    app.router.routes.extend(ui.routes)
+"""
+
+
+# ======================================================================================================
+# The live stack (until the lead's shared end-to-end fixture takes its place)
+# ======================================================================================================
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _admin_sql(server_url: str, statement: str) -> None:
+    connection = psycopg2.connect(server_url)
+    connection.autocommit = True
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(statement)
+    finally:
+        connection.close()
+
+
+@dataclass
+class LiveServer:
+    """A running web + worker, and what a test needs to talk to them and to their database."""
+
+    url: str
+    token: str
+    database_url: str
+    env: dict[str, str]
+    logs: Path
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def spawn(self, name: str, argv: list[str]) -> None:
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115  (the process writes it until it ends)
+        self.processes.append(
+            subprocess.Popen(
+                argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        )
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for process in self.processes:
+                if process.poll() is not None:
+                    raise AssertionError(f"{process.args} exited with {process.returncode}; see {self.logs}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError(f"the web did not become ready; see {self.logs}")
+
+    def sql(self, query: str, *params: object) -> list[tuple[object, ...]]:
+        connection = psycopg2.connect(self.database_url)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(query, params)
+                return cursor.fetchall() if cursor.description else []
+        finally:
+            connection.close()
+
+    def outcome_counts(self, batch_id: str) -> dict[str, int]:
+        """``{status: count}`` of a batch's submissions, as the database holds them."""
+        rows = self.sql(
+            "SELECT status, count(*) FROM submissions WHERE batch_id = %s GROUP BY status", batch_id
+        )
+        return {str(status): int(str(count)) for status, count in rows}
+
+
+@pytest.fixture(scope="module")
+def live_server(
+    kafka_bootstrap_servers: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """The real web (with the page) and one worker process, on a database and topics of their own."""
+    run = uuid.uuid4().hex[:8]
+    db_name = f"bup_ui_{run}"
+    _admin_sql(database_url, f'CREATE DATABASE "{db_name}"')
+    db_url = urlunsplit(urlsplit(database_url)._replace(path=f"/{db_name}"))
+    shim = tmp_path_factory.mktemp("ui_app")
+    (shim / "ui_live_app.py").write_text(_APP_SHIM, encoding="utf-8")
+    logs = ARTIFACTS / f"ui-{run}"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(shim)]),
+        "PYTHONUNBUFFERED": "1",
+        "DATABASE_URL": db_url,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap_servers,
+        "KAFKA_TOPIC_PREFIX": f"ui{run}.",
+        "KAFKA_PARTITIONS": "2",
+        "WORKER_METRICS_PORT": "0",
+        "BATCH_CHUNK_SIZE": "50",
+        "API_TOKEN": f"token-{run}",
+        "ID_SECRET": f"secret-{run}",
+    }
+    server = LiveServer(
+        url=f"http://127.0.0.1:{_free_port()}",
+        token=env["API_TOKEN"],
+        database_url=db_url,
+        env=env,
+        logs=logs,
+    )
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "pipeline", "migrate"], cwd=ROOT, env=env, check=True, timeout=120
+        )
+        port = str(urlsplit(server.url).port)
+        server.spawn(
+            "web", [sys.executable, "-m", "uvicorn", "ui_live_app:app", "--host", "127.0.0.1", "--port", port]
+        )
+        server.spawn(
+            "worker", [sys.executable, "-m", "dramatiq", "pipeline", "--processes", "1", "--threads", "4"]
+        )
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+        _admin_sql(database_url, f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+
+
+# ======================================================================================================
+# The browser
+# ======================================================================================================
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """Headless Debian Chromium under Playwright (skipped locally, failed in CI, when either is missing)."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        message = "playwright is not installed (pip install playwright; never `playwright install`)"
+        pytest.fail(message) if in_ci() else pytest.skip(message)
+    if not CHROMIUM.exists():
+        message = f"{CHROMIUM} is missing (apt-get install chromium)"
+        pytest.fail(message) if in_ci() else pytest.skip(message)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+#: Rows of ``users_csv`` invalid for their age alone (rows 7 to 29): more than one page of the page's table.
+EXTRA_INVALID = 23
+
+
+def users_csv(tag: str, generated: int = 240) -> str:
+    """A CSV with nested headers: valid rows, invalid ones (rows 2, 5, 7..29), a duplicate of row 1."""
+    lines = [
+        "name.firstName,name.lastName,age,email,address.city",
+        f"Ada,Lovelace-{tag},36,ada@example.org,London",
+        f"Alan,Turing-{tag},abc,not-an-address,Wilmslow",  # invalid: age and email
+        f"Grace,Hopper-{tag},85,,Arlington",
+        f"Ada,Lovelace-{tag},36,,Paris",  # duplicate of row 1 (name and age)
+        f"Edsger,Dijkstra-{tag}",  # invalid: 2 columns, the header has 5
+        f'"Quoted, Name",O\'Brien-{tag},15,,"Dublin, IE"',
+    ]
+    lines += [f"Old{i},Timer-{tag},{151 + i},,Nowhere" for i in range(EXTRA_INVALID)]  # invalid: age > 150
+    lines += [f"User{i},Generated-{tag},{i % 90 + 1},,City {i}" for i in range(generated)]
+    return "\r\n".join(lines) + "\r\n"
+
+
+#: What ``users_csv`` yields: 1 duplicate, 25 invalid; the rest stored.
+EXPECTED_INVALID = 2 + EXTRA_INVALID
+#: Rows per page of the page's table of invalid rows (``PAGE_SIZE`` in app.js).
+PAGE_SIZE = 20
+EXPECTED_DUPLICATE = 1
+
+
+def test_a_csv_uploaded_through_the_page_is_followed_to_100_percent_and_its_counts_match_the_database(
+    live_server: LiveServer, browser: object, tmp_path: Path
+) -> None:
+    # Given: a CSV of users, and the page open in Chromium
+    tag = uuid.uuid4().hex[:8]
+    path = tmp_path / "users.csv"
+    path.write_text(users_csv(tag), encoding="utf-8")
+    records = users_csv(tag).count("\r\n") - 1
+    page = browser.new_page(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
+    script_errors: list[str] = []
+    page.on("pageerror", lambda error: script_errors.append(str(error)))
+    page.goto(live_server.url + "/")
+
+    # When: the operator enters the token the page asks for, and uploads the file
+    page.wait_for_selector("#auth:not([hidden])")
+    page.fill("#token", live_server.token)
+    page.click("#auth-form button[type=submit]")
+    page.set_input_files("#file", str(path))
+    page.click("#upload-button")
+    page.wait_for_selector('#batch-progress-text[data-percent="100"]', timeout=BATCH_WAIT_MS)
+
+    # Then: the bar is full, the state completed, and the counts shown are the database's
+    batch_id = page.text_content("#batch-id") or ""
+    shown = {
+        status: int((page.text_content(f"#count-{status}") or "").replace(",", ""))
+        for status in ("queued", "stored", "duplicate", "invalid", "failed")
+    }
+    in_database = live_server.outcome_counts(batch_id)
+    assert page.text_content("#batch-state") == "completed"
+    assert page.eval_on_selector("#batch-bar", "bar => bar.value === bar.max")
+    assert f"{records:,} / {records:,} records (100 %)" == page.text_content("#batch-progress-text")
+    assert shown["queued"] == 0
+    assert {status: count for status, count in shown.items() if status != "queued" and count} == in_database
+    assert sum(in_database.values()) == records
+    assert in_database.get("invalid") == EXPECTED_INVALID
+    assert in_database.get("duplicate") == EXPECTED_DUPLICATE
+
+    # and the invalid rows are listed with their errors, by row number, a page at a time
+    rows = page.locator("#items tbody tr")
+    assert rows.count() == PAGE_SIZE
+    assert rows.nth(0).locator("td").first.text_content() == "2"
+    assert "age" in (rows.nth(0).text_content() or "") and "email" in (rows.nth(0).text_content() or "")
+    assert rows.nth(1).locator("td").first.text_content() == "5"
+    page.click("#items-next")
+    page.wait_for_selector("#items-page:text('Page 2')")
+    page.wait_for_function(
+        f"document.querySelectorAll('#items tbody tr').length === {EXPECTED_INVALID - PAGE_SIZE}"
+    )
+    assert rows.nth(0).locator("td").first.text_content() == str(29 - (EXPECTED_INVALID - PAGE_SIZE) + 1)
+    assert page.is_disabled("#items-next")
+    page.click("#items-prev")
+    page.wait_for_function(f"document.querySelectorAll('#items tbody tr').length === {PAGE_SIZE}")
+
+    # and the age chart, the newest users and the health badges show the system as it is
+    stored_users = int(str(live_server.sql("SELECT count(*) FROM users")[0][0]))
+    page.wait_for_function(f"document.querySelector('#ages').dataset.total === '{stored_users}'")
+    assert page.locator("#ages tbody tr").count() == 4
+    newest_id = live_server.sql("SELECT max(id) FROM users")[0][0]
+    page.wait_for_function(f"document.querySelector('#newest tbody td')?.textContent === '{newest_id}'")
+    assert f"Generated-{tag}" in (page.text_content("#newest tbody tr") or "")
+    page.wait_for_function("document.querySelector('#health-kafka').textContent === 'up'")
+    assert page.text_content("#health-database") == "up"
+    page.wait_for_function("/^\\d+ waiting$/.test(document.querySelector('#lag').textContent)")
+    assert (page.text_content("#failed-messages") or "").isdigit()
+    assert script_errors == []
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+    # and a reload (the batch id is in the address) shows the batch again, the token kept for the tab
+    page.reload()
+    page.wait_for_selector('#batch-progress-text[data-percent="100"]')
+    assert page.text_content("#batch-id") == batch_id
+    assert page.is_hidden("#auth")
+    assert script_errors == []
+    page.close()
+
+
+def test_the_upload_cli_follows_a_batch_to_the_end_and_reports_what_the_database_holds(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
+    # Given
+    tag = uuid.uuid4().hex[:8]
+    path = tmp_path / "users.csv"
+    path.write_text(users_csv(tag, generated=120), encoding="utf-8")
+    records = users_csv(tag, generated=120).count("\r\n") - 1
+
+    # When
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "upload",
+            str(path),
+            "--url",
+            live_server.url,
+            "--token",
+            live_server.token,
+        ],
+        cwd=ROOT,
+        env=live_server.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    # Then: exit 1 (there are invalid rows), both bars at their end, the summary is the database's
+    assert result.returncode == 1, result.stderr
+    assert f"{records} / {records} records" in result.stderr and "100 %" in result.stderr
+    batch_id = result.stdout.split()[1].rstrip(":")
+    in_database = live_server.outcome_counts(batch_id)
+    for status in ("stored", "duplicate", "invalid", "failed"):
+        assert f"  {status:<10} {in_database.get(status, 0):>9}" in result.stdout
+    assert "row 2 (invalid): " in result.stdout and "row 5 (invalid): " in result.stdout

@@ -1,0 +1,369 @@
+/* The operator page: upload a file of users, follow its batch, watch the system.
+ *
+ * Plain browser JavaScript, no build step. It talks to the same API as any client:
+ *   POST /api/users (the file as the body, its content type from its name),
+ *   GET  /api/batches/<id>?limit=&cursor=   (polled until "completed"),
+ *   GET  /api/reports/age-distribution, /api/users/newest, /api/overview, /readyz.
+ * Data from the API is put in the page with textContent only, never as HTML.
+ */
+"use strict";
+(() => {
+  const TOKEN_KEY = "bup.apiToken";
+  const PAGE_SIZE = 20;
+  const BATCH_POLL_MS = 700;
+  const SYSTEM_POLL_MS = 5000;
+  const OUTCOMES = ["queued", "stored", "duplicate", "invalid", "failed"];
+  const TYPES = { csv: "text/csv", json: "application/json", ndjson: "application/x-ndjson", jsonl: "application/x-ndjson" };
+
+  const $ = (id) => document.getElementById(id);
+  const number = new Intl.NumberFormat();
+  const storedAt = new Intl.DateTimeFormat(undefined, { dateStyle: "short", timeStyle: "medium" });
+
+  class ApiError extends Error {
+    constructor(status, code, message) {
+      super(message);
+      this.status = status;
+      this.code = code;
+    }
+  }
+
+  // --- the token (only when the service sets API_TOKEN) -------------------------------------------------
+  const token = {
+    get: () => sessionStorage.getItem(TOKEN_KEY) || "",
+    set: (value) => sessionStorage.setItem(TOKEN_KEY, value),
+    forget: () => sessionStorage.removeItem(TOKEN_KEY),
+  };
+
+  function authHeaders() {
+    const value = token.get();
+    return value ? { Authorization: `Bearer ${value}` } : {};
+  }
+
+  function askForToken(message) {
+    $("auth").hidden = false;
+    $("auth-message").textContent = message;
+  }
+
+  /** The error of an answer, in the API's one shape `{"error": {"code", "message"}}` when it has it. */
+  function errorOf(status, body, fallback) {
+    const error = body && body.error ? body.error : {};
+    return new ApiError(status, error.code || `http_${status}`, error.message || fallback || `HTTP ${status}`);
+  }
+
+  function parseJson(text) {
+    try { return JSON.parse(text); } catch { return null; }
+  }
+
+  async function api(path) {
+    let response;
+    try {
+      response = await fetch(path, { headers: { Accept: "application/json", ...authHeaders() } });
+    } catch (e) {
+      throw new ApiError(0, "network_error", "the service cannot be reached");
+    }
+    const body = parseJson(await response.text());
+    if (response.status === 401) {
+      askForToken(token.get() ? "The token was refused; enter the right one." : "This service asks for a bearer token.");
+    }
+    if (!response.ok && !(response.status === 503 && path === "/readyz")) {
+      throw errorOf(response.status, body, response.statusText);
+    }
+    return body;
+  }
+
+  // --- small DOM helpers -----------------------------------------------------------------------------
+  function element(tag, text, className) {
+    const node = document.createElement(tag);
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    if (className) node.className = className;
+    return node;
+  }
+
+  function row(cells) {
+    const tr = document.createElement("tr");
+    for (const cell of cells) tr.append(cell);
+    return tr;
+  }
+
+  function badge(id, text, state) {
+    const node = $(id);
+    node.textContent = text;
+    node.dataset.state = state;
+  }
+
+  function say(text, kind) {
+    const node = $("upload-status");
+    node.textContent = text;
+    node.dataset.kind = kind || "info";
+  }
+
+  // --- upload --------------------------------------------------------------------------------------------
+  function contentTypeOf(file) {
+    const extension = (file.name.split(".").pop() || "").toLowerCase();
+    return TYPES[extension] || (Object.values(TYPES).includes(file.type) ? file.type : "text/csv");
+  }
+
+  /** POST the file as the request body; XMLHttpRequest because fetch reports no upload progress. */
+  function send(file, onProgress) {
+    return new Promise((resolve, reject) => {
+      const xhr = new XMLHttpRequest();
+      xhr.open("POST", "/api/users");
+      xhr.setRequestHeader("Content-Type", contentTypeOf(file));
+      xhr.setRequestHeader("Accept", "application/json");
+      for (const [name, value] of Object.entries(authHeaders())) xhr.setRequestHeader(name, value);
+      xhr.upload.onprogress = (event) => onProgress(event.loaded, event.lengthComputable ? event.total : file.size);
+      xhr.upload.onload = () => onProgress(file.size, file.size, true);
+      xhr.onload = () => resolve({ status: xhr.status, body: parseJson(xhr.responseText) });
+      xhr.onerror = () => reject(new ApiError(0, "network_error", "the upload was interrupted"));
+      xhr.send(file);
+    });
+  }
+
+  async function upload(event) {
+    event.preventDefault();
+    const file = $("file").files[0];
+    if (!file) return;
+    const button = $("upload-button");
+    button.disabled = true;
+    $("upload-progress").hidden = false;
+    say(`Sending ${file.name} (${number.format(file.size)} bytes)…`);
+    try {
+      const answer = await send(file, (sent, total, done) => {
+        $("upload-bar").max = Math.max(total, 1);
+        $("upload-bar").value = sent;
+        $("upload-bar-text").textContent = `${percent(sent, total)} %`;
+        if (done) say(`Sent ${file.name}; the API is putting every record on the queue…`);
+      });
+      if (answer.status === 401) askForToken("This service asks for a bearer token.");
+      if (answer.status !== 202) throw errorOf(answer.status, answer.body);
+      say(`Accepted ${number.format(answer.body.count)} records as batch ${answer.body.batch_id}.`, "ok");
+      follow(answer.body.batch_id, answer.body.count);
+    } catch (e) {
+      say(`Upload refused: ${describe(e)}`, "error");
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  function describe(e) {
+    return e instanceof ApiError ? `${e.message} (${e.status ? e.status + " " : ""}${e.code})` : String(e);
+  }
+
+  function percent(done, total) {
+    // Floor, so that 100 % means everything, never "almost".
+    return total > 0 ? Math.floor((done * 100) / total) : 100;
+  }
+
+  // --- following a batch -------------------------------------------------------------------------------
+  const batch = { id: null, expected: null, cursors: [0], timer: null, generation: 0 };
+
+  function follow(batchId, expected) {
+    batch.id = batchId;
+    batch.expected = expected ?? null;
+    batch.cursors = [0];
+    batch.generation += 1;
+    clearTimeout(batch.timer);
+    $("batch").hidden = false;
+    $("batch-id").textContent = batchId;
+    $("batch-id-input").value = batchId;
+    history.replaceState(null, "", `#batch=${encodeURIComponent(batchId)}`);
+    pollBatch(batch.generation);
+  }
+
+  async function pollBatch(generation) {
+    if (generation !== batch.generation) return; // a newer batch is followed now
+    let report = null;
+    try {
+      const cursor = batch.cursors[batch.cursors.length - 1];
+      report = await api(`/api/batches/${encodeURIComponent(batch.id)}?limit=${PAGE_SIZE}&cursor=${cursor}`);
+    } catch (e) {
+      if (generation !== batch.generation) return;
+      badge("batch-state", e.status === 404 ? "unknown batch" : "unavailable", "error");
+      if (e.status === 404) return;
+    }
+    if (generation !== batch.generation) return;
+    if (report) showBatch(report);
+    if (!report || report.state !== "completed") {
+      batch.timer = setTimeout(() => pollBatch(generation), BATCH_POLL_MS);
+    } else {
+      refreshSystem(); // the batch changed the report, the newest users and maybe the failed count
+    }
+  }
+
+  function showBatch(report) {
+    const counts = report.counts || {};
+    const total = report.count ?? batch.expected;
+    const processed = ["stored", "duplicate", "invalid", "failed"].reduce((sum, s) => sum + (counts[s] || 0), 0);
+    const completed = report.state === "completed";
+    badge("batch-state", completed ? "completed" : "processing", completed ? "ok" : "busy");
+    const bar = $("batch-bar");
+    const text = $("batch-progress-text");
+    if (total === null || total === undefined) {
+      bar.removeAttribute("value"); // indeterminate until the worker has registered the batch
+      text.textContent = `${number.format(processed)} processed`;
+      text.dataset.percent = "";
+    } else {
+      const done = completed ? total : Math.min(processed, total);
+      bar.max = Math.max(total, 1);
+      bar.value = total > 0 ? done : 1;
+      const p = completed ? 100 : Math.min(percent(done, total), 99);
+      text.textContent = `${number.format(done)} / ${number.format(total)} records (${p} %)`;
+      text.dataset.percent = String(p);
+    }
+    const queued = counts.queued ?? (total != null ? Math.max(0, total - processed) : null);
+    for (const status of OUTCOMES) {
+      const value = status === "queued" ? queued : counts[status] || 0;
+      $(`count-${status}`).textContent = value === null ? "–" : number.format(value);
+    }
+    showItems(report.items || [], report.next_cursor);
+  }
+
+  function showItems(items, nextCursor) {
+    const body = $("items").tBodies[0];
+    body.replaceChildren(
+      ...items.map((item) => {
+        const errors = element("ul", null, "errors");
+        for (const error of item.errors || []) {
+          const li = element("li");
+          li.append(element("code", error.field), document.createTextNode(" " + error.message));
+          errors.append(li);
+        }
+        return row([element("td", item.row, "num"), element("td", item.status, `status-${item.status}`), wrap("td", errors)]);
+      })
+    );
+    $("items-empty").hidden = items.length > 0 || batch.cursors.length > 1;
+    batch.next = nextCursor;
+    $("items-next").disabled = !nextCursor;
+    $("items-prev").disabled = batch.cursors.length <= 1;
+    $("items-page").textContent = `Page ${batch.cursors.length}`;
+  }
+
+  function wrap(tag, child) {
+    const node = element(tag);
+    node.append(child);
+    return node;
+  }
+
+  function page(step) {
+    if (step > 0 && batch.next) batch.cursors.push(batch.next);
+    else if (step < 0 && batch.cursors.length > 1) batch.cursors.pop();
+    else return;
+    batch.generation += 1;
+    clearTimeout(batch.timer);
+    pollBatch(batch.generation);
+  }
+
+  // --- the system: health, lag, failed messages, report, newest users ----------------------------------
+  async function refreshHealth() {
+    try {
+      const ready = await api("/readyz");
+      for (const name of ["kafka", "database"]) {
+        const state = ready[name] || "unknown";
+        badge(`health-${name}`, state === "ok" ? "up" : state, state === "ok" ? "ok" : "error");
+      }
+    } catch (e) {
+      badge("health-kafka", "unknown", "error");
+      badge("health-database", "unknown", "error");
+    }
+    try {
+      const overview = await api("/api/overview");
+      const lags = Object.values(overview.lag || {}).filter((v) => v !== null);
+      if (lags.length) {
+        const lag = lags.reduce((a, b) => a + b, 0);
+        badge("lag", `${number.format(lag)} waiting`, lag > 0 ? "busy" : "ok");
+      } else badge("lag", "n/a", "unknown");
+      const failed = overview.failed_messages;
+      if (failed === null || failed === undefined) badge("failed-messages", "n/a", "unknown");
+      else badge("failed-messages", number.format(failed), failed > 0 ? "error" : "ok");
+    } catch (e) {
+      badge("lag", "unavailable", "error");
+      badge("failed-messages", "unavailable", "error");
+    }
+    $("health-checked").textContent = `Checked ${new Date().toLocaleTimeString()}`;
+  }
+
+  async function refreshAges() {
+    const body = $("ages").tBodies[0];
+    try {
+      const report = await api("/api/reports/age-distribution");
+      // Bars are drawn relative to the largest group, so that small differences stay visible.
+      const largest = Math.max(...report.groups.map((group) => Number(group.share) || 0), 0);
+      body.replaceChildren(
+        ...report.groups.map((group) => {
+          const share = Number(group.share) || 0;
+          const bar = element("span", null, "bar");
+          bar.style.setProperty("--fill", String(largest > 0 ? share / largest : 0));
+          const cell = element("td", null, "bar-cell");
+          cell.append(bar, element("span", `${(share * 100).toFixed(1)} %`, "share"));
+          return row([element("th", group.group), cell, element("td", number.format(group.count), "num")]);
+        })
+      );
+      body.parentElement.dataset.total = String(report.total);
+      $("ages-total").textContent = `${number.format(report.total)} stored users. Groups: under 20, 20 to 40 and 41 to 60 (inclusive), over 60.`;
+    } catch (e) {
+      $("ages-total").textContent = `Report unavailable: ${describe(e)}`;
+    }
+  }
+
+  async function refreshNewest() {
+    const body = $("newest").tBodies[0];
+    try {
+      const answer = await api("/api/users/newest?limit=10");
+      body.replaceChildren(
+        ...answer.items.map((user) =>
+          row([
+            element("td", user.id, "num"),
+            element("td", user.name),
+            element("td", user.age, "num"),
+            element("td", user.email || "–"),
+            element("td", user.created_at ? storedAt.format(new Date(user.created_at)) : "–", "nowrap"),
+          ])
+        )
+      );
+      $("newest-empty").hidden = answer.items.length > 0;
+      $("newest-empty").textContent = "No user stored yet.";
+    } catch (e) {
+      $("newest-empty").hidden = false;
+      $("newest-empty").textContent = `Users unavailable: ${describe(e)}`;
+    }
+  }
+
+  let refreshing = null;
+  function refreshSystem() {
+    // One refresh at a time: a slow Kafka must not pile requests up.
+    refreshing ??= Promise.allSettled([refreshHealth(), refreshAges(), refreshNewest()]).finally(() => {
+      refreshing = null;
+    });
+    return refreshing;
+  }
+
+  // --- start -------------------------------------------------------------------------------------------
+  function start() {
+    $("upload-form").addEventListener("submit", upload);
+    $("follow-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      const id = $("batch-id-input").value.trim();
+      if (id) follow(id, null);
+    });
+    $("items-next").addEventListener("click", () => page(1));
+    $("items-prev").addEventListener("click", () => page(-1));
+    $("auth-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      token.set($("token").value.trim());
+      $("token").value = "";
+      $("auth").hidden = true;
+      refreshSystem();
+      if (batch.id) follow(batch.id, batch.expected);
+    });
+    $("token-forget").addEventListener("click", () => {
+      token.forget();
+      askForToken("Token forgotten.");
+    });
+    const fromHash = new URLSearchParams(location.hash.slice(1)).get("batch");
+    if (fromHash) follow(fromHash, null);
+    refreshSystem();
+    setInterval(() => { if (!document.hidden) refreshSystem(); }, SYSTEM_POLL_MS);
+  }
+
+  start();
+})();

@@ -1,0 +1,129 @@
+"""The operator page: a static page at ``/`` and the two small reads it needs that the API lacks.
+
+``routes`` is added to the application by ``web.app``:
+
+=======  ==========================  ==================================================================
+GET      /                           the page (``web/static/index.html``; no build step)
+GET      /static/...                 its script, style sheet and icons
+GET      /api/overview               failed-message count and consumer lag of the ``users`` queue
+GET      /api/users/newest           the most recently stored users, newest first (``limit`` 1..100)
+=======  ==========================  ==================================================================
+
+Both reads sit under ``/api/`` so the bearer token protects them like the rest of the API.  The overview
+asks Kafka's admin API (blocking calls, run in the thread pool with a time limit); a broker without those
+inspection methods (Dramatiq's ``StubBroker`` in tests) yields ``null`` values rather than an error.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import peewee
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from web.enqueue import QUEUE_NAME
+from web.errors import DatabaseUnavailable, InvalidParameter, ServiceUnavailable
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIRECTORY = Path(__file__).resolve().parent / "static"
+#: Seconds the overview may spend asking Kafka before it answers 503.
+OVERVIEW_TIMEOUT_SECONDS = 5.0
+#: Default and largest ``limit`` of ``GET /api/users/newest``.
+NEWEST_DEFAULT_LIMIT = 10
+NEWEST_MAX_LIMIT = 100
+
+
+class KafkaUnavailable(ServiceUnavailable):
+    """Kafka's admin API did not answer the overview's questions in time (503)."""
+
+    code = "kafka_unavailable"
+
+
+def _retry_after(request: Request) -> int:
+    return int(request.app.state.settings.retry_after_seconds)
+
+
+async def index(request: Request) -> Response:
+    """``GET /``: the operator page."""
+    # no-cache: the page is tiny, and an operator must never see an old script against a new API.
+    return FileResponse(STATIC_DIRECTORY / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+def _inspect(broker: Any) -> dict[str, Any]:
+    """Ask the broker (blocking) for the failed-message count and the lag of the queue and its delay queue."""
+    failed_count = getattr(broker, "failed_count", None)
+    lag = getattr(broker, "lag", None)
+    delay_queue = f"{QUEUE_NAME}.DQ"
+    return {
+        "queue": QUEUE_NAME,
+        "failed_messages": None if failed_count is None else failed_count(QUEUE_NAME),
+        # lag() answers per partition; the page shows the sum (Kafka tools show the detail).
+        "lag": {
+            QUEUE_NAME: None if lag is None else sum(lag(QUEUE_NAME).values()),
+            delay_queue: None if lag is None else sum(lag(delay_queue).values()),
+        },
+    }
+
+
+async def overview(request: Request) -> Response:
+    """``GET /api/overview``: ``{"queue", "failed_messages", "lag": {"users": n, "users.DQ": n}}``.
+
+    ``lag`` counts the messages of each topic that the workers' consumer group has not acknowledged yet:
+    work waiting for a worker.  503 ``kafka_unavailable`` when Kafka does not answer in time.
+    """
+    broker = request.app.state.broker
+    try:
+        with anyio.fail_after(OVERVIEW_TIMEOUT_SECONDS):
+            answer = await anyio.to_thread.run_sync(_inspect, broker, abandon_on_cancel=True)
+    except TimeoutError:
+        logger.warning("overview: Kafka did not answer within %s s", OVERVIEW_TIMEOUT_SECONDS)
+        raise KafkaUnavailable("Kafka did not answer in time", retry_after=_retry_after(request)) from None
+    except Exception as exc:  # whatever the client library raises, the operator needs "Kafka is down"
+        logger.warning("overview: cannot inspect Kafka: %s: %s", type(exc).__name__, exc)
+        raise KafkaUnavailable(
+            f"cannot inspect Kafka: {type(exc).__name__}", retry_after=_retry_after(request)
+        ) from None
+    return JSONResponse(answer)
+
+
+def _newest_users(limit: int) -> list[dict[str, Any]]:
+    # Imported on first use, as web.reads does: the page must load even when the models cannot.
+    from pipeline import models
+    from pipeline.db import database
+    from web.reads import user_json
+
+    with database.connection_context():
+        rows = list(models.User.select().order_by(models.User.id.desc()).limit(limit))
+    return [item for item in (user_json(row) for row in rows) if item is not None]
+
+
+async def newest_users(request: Request) -> Response:
+    """``GET /api/users/newest?limit=10``: ``{"items": [user, ...]}``, the last stored first."""
+    raw = request.query_params.get("limit") or str(NEWEST_DEFAULT_LIMIT)
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 4 and 1 <= int(raw) <= NEWEST_MAX_LIMIT):
+        raise InvalidParameter(f"limit must be an integer from 1 to {NEWEST_MAX_LIMIT}")
+    try:
+        items = await anyio.to_thread.run_sync(_newest_users, int(raw))
+    except (peewee.OperationalError, peewee.InterfaceError) as exc:
+        logger.warning("newest users: database unavailable: %s", type(exc).__name__)
+        raise DatabaseUnavailable(
+            "the database cannot be reached; retry later", retry_after=_retry_after(request)
+        ) from None
+    return JSONResponse({"items": items})
+
+
+#: The routes to add to the application (before any catch-all).
+routes: list[BaseRoute] = [
+    Route("/", index, methods=["GET"], name="operator_page"),
+    Route("/api/overview", overview, methods=["GET"], name="overview"),
+    Route("/api/users/newest", newest_users, methods=["GET"], name="newest_users"),
+    Mount("/static", app=StaticFiles(directory=STATIC_DIRECTORY), name="static"),
+]
