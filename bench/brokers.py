@@ -176,11 +176,18 @@ def run_dramatiq(
     repeat: int,
     batched: bool = False,
     joinable: bool = True,
+    prefetch: int | None = None,
+    senders: int = 1,
 ) -> None:
-    """The no-op actor on ``broker`` with an in-process Worker; ``batched`` uses ``broker.enqueue_many``."""
+    """The no-op actor on ``broker`` with an in-process Worker; ``batched`` uses ``broker.enqueue_many``,
+    ``senders`` > 1 splits the ``actor.send()`` loop over that many threads (as a web server's would)."""
     counter = Counter()
-    actor = dramatiq.actor(counter.hit, broker=broker, queue_name=queue, actor_name="bench_noop", max_retries=0)
+    actor = dramatiq.actor(
+        counter.hit, broker=broker, queue_name=queue, actor_name="bench_noop", max_retries=0
+    )
     worker = Worker(broker, worker_threads=threads)
+    if prefetch is not None:
+        worker.queue_prefetch = prefetch  # read when the consumers start
     worker.start()
     try:
         join = (lambda: broker.join(queue, timeout=int(ROUND_TIMEOUT_S * 1000))) if joinable else None
@@ -190,6 +197,20 @@ def run_dramatiq(
 
             def send_all(n: int) -> None:
                 broker.enqueue_many([actor.message() for _ in range(n)])  # type: ignore[attr-defined]
+
+        elif senders > 1:
+
+            def send_all(n: int) -> None:
+                def loop(count: int) -> None:
+                    for _ in range(count):
+                        actor.send()
+
+                shares = [n // senders + (1 if i < n % senders else 0) for i in range(senders)]
+                threads_ = [threading.Thread(target=loop, args=(share,)) for share in shares]
+                for thread in threads_:
+                    thread.start()
+                for thread in threads_:
+                    thread.join()
 
         run_rounds(result, send=actor.send, send_all=send_all, counter=counter, join=join, repeat=repeat)
     finally:
@@ -211,17 +232,61 @@ class Context:
     dk_python: str
 
 
-def scenario_ours(ctx: Context, result: Result, *, batched: bool) -> None:
-    """Our KafkaBroker, configured from settings like the service's, with Dramatiq's default middleware."""
-    from pipeline.broker import build_broker
+@dataclass
+class Knobs:
+    """Settings of our KafkaBroker to try (None keeps the broker's own default); see bench/kafka_knobs.py."""
 
+    linger_ms: int | None = None  # producer
+    prefetch: int | None = None  # the Worker's queue prefetch, which is also our consumer's max_poll_records
+    commit_interval_ms: int | None = None
+    poll_slice_ms: int | None = None  # pipeline.brokers.kafka._POLL_SLICE_MS
+    pure_python_crc: bool = False  # kafka-python's own CRC-32C even when the crc32c package is installed
+
+
+def scenario_ours(
+    ctx: Context, result: Result, *, batched: bool, knobs: Knobs | None = None, senders: int = 1
+) -> None:
+    """Our KafkaBroker, configured from settings like the service's, with Dramatiq's default middleware."""
+    import kafka.record.util as kafka_record_util
+
+    from pipeline.broker import build_broker
+    from pipeline.brokers import kafka as ours
+
+    knobs = knobs or Knobs()
+    overrides: dict[str, Any] = {}
+    if knobs.linger_ms is not None:
+        overrides["producer_options"] = {"linger_ms": knobs.linger_ms}
+    if knobs.commit_interval_ms is not None:
+        overrides["commit_interval_ms"] = knobs.commit_interval_ms
+    saved_slice = ours._POLL_SLICE_MS
+    saved_crc = kafka_record_util.calc_crc32c.__defaults__
+    if knobs.poll_slice_ms is not None:
+        ours._POLL_SLICE_MS = knobs.poll_slice_ms
+    if knobs.pure_python_crc:
+        kafka_record_util.calc_crc32c.__defaults__ = (kafka_record_util.crc32c_py,)
     broker = build_broker(
-        bootstrap_servers=ctx.kafka, topic_prefix=ctx.prefix, group_id="bench", middleware=None, partitions=PARTITIONS
+        bootstrap_servers=ctx.kafka,
+        topic_prefix=f"{ctx.prefix}{secrets.token_hex(2)}.",
+        group_id="bench",
+        middleware=None,
+        partitions=PARTITIONS,
+        **overrides,
     )
     try:
-        run_dramatiq(result, broker, "batch" if batched else "send", threads=ctx.threads, repeat=ctx.repeat, batched=batched)
+        run_dramatiq(
+            result,
+            broker,
+            "batch" if batched else "send",
+            threads=ctx.threads,
+            repeat=ctx.repeat,
+            batched=batched,
+            prefetch=knobs.prefetch,
+            senders=senders,
+        )
     finally:
         broker.close()
+        ours._POLL_SLICE_MS = saved_slice
+        kafka_record_util.calc_crc32c.__defaults__ = saved_crc
 
 
 def scenario_ours_proc(ctx: Context, result: Result, *, batched: bool) -> None:
@@ -231,7 +296,11 @@ def scenario_ours_proc(ctx: Context, result: Result, *, batched: bool) -> None:
 
     prefix = f"{ctx.prefix}{'batch' if batched else 'send'}-proc."
     broker = build_broker(
-        bootstrap_servers=ctx.kafka, topic_prefix=prefix, group_id="bench", middleware=None, partitions=PARTITIONS
+        bootstrap_servers=ctx.kafka,
+        topic_prefix=prefix,
+        group_id="bench",
+        middleware=None,
+        partitions=PARTITIONS,
     )
     actor = dramatiq.actor(lambda: None, broker=broker, queue_name=QUEUE, actor_name=ACTOR)
     broker._ensure_topics(QUEUE)  # before the worker subscribes, so that its group gets partitions at once
@@ -247,7 +316,16 @@ def scenario_ours_proc(ctx: Context, result: Result, *, batched: bool) -> None:
     dramatiq_bin = Path(sys.executable).parent / "dramatiq"
     log = open(RESULTS_DIR / f"{prefix.rstrip('.')}-worker.log", "w")  # noqa: SIM115
     worker = subprocess.Popen(
-        [str(dramatiq_bin), "bench.worker_app:broker", "--processes", "1", "--threads", str(ctx.threads), "--path", str(ROOT)],
+        [
+            str(dramatiq_bin),
+            "bench.worker_app:broker",
+            "--processes",
+            "1",
+            "--threads",
+            str(ctx.threads),
+            "--path",
+            str(ROOT),
+        ],
         cwd=ROOT,
         env=env,
         stdout=log,
@@ -293,14 +371,14 @@ def scenario_stub(ctx: Context, result: Result) -> None:
         broker.close()
 
 
-def scenario_redis(ctx: Context, result: Result) -> None:
+def scenario_redis(ctx: Context, result: Result, *, senders: int = 1) -> None:
     """Dramatiq's RedisBroker on the redis-server that ``bench/setup.sh`` started."""
     from dramatiq.brokers.redis import RedisBroker
 
     namespace = ctx.prefix.rstrip(".")
     broker = RedisBroker(url=ctx.redis_url, namespace=namespace)
     try:
-        run_dramatiq(result, broker, "redis", threads=ctx.threads, repeat=ctx.repeat)
+        run_dramatiq(result, broker, "redis", threads=ctx.threads, repeat=ctx.repeat, senders=senders)
     finally:
         keys = list(broker.client.scan_iter(f"{namespace}:*"))
         if keys:
@@ -309,7 +387,7 @@ def scenario_redis(ctx: Context, result: Result) -> None:
 
 
 def scenario_rabbitmq(ctx: Context, result: Result, *, confirm: bool) -> None:
-    """Dramatiq's RabbitmqBroker; ``confirm`` waits for RabbitMQ's publisher confirms, as ours waits for acks."""
+    """Dramatiq's RabbitmqBroker; ``confirm`` waits for publisher confirms, as ours waits for Kafka's acks."""
     from dramatiq.brokers.rabbitmq import RabbitmqBroker
     from dramatiq.common import dq_name, xq_name
 
@@ -415,7 +493,11 @@ def scenario_dramatiq_kafka(ctx: Context, result: Result) -> None:
     ]
     try:
         done = subprocess.run(
-            command, cwd=ROOT, capture_output=True, text=True, timeout=ROUND_TIMEOUT_S * (ctx.repeat + 1) + 120
+            command,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=ROUND_TIMEOUT_S * (ctx.repeat + 1) + 120,
         )
     except subprocess.TimeoutExpired:
         raise RuntimeError("the dramatiq-kafka child did not finish in time") from None
@@ -438,7 +520,9 @@ def child_dramatiq_kafka(args: argparse.Namespace) -> None:
     try:
         # Its consumer subscribes to the topic named at construction, and its producer writes to the topic
         # named like the message's queue: the queue is named like the topic.
-        broker = dramatiq_kafka.KafkaBroker(bootstrap_servers=args.kafka, topic=topic, group_id=f"{args.prefix}dk")
+        broker = dramatiq_kafka.KafkaBroker(
+            bootstrap_servers=args.kafka, topic=topic, group_id=f"{args.prefix}dk"
+        )
         run_dramatiq(result, broker, topic, threads=args.threads, repeat=args.repeat, joinable=False)
         result.note = "no join(): e2e is until processed"
     except Exception as e:  # reported in the table, not a crash of the whole run
@@ -478,7 +562,7 @@ def cleanup_kafka(ctx: Context) -> str:
             # A group whose member has not left yet cannot be deleted; it expires on its own.
             outcome = admin.delete_groups(groups)
             deleted_groups = sum(1 for status in outcome.values() if status == "OK")
-        return f"deleted {len(topics)} topics and {deleted_groups}/{len(groups)} consumer groups under {ctx.prefix!r}"
+        return f"deleted {len(topics)} topics and {deleted_groups}/{len(groups)} groups under {ctx.prefix!r}"
     finally:
         admin.close()
 
@@ -493,18 +577,37 @@ def _sample_message_bytes() -> bytes:
 SCENARIOS: dict[str, tuple[str, Callable[[Context, Result], None]]] = {
     "ours-send": ("KafkaBroker, actor.send() loop", lambda c, r: scenario_ours(c, r, batched=False)),
     "ours-batch": ("KafkaBroker, enqueue_many(N)", lambda c, r: scenario_ours(c, r, batched=True)),
-    "ours-send-proc": ("KafkaBroker, send(), worker process", lambda c, r: scenario_ours_proc(c, r, batched=False)),
-    "ours-batch-proc": ("KafkaBroker, enqueue_many, worker proc.", lambda c, r: scenario_ours_proc(c, r, batched=True)),
+    "ours-send-8t": (
+        "KafkaBroker, send() from 8 threads",
+        lambda c, r: scenario_ours(c, r, batched=False, senders=8),
+    ),
+    "ours-send-proc": (
+        "KafkaBroker, send(), worker process",
+        lambda c, r: scenario_ours_proc(c, r, batched=False),
+    ),
+    "ours-batch-proc": (
+        "KafkaBroker, enqueue_many, worker proc.",
+        lambda c, r: scenario_ours_proc(c, r, batched=True),
+    ),
     "dramatiq-kafka": ("dramatiq-kafka 0.1.9, send()", scenario_dramatiq_kafka),
     "redis": ("RedisBroker, send()", scenario_redis),
+    "redis-8t": ("RedisBroker, send() from 8 threads", lambda c, r: scenario_redis(c, r, senders=8)),
     "rabbitmq": ("RabbitmqBroker, send()", lambda c, r: scenario_rabbitmq(c, r, confirm=False)),
-    "rabbitmq-confirm": ("RabbitmqBroker confirm_delivery, send()", lambda c, r: scenario_rabbitmq(c, r, confirm=True)),
+    "rabbitmq-confirm": (
+        "RabbitmqBroker confirm_delivery, send()",
+        lambda c, r: scenario_rabbitmq(c, r, confirm=True),
+    ),
     "stub": ("StubBroker, send()", scenario_stub),
     "raw-batch": ("raw kafka-python, N sends + flush", lambda c, r: scenario_raw(c, r, sync=False)),
     "raw-sync": ("raw kafka-python, send().get() each", lambda c, r: scenario_raw(c, r, sync=True)),
 }
 #: The references of the ratio columns, and the targets of the issue (ratio of e2e rates).
-REFERENCES = [("dramatiq-kafka", "dk", 2.0), ("redis", "Redis", 1.0), ("stub", "Stub", 0.5), ("raw-batch", "raw", 0.5)]
+REFERENCES = [
+    ("dramatiq-kafka", "dk", 2.0),
+    ("redis", "Redis", 1.0),
+    ("stub", "Stub", 0.5),
+    ("raw-batch", "raw", 0.5),
+]
 
 
 def _fmt_rate(rate: float | None) -> str:
@@ -520,7 +623,12 @@ def render(results: list[Result]) -> str:
         if r.error:
             rows.append([r.label, f"n/a ({r.error})"] + [""] * (len(header) - 2))
             continue
-        row = [r.label, _fmt_rate(r.median_rate("enqueued")), _fmt_rate(r.median_rate("processed")), _fmt_rate(r.e2e)]
+        row = [
+            r.label,
+            _fmt_rate(r.median_rate("enqueued")),
+            _fmt_rate(r.median_rate("processed")),
+            _fmt_rate(r.e2e),
+        ]
         for ref, _, _ in REFERENCES:
             other = by_name.get(ref)
             if other is None or other.error or not other.e2e or not r.e2e:
@@ -580,11 +688,24 @@ def machine_facts(ctx: Context) -> list[str]:
             versions.append(f"{package} {md.version(package)}")
         except md.PackageNotFoundError:
             versions.append(f"{package} -")
+    try:
+        import kafka.record.util as kafka_record_util
+
+        crc = (
+            "C (crc32c package)"
+            if kafka_record_util.crc32c_c is not None
+            else "pure Python (no crc32c package)"
+        )
+    except ImportError:
+        crc = "?"
     return [
-        f"machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {cpu}; load average {os.getloadavg()[0]:.2f}",
-        f"python {platform.python_version()}; {', '.join(versions)}; dramatiq-kafka 0.1.9 (kafka-python 2.0.2, own venv)",
-        f"kafka {','.join(ctx.kafka)} ({PARTITIONS} partitions per topic); redis {ctx.redis_url}; rabbitmq {ctx.rabbitmq_url}",
-        f"{ctx.messages:,} no-op messages per round, median of {ctx.repeat} rounds, {ctx.threads} worker threads; prefix {ctx.prefix}",
+        f"machine: nproc {len(os.sched_getaffinity(0))}, {cpu}; load average {os.getloadavg()[0]:.2f}",
+        f"python {platform.python_version()}; {', '.join(versions)}; "
+        "dramatiq-kafka 0.1.9 (kafka-python 2.0.2, own venv)",
+        f"kafka {','.join(ctx.kafka)} ({PARTITIONS} partitions per topic, CRC-32C {crc})",
+        f"redis {ctx.redis_url}; rabbitmq {ctx.rabbitmq_url}",
+        f"{ctx.messages:,} no-op messages per round, median of {ctx.repeat} rounds, "
+        f"{ctx.threads} worker threads; prefix {ctx.prefix}",
     ]
 
 
@@ -596,7 +717,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=8, help="worker threads (default 8)")
     parser.add_argument("--only", default="", help=f"comma list of scenarios: {','.join(SCENARIOS)}")
     parser.add_argument("--skip", default="", help="comma list of scenarios to leave out")
-    parser.add_argument("--kafka", default="", help="bootstrap servers (default: settings' KAFKA_BOOTSTRAP_SERVERS)")
+    parser.add_argument(
+        "--kafka", default="", help="bootstrap servers (default: settings' KAFKA_BOOTSTRAP_SERVERS)"
+    )
     parser.add_argument("--redis-url", default="redis://127.0.0.1:16379/0")
     parser.add_argument("--rabbitmq-url", default="amqp://guest:guest@127.0.0.1:15673/%2F")
     parser.add_argument("--prefix", default="", help=argparse.SUPPRESS)
@@ -643,7 +766,10 @@ def main(argv: list[str] | None = None) -> int:
                 run(ctx, result)
             except Exception as e:  # one broker failing must not hide the others' figures
                 result.error = f"{type(e).__name__}: {e}"[:200]
-            print(f" {time.monotonic() - started:.1f} s" + (f" ({result.error})" if result.error else ""), flush=True)
+            print(
+                f" {time.monotonic() - started:.1f} s" + (f" ({result.error})" if result.error else ""),
+                flush=True,
+            )
             results.append(result)
     finally:
         try:

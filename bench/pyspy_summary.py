@@ -15,8 +15,6 @@ import re
 from collections import Counter, defaultdict
 
 
-
-
 def main(argv: list[str] | None = None) -> None:
     """Print the summary."""
     parser = argparse.ArgumentParser(prog="python -m bench.pyspy_summary")

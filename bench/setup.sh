@@ -3,9 +3,9 @@
 #
 #   * redis-server and rabbitmq-server from Debian's packages, started on loopback only, with their state
 #     under .local/bench/ (ports: BENCH_REDIS_PORT, default 16379; BENCH_RABBITMQ_PORT, default 15673);
-#   * the `bench` extra (dramatiq[redis,rabbitmq], pyinstrument, py-spy) into .venv;
+#   * the `bench` extra (dramatiq[redis,rabbitmq], pyinstrument, py-spy, crc32c) into .venv;
 #   * dramatiq-kafka 0.1.9 into a venv of its own, .local/bench-venv-dramatiq-kafka: it pins
-#     kafka-python==2.0.2, which cannot live beside our kafka-python 3.
+#     kafka-python==2.0.2, which cannot live beside our kafka-python 3 (crc32c there too, for fairness).
 #
 #   bench/setup.sh          install what is missing, start what is not running
 #   bench/setup.sh down     stop the Redis and RabbitMQ servers started here
@@ -39,14 +39,14 @@ install_packages() {
 }
 
 install_python() {
-    if ! "$PYTHON" -c 'import redis, pika, pyinstrument' 2>/dev/null || ! [ -x "$(dirname "$PYTHON")/py-spy" ]; then
+    if ! "$PYTHON" -c 'import redis, pika, pyinstrument, crc32c' 2>/dev/null || ! [ -x "$(dirname "$PYTHON")/py-spy" ]; then
         say "installing the bench extra into $(dirname "$(dirname "$PYTHON")")"
-        "$PYTHON" -m pip install -q 'dramatiq[redis,rabbitmq]==2.2.1' 'pyinstrument>=4.6' 'py-spy>=0.3.14'
+        "$PYTHON" -m pip install -q 'dramatiq[redis,rabbitmq]==2.2.1' 'pyinstrument>=4.6' 'py-spy>=0.3.14' 'crc32c>=2.4'
     fi
-    if ! "$DK_VENV/bin/python" -c 'import dramatiq_kafka' 2>/dev/null; then
+    if ! "$DK_VENV/bin/python" -c 'import dramatiq_kafka, crc32c' 2>/dev/null; then
         say "installing dramatiq-kafka 0.1.9 (kafka-python 2.0.2) into .local/bench-venv-dramatiq-kafka"
         "$(dirname "$(readlink -f "$PYTHON")")/python3" -m venv "$DK_VENV"
-        "$DK_VENV/bin/pip" install -q dramatiq==2.2.1 kafka-python==2.0.2 dramatiq-kafka==0.1.9
+        "$DK_VENV/bin/pip" install -q dramatiq==2.2.1 kafka-python==2.0.2 dramatiq-kafka==0.1.9 'crc32c>=2.4'
     fi
 }
 

@@ -16,6 +16,7 @@ refuses the upload (or the batch does not complete within ``--timeout``), 130 wh
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -359,6 +360,9 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Carry out ``upload`` from parsed arguments; returns the exit code."""
+    # httpx logs every request at INFO: a line per poll would bury the bar (LOG_LEVEL=DEBUG shows them).
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     return upload(
         args.file,
         url=args.url,

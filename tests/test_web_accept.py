@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 from dramatiq.brokers.stub import StubBroker
 from web_support import (
     BatchingBroker,
     FailingBroker,
+    HangingBroker,
     assert_error,
     batch_records,
     call_streaming,
@@ -370,8 +372,8 @@ def test_a_broker_with_enqueue_many_gets_the_chunks_in_groups():
         response = web_client.post("/api/users", json=[{"name": "u", "age": i} for i in range(41)])
         # Then
         assert response.status_code == 202
-        # 21 chunks: a group of 16, the 5 left, then register_batch alone.
-        assert broker.groups == [16, 5, 1]
+        # 21 chunks: a group of 16, then the 5 left (register_batch goes alone, by enqueue).
+        assert broker.groups == [16, 5]
         assert len(batch_records(enqueued(broker))) == 41
 
 
@@ -404,3 +406,19 @@ def test_a_multipart_plain_field_over_the_record_limit_is_413(web_client, web_br
         "/api/users", content=multipart_field("name\n" + "x" * 20_000), headers=MULTIPART
     )
     assert_error(response, 413, "payload_too_large")
+
+
+def test_a_broker_that_hangs_is_answered_503_in_bounded_time():
+    # Given: a broker whose enqueue does not return until the test ends
+    release = threading.Event()
+    broker = HangingBroker(release)
+    try:
+        with make_client(broker, enqueue_timeout_seconds=0.2) as web_client:
+            # When
+            single = web_client.post("/api/user", json={"name": "Ada", "age": 36})
+            batch = web_client.post("/api/users", json=[{"name": "Ada", "age": 36}])
+    finally:
+        release.set()
+    # Then
+    assert_error(single, 503, "queue_unavailable")
+    assert_error(batch, 503, "queue_unavailable")

@@ -18,7 +18,9 @@ def add_user(name: str, age: int, **fields: object) -> int:
     return User.create(name=name, age=age, **fields).id
 
 
-def add_submission(submission_id: str, status: str, *, user_id: int | None = None, errors=None, batch_id=None, row=None):
+def add_submission(
+    submission_id: str, status: str, *, user_id: int | None = None, errors=None, batch_id=None, row=None
+):
     from pipeline.models import Submission
 
     Submission.create(
@@ -41,8 +43,14 @@ def db(clean_database):
 def test_a_stored_submission_answers_200_with_its_user(db, web_client):
     # Given
     submission_id = signer.new_submission_id()
-    user_id = add_user("Ada Lovelace", 36, email="ada@example.com", phone_number="+441234", address={"city": "London"},
-                       additional_info={"hobby": "maths"})
+    user_id = add_user(
+        "Ada Lovelace",
+        36,
+        email="ada@example.com",
+        phone_number="+441234",
+        address={"city": "London"},
+        additional_info={"hobby": "maths"},
+    )
     add_submission(submission_id, "stored", user_id=user_id)
     # When
     response = web_client.get(f"/api/submissions/{submission_id}")
@@ -52,7 +60,12 @@ def test_a_stored_submission_answers_200_with_its_user(db, web_client):
     assert body["id"] == submission_id and body["status"] == "stored" and body["errors"] == []
     user = body["user"]
     assert user["id"] == user_id
-    assert (user["name"], user["age"], user["email"], user["phoneNumber"]) == ("Ada Lovelace", 36, "ada@example.com", "+441234")
+    assert (user["name"], user["age"], user["email"], user["phoneNumber"]) == (
+        "Ada Lovelace",
+        36,
+        "ada@example.com",
+        "+441234",
+    )
     assert user["address"] == {"city": "London"} and user["additional_info"] == {"hobby": "maths"}
     assert user["created_at"]
 
@@ -95,10 +108,20 @@ def test_a_batch_reports_counts_state_and_invalid_items_by_pages(db, web_client)
     add_submission(record_id(batch_id, 1), "stored", user_id=stored, batch_id=batch_id, row=1)
     add_submission(record_id(batch_id, 2), "duplicate", user_id=stored, batch_id=batch_id, row=2)
     for row in (3, 5):
-        add_submission(record_id(batch_id, row), "invalid", batch_id=batch_id, row=row,
-                       errors=[{"field": "age", "message": f"bad {row}"}])
-    add_submission(record_id(batch_id, 6), "failed", batch_id=batch_id, row=6,
-                   errors=[{"field": "_system", "message": "OperationalError: gone"}])
+        add_submission(
+            record_id(batch_id, row),
+            "invalid",
+            batch_id=batch_id,
+            row=row,
+            errors=[{"field": "age", "message": f"bad {row}"}],
+        )
+    add_submission(
+        record_id(batch_id, 6),
+        "failed",
+        batch_id=batch_id,
+        row=6,
+        errors=[{"field": "_system", "message": "OperationalError: gone"}],
+    )
     # When
     first = web_client.get(f"/api/batches/{batch_id}?limit=2").json()
     second = web_client.get(f"/api/batches/{batch_id}?limit=2&cursor={first['next_cursor']}").json()
@@ -106,8 +129,12 @@ def test_a_batch_reports_counts_state_and_invalid_items_by_pages(db, web_client)
     assert first["state"] == "processing" and first["count"] == 6
     assert first["counts"] == {"queued": 1, "stored": 1, "duplicate": 1, "invalid": 2, "failed": 1}
     assert [(i["row"], i["status"]) for i in first["items"]] == [(3, "invalid"), (5, "invalid")]
-    assert first["items"][0] == {"id": record_id(batch_id, 3), "row": 3, "status": "invalid",
-                                 "errors": [{"field": "age", "message": "bad 3"}]}
+    assert first["items"][0] == {
+        "id": record_id(batch_id, 3),
+        "row": 3,
+        "status": "invalid",
+        "errors": [{"field": "age", "message": "bad 3"}],
+    }
     assert first["next_cursor"] == "5"
     assert [(i["row"], i["status"]) for i in second["items"]] == [(6, "failed")]
     assert second["next_cursor"] is None
@@ -118,7 +145,9 @@ def test_a_batch_is_completed_once_every_record_has_an_outcome(db, web_client):
     batch_id = signer.new_batch_id()
     add_batch(batch_id, 2)
     for row in (1, 2):
-        add_submission(record_id(batch_id, row), "stored", user_id=add_user(f"u{row}", row), batch_id=batch_id, row=row)
+        add_submission(
+            record_id(batch_id, row), "stored", user_id=add_user(f"u{row}", row), batch_id=batch_id, row=row
+        )
     # When
     body = web_client.get(f"/api/batches/{batch_id}").json()
     # Then
@@ -163,7 +192,10 @@ def test_the_age_report_comes_from_the_pipeline(db, web_client):
     # Then
     assert body["total"] == 8
     assert [(g["group"], g["count"]) for g in body["groups"]] == [
-        ("under 20", 2), ("20 to 40", 2), ("41 to 60", 2), ("over 60", 2)
+        ("under 20", 2),
+        ("20 to 40", 2),
+        ("41 to 60", 2),
+        ("over 60", 2),
     ]
 
 
@@ -195,3 +227,6 @@ def test_read_routes_answer_503_when_the_database_is_unreachable(pipeline_databa
     # Then
     assert_error(response, 503, "database_unavailable")
     assert response.headers["retry-after"] == "7"
+    from web.reads import ping_database
+
+    ping_database()  # the session's database is back for the tests that follow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -115,6 +116,18 @@ class FailingBroker(StubBroker):
         if self.remaining <= 0:
             raise self.error
         self.remaining -= 1
+        return super().enqueue(message, delay=delay)
+
+
+class HangingBroker(StubBroker):
+    """A StubBroker whose ``enqueue`` blocks until ``release`` is set (a Kafka client stuck bootstrapping)."""
+
+    def __init__(self, release: threading.Event) -> None:
+        super().__init__()
+        self.release = release
+
+    def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> dramatiq.Message[Any]:
+        self.release.wait(30)
         return super().enqueue(message, delay=delay)
 
 

@@ -13,14 +13,16 @@ GET      /api/batches/{id}                state, counts and invalid/failed items
 GET      /api/reports/age-distribution    share of stored users per age group
 GET      /api/users                       stored users, filtered by name, by pages
 GET      /healthz, /readyz, /metrics, /openapi.json
+GET      /, /static/..., /api/overview, /api/users/newest   the operator page (``web/ui.py``)
 =======  ==============================  ===============================================================
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +37,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from pipeline import settings
-from web import reads
+from web import reads, ui
 from web.auth import BearerTokenMiddleware
 from web.batches import BodyChunks, accept_records, file_chunks
 from web.enqueue import QUEUE_NAME, Enqueuer, submission_message
@@ -74,6 +76,8 @@ class WebSettings:
     max_batch_records: int = field(default_factory=lambda: settings.MAX_BATCH_RECORDS)
     batch_chunk_size: int = field(default_factory=lambda: settings.BATCH_CHUNK_SIZE)
     retry_after_seconds: int = field(default_factory=lambda: settings.RETRY_AFTER_SECONDS)
+    #: Longest wait for one broker call before answering 503: the broker's own send timeout, plus slack.
+    enqueue_timeout_seconds: float = field(default_factory=lambda: settings.KAFKA_SEND_TIMEOUT_MS / 1000 + 2)
 
 
 def _media_type(request: Request) -> str:
@@ -262,8 +266,23 @@ def create_app(
         Route("/readyz", reads.readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi_endpoint, methods=["GET"]),
+        # The operator page at "/" and its two reads (web/ui.py).
+        *ui.routes,
     ]
+    enqueuer = Enqueuer(
+        broker,
+        retry_after=config.retry_after_seconds,
+        timeout=config.enqueue_timeout_seconds,
+        metrics=metrics,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        enqueuer.close()
+
     app = Starlette(
+        lifespan=lifespan,
         routes=routes,
         middleware=[
             Middleware(MetricsMiddleware, metrics=metrics),
@@ -275,11 +294,23 @@ def create_app(
     app.state.broker = broker
     app.state.metrics = metrics
     app.state.signer = IdSigner(config.id_secret)
-    app.state.enqueuer = Enqueuer(broker, retry_after=config.retry_after_seconds, metrics=metrics)
+    app.state.enqueuer = enqueuer
     app.state.database_check = database_check or reads.ping_database
     if config.id_secret == "change-me-in-production":  # noqa: S105  (the default of settings, to warn about)
         logger.warning("ID_SECRET is the default value; set it so that ids cannot be forged")
     return app
 
 
+def configure_logging() -> None:
+    """Log lines of the web's own modules to stderr at ``settings.LOG_LEVEL`` (uvicorn only sets up its own).
+
+    Does nothing when the root logger already has handlers (a test runner, an embedding application).
+    """
+    logging.basicConfig(level=settings.LOG_LEVEL, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.LOG_LEVEL != "DEBUG":
+        # kafka-python narrates every connection at INFO; its warnings and errors are what an operator needs.
+        logging.getLogger("kafka").setLevel(logging.WARNING)
+
+
+configure_logging()
 app = create_app()

@@ -9,20 +9,21 @@ with ``pipeline/actors.py``:
 * ``register_batch(batch_id, count, source)`` — sent after every chunk of the batch is durable.
 
 ``broker.enqueue`` returns once Kafka has acknowledged the message, so it blocks: callers on the event
-loop use :meth:`Enqueuer.send_async`, which runs it in the thread pool.  Broker failures (Dramatiq's
-``BrokerError`` tree, or a bare ``ConnectionError``/``TimeoutError``) become ``QueueUnavailable`` (503 with
-``Retry-After``); anything else is a bug and propagates.
+loop use :meth:`Enqueuer.send_async`, which awaits it in a thread pool, for a bounded time.  Broker
+failures (Dramatiq's ``BrokerError`` tree, a bare ``ConnectionError``/``TimeoutError``, no answer in time)
+become ``QueueUnavailable`` (503 with ``Retry-After``); anything else is a bug and propagates.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import dramatiq
 from dramatiq.errors import BrokerError
-from starlette.concurrency import run_in_threadpool
 
 from web.errors import QueueUnavailable
 from web.metrics import Metrics
@@ -35,8 +36,16 @@ PROCESS_USER = "process_user"
 PROCESS_USERS = "process_users"
 REGISTER_BATCH = "register_batch"
 
-#: Errors of a broker that mean "the queue cannot take it now", not "our bug".
+#: Errors of a broker that mean "the queue cannot take it now", not "our bug" (``TimeoutError`` is also
+#: what waiting on a future past its deadline raises).
 _UNAVAILABLE = (BrokerError, ConnectionError, TimeoutError)
+#: Threads making broker calls, per application.
+DEFAULT_MAX_THREADS = 32
+_SINGLE_FAILURE = "the queue cannot take the submission right now; retry later"
+_BATCH_FAILURE = (
+    "the queue stopped taking the batch midway; retry the whole batch "
+    "(records already accepted are processed, and stored users are deduplicated)"
+)
 
 
 def _message(actor_name: str, *args: Any) -> dramatiq.Message[Any]:
@@ -61,52 +70,79 @@ def register_batch_message(batch_id: str, count: int, source: str) -> dramatiq.M
 class Enqueuer:
     """Sends messages on a broker and turns its failures into ``QueueUnavailable``.
 
+    Every broker call runs in the Enqueuer's own thread pool and is waited for at most ``timeout`` seconds:
+    a broker that hangs (Kafka unreachable while a client bootstraps) is answered 503 in bounded time
+    rather than holding the request.  A call given up on keeps running in its thread and may still
+    deliver; that is safe, since only a ``202`` promises anything, and at most ``max_threads`` such calls
+    hold threads (later ones wait in the pool's queue, and time out too).
+
     Parameters:
       broker(dramatiq.Broker): Where to send (the Kafka broker in production, a StubBroker in unit tests).
         If it has ``enqueue_many(messages)`` (returns once all are acknowledged) it is used for groups.
       retry_after(int): Seconds to put in ``Retry-After`` when the broker fails.
+      timeout(float): Seconds to wait for one broker call (a group of chunks is one call).
       metrics(Metrics): Counts the failures.
+      max_threads(int): Threads of the pool that makes the broker calls.
     """
 
-    def __init__(self, broker: dramatiq.Broker, *, retry_after: int, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        broker: dramatiq.Broker,
+        *,
+        retry_after: int,
+        timeout: float,
+        metrics: Metrics | None = None,
+        max_threads: int = DEFAULT_MAX_THREADS,
+    ) -> None:
         self.broker = broker
         self.retry_after = retry_after
+        self.timeout = timeout
         self.metrics = metrics
+        self._executor = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="enqueue")
+
+    def close(self) -> None:
+        """Stop the thread pool (calls in progress finish in the background)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _unavailable(self, kind: str, exc: BaseException, message: str) -> QueueUnavailable:
-        logger.warning("enqueue of %s failed: %s: %s", kind, type(exc).__name__, exc)
+        reason = (
+            f"no answer within {self.timeout:g} s" if isinstance(exc, TimeoutError) and not str(exc) else exc
+        )
+        logger.warning("enqueue of %s failed: %s: %s", kind, type(exc).__name__, reason)
         if self.metrics is not None:
             self.metrics.enqueue_failures.labels(kind).inc()
         return QueueUnavailable(message, retry_after=self.retry_after)
 
+    def _enqueue_all(self, messages: list[dramatiq.Message[Any]]) -> None:
+        enqueue_many = getattr(self.broker, "enqueue_many", None)
+        if enqueue_many is not None and len(messages) > 1:
+            enqueue_many(messages)
+        else:
+            for message in messages:
+                self.broker.enqueue(message)
+
     def send(self, message: dramatiq.Message[Any]) -> None:
         """Enqueue one message and wait for the acknowledgement (blocking)."""
         try:
-            self.broker.enqueue(message)
+            self._executor.submit(self.broker.enqueue, message).result(timeout=self.timeout)
         except _UNAVAILABLE as exc:
-            raise self._unavailable(
-                message.actor_name, exc, "the queue cannot take the submission right now; retry later"
-            ) from None
+            raise self._unavailable(message.actor_name, exc, _SINGLE_FAILURE) from None
 
     def send_many(self, messages: Sequence[dramatiq.Message[Any]]) -> None:
         """Enqueue several messages and wait until all are acknowledged (blocking)."""
         if not messages:
             return
-        enqueue_many = getattr(self.broker, "enqueue_many", None)
         try:
-            if enqueue_many is not None:
-                enqueue_many(list(messages))
-            else:
-                for message in messages:
-                    self.broker.enqueue(message)
+            self._executor.submit(self._enqueue_all, list(messages)).result(timeout=self.timeout)
         except _UNAVAILABLE as exc:
-            raise self._unavailable(
-                messages[0].actor_name,
-                exc,
-                "the queue stopped taking the batch midway; retry the whole batch "
-                "(records already accepted are processed, and stored users are deduplicated)",
-            ) from None
+            raise self._unavailable(messages[0].actor_name, exc, _BATCH_FAILURE) from None
 
     async def send_async(self, message: dramatiq.Message[Any]) -> None:
-        """:meth:`send` in the thread pool, for handlers on the event loop."""
-        await run_in_threadpool(self.send, message)
+        """:meth:`send` for handlers on the event loop: one hop to the pool, awaited without blocking."""
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(
+                loop.run_in_executor(self._executor, self.broker.enqueue, message), self.timeout
+            )
+        except _UNAVAILABLE as exc:
+            raise self._unavailable(message.actor_name, exc, _SINGLE_FAILURE) from None

@@ -249,9 +249,27 @@ _SCHEMAS: dict[str, Any] = {
                         "min_age": {"type": ["integer", "null"], "description": "Inclusive; null: no bound."},
                         "max_age": {"type": ["integer", "null"], "description": "Inclusive; null: no bound."},
                         "count": {"type": "integer"},
-                        "share": {"type": "number", "minimum": 0, "maximum": 1, "description": "count / total"},
+                        "share": {
+                            "type": "number",
+                            "minimum": 0,
+                            "maximum": 1,
+                            "description": "count / total",
+                        },
                     },
                 },
+            },
+        },
+    },
+    "Overview": {
+        "type": "object",
+        "required": ["queue", "failed_messages", "lag"],
+        "properties": {
+            "queue": {"type": "string"},
+            "failed_messages": {"type": ["integer", "null"], "description": "On the failed-message topic."},
+            "lag": {
+                "type": "object",
+                "description": "Messages of each topic the workers have not acknowledged yet.",
+                "additionalProperties": {"type": ["integer", "null"]},
             },
         },
     },
@@ -449,6 +467,62 @@ def build_openapi() -> dict[str, Any]:
                         "200": _json(_ref("AgeDistribution"), "The report."),
                         "401": _UNAUTHORIZED,
                         "503": _DB_DOWN,
+                    },
+                }
+            },
+            "/api/overview": {
+                "get": {
+                    "operationId": "overview",
+                    "summary": "For the operator page: failed messages and consumer lag of the queue.",
+                    "security": _API_SECURITY,
+                    "responses": {
+                        "200": _json(
+                            _ref("Overview"), "The queue's state; `null` where the broker cannot tell."
+                        ),
+                        "401": _UNAUTHORIZED,
+                        "503": _error(
+                            "Kafka did not answer in time (`kafka_unavailable`).", retry_after=True
+                        ),
+                    },
+                }
+            },
+            "/api/users/newest": {
+                "get": {
+                    "operationId": "newestUsers",
+                    "summary": "For the operator page: the most recently stored users, newest first.",
+                    "security": _API_SECURITY,
+                    "parameters": [
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 10},
+                        }
+                    ],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["items"],
+                                "properties": {"items": {"type": "array", "items": _ref("User")}},
+                            },
+                            "The newest users.",
+                        ),
+                        "400": _error("A bad `limit` (`invalid_parameter`)."),
+                        "401": _UNAUTHORIZED,
+                        "503": _DB_DOWN,
+                    },
+                }
+            },
+            "/": {
+                "get": {
+                    "operationId": "operatorPage",
+                    "summary": "The operator page (HTML; its script and style sheet are under `/static/`).",
+                    "responses": {
+                        "200": {
+                            "description": "The page.",
+                            "content": {"text/html": {"schema": {"type": "string"}}},
+                        }
                     },
                 }
             },

@@ -200,7 +200,7 @@ def _texts(chunks: Iterable[bytes], *, code: str) -> Iterator[str]:
 
 
 #: Characters of a number or literal (``true``...) that a chunk boundary may cut.
-_TOKEN_CHARS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.+-"
+_NUMBER_OR_LITERAL_CHARS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.+-"
 
 
 class _TextBuffer:
@@ -222,7 +222,7 @@ class _TextBuffer:
         """Append the next piece of text; ``False`` at the end of the body."""
         for piece in self.texts:
             piece = self._held + piece
-            keep = len(piece.rstrip(_TOKEN_CHARS))  # rstrip, not a regex search: linear and in C
+            keep = len(piece.rstrip(_NUMBER_OR_LITERAL_CHARS))  # rstrip, not a regex search: linear and in C
             if len(piece) - keep <= self._max_held:
                 piece, self._held = piece[:keep], piece[keep:]
             else:

@@ -680,7 +680,9 @@ class _KafkaConsumer(Consumer, AsyncConsumerRebalanceListener):
         offsets = self._offsets_to_commit(revoked)
         if offsets:
             try:
-                await self._consumer._coordinator._commit_offsets_sync_async(offsets)
+                await self._consumer._coordinator._commit_offsets_sync_async(
+                    offsets, timeout_ms=self.broker.send_timeout_ms
+                )
                 self._committed(offsets)
             except KafkaError as e:
                 self.logger.warning("Commit of revoked partitions of %s failed: %s", self.topic, e)
@@ -864,7 +866,8 @@ class _KafkaConsumer(Consumer, AsyncConsumerRebalanceListener):
         if not offsets:
             return
         try:
-            self._consumer.commit(offsets=offsets)
+            # Bounded: during a Kafka outage the consumer thread must give up and let the worker restart it.
+            self._consumer.commit(offsets=offsets, timeout_ms=self.broker.send_timeout_ms)
         except CommitFailedError as e:
             self._dirty = True
             self.logger.warning("Commit on %s failed (a rebalance is under way): %s", self.topic, e)

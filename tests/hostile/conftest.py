@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import pytest
 from dramatiq.brokers.stub import StubBroker
 from starlette.testclient import TestClient
@@ -74,6 +75,68 @@ def _header(response: Any, name: str) -> str:
     """A header of an httpx response, or of a schemathesis one (whose values are lists)."""
     value = response.headers.get(name, "")
     return value[0] if isinstance(value, list) and value else value or ""
+
+
+class Answer:
+    """What a direct ASGI call got back: the parts of an httpx response that the checks read."""
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status_code = status
+        self.headers = headers
+        self.content = body
+        self.text = body.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+def asgi_post(
+    app: Any, path: str, headers: dict[str, str], pieces: Iterator[bytes], *, method: str = "POST"
+) -> tuple[Answer, int]:
+    """Call ``app`` directly with a body sent as ``pieces`` (chunked, possibly endless).
+
+    Returns the answer and how many body bytes the app pulled, to show where it stopped reading.
+    TestClient cannot do this: it reads a body whole before sending it.
+    """
+    pulled = 0
+    status, answer_headers, parts = 0, {}, []
+    pending = next(pieces, None)
+
+    async def receive() -> dict[str, Any]:
+        nonlocal pulled, pending
+        if pending is None:
+            return {"type": "http.disconnect"}
+        piece, pending = pending, next(pieces, None)
+        pulled += len(piece)
+        return {"type": "http.request", "body": piece, "more_body": pending is not None}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status, answer_headers
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            answer_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in message["headers"]}
+        elif message["type"] == "http.response.body":
+            parts.append(message.get("body", b""))
+
+    raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    if "content-length" not in {k.lower() for k in headers}:
+        raw_headers.append((b"transfer-encoding", b"chunked"))
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": raw_headers,
+        "client": ("127.0.0.1", 1234),
+        "server": ("testserver", 80),
+    }
+    anyio.run(app, scope, receive, send)
+    return Answer(status, answer_headers, b"".join(parts)), pulled
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -1,0 +1,241 @@
+"""Fixtures of the fault-injection suite: a fresh stack per test, the local services to break, and figures.
+
+Faults are destructive, so every test gets a stack of its own (:func:`make_stack`): its own PostgreSQL
+database, its own topic prefix and consumer groups, real ``uvicorn`` and ``dramatiq pipeline`` processes
+(the ``Stack`` of ``tests/e2e``).  The services are stopped and started with the project's own scripts
+(``scripts/kafka.sh``, ``scripts/postgres.sh``), so only the services this checkout runs under ``.local/``
+can be broken: against external ones (``KAFKA_BOOTSTRAP_SERVERS``/``DATABASE_URL`` naming other addresses)
+the tests that stop a service skip, and fail in CI, where the services are always local.
+
+Whatever a test stops is started again before it ends (:class:`Services`, try/finally), and the fixture
+checks both services answer before the next test runs: other suites share them in the same session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from conftest import DEFAULT_DATABASE_URL, DEFAULT_KAFKA_BOOTSTRAP_SERVERS, _kafka_problem, _postgres_problem, in_ci
+from e2e.conftest import ARTIFACTS, ROOT, Stack, create_database, drop_database, free_port
+from faults.load import FIGURES, Figures
+from pipeline.brokers.kafka import KafkaBroker
+
+#: The queue of the user pipeline (``pipeline.broker.QUEUE``) and the workers' consumer group base name.
+QUEUE = "users"
+GROUP_ID = "bup-workers"
+#: Seconds a stopped service gets to answer again once its script has started it.
+SERVICE_TIMEOUT_S = 120
+
+
+class Services:
+    """Stops and starts this checkout's own Kafka and PostgreSQL with ``scripts/*.sh``.
+
+    Every stop is paired with a start in a ``finally`` (:meth:`kafka_stopped`, :meth:`postgres_stopped`),
+    and a start returns only once the service answers.
+    """
+
+    def __init__(self, kafka: str, database_url: str) -> None:
+        self.kafka = kafka
+        self.database_url = database_url
+        # The scripts manage the local services only when the environment names them (or nothing).
+        self.env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka, "DATABASE_URL": database_url}
+        self.faults: list[str] = []
+
+    def _script(self, name: str, action: str) -> None:
+        subprocess.run([str(ROOT / "scripts" / name), action], cwd=ROOT, env=self.env, check=True)
+
+    def _wait(self, what: str, problem: Callable[[], str | None]) -> None:
+        deadline = time.monotonic() + SERVICE_TIMEOUT_S
+        while (reason := problem()) is not None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what} does not answer again: {reason}")
+            time.sleep(0.5)
+
+    def kafka_up(self) -> None:
+        self._script("kafka.sh", "up")
+        self._wait("Kafka", lambda: _kafka_problem(self.kafka))
+
+    def postgres_up(self) -> None:
+        self._script("postgres.sh", "up")
+        self._wait("PostgreSQL", lambda: _postgres_problem(self.database_url))
+
+    @contextmanager
+    def kafka_stopped(self) -> Iterator[None]:
+        """Kafka is down inside the block (controlled shutdown), and up and answering after it."""
+        self.faults.append("kafka stop")
+        try:
+            self._script("kafka.sh", "down")
+            yield
+        finally:
+            self.kafka_up()
+
+    @contextmanager
+    def postgres_stopped(self) -> Iterator[None]:
+        """PostgreSQL is down inside the block (``pg_ctl stop -m fast``), and up and answering after it."""
+        self.faults.append("postgres stop")
+        try:
+            self._script("postgres.sh", "down")
+            yield
+        finally:
+            self.postgres_up()
+
+
+def _is_local(kafka: str, database_url: str) -> bool:
+    return kafka == DEFAULT_KAFKA_BOOTSTRAP_SERVERS and database_url == DEFAULT_DATABASE_URL
+
+
+@pytest.fixture
+def services(kafka_bootstrap_servers: str, database_url: str) -> Iterator[Services]:
+    """The local services, to be stopped and started by the test (skips for external ones, fails in CI)."""
+    if not _is_local(kafka_bootstrap_servers, database_url):
+        message = (
+            f"fault injection stops this checkout's own services ({DEFAULT_KAFKA_BOOTSTRAP_SERVERS}, "
+            f"{DEFAULT_DATABASE_URL}); the environment names others"
+        )
+        if in_ci():
+            pytest.fail(f"{message} (CI=true: the services must be the local ones)", pytrace=False)
+        pytest.skip(message)
+    services = Services(kafka_bootstrap_servers, database_url)
+    yield services
+    # Whatever happened in the test, leave both services answering for the tests that follow.
+    services.kafka_up()
+    services.postgres_up()
+
+
+class FaultStack(Stack):
+    """A :class:`Stack` with a view of its own topics (lag, failed messages) and of its ledger."""
+
+    prefix: str
+    broker: KafkaBroker
+
+    def drained(self) -> bool:
+        """True when the queue and its delay queue hold no message that was not acked."""
+        return all(sum(self.broker.lag(name).values()) == 0 for name in (QUEUE, f"{QUEUE}.DQ", QUEUE))
+
+    def failed_count(self) -> int:
+        return self.broker.failed_count(QUEUE)
+
+    def failed_messages(self) -> list[Any]:
+        return list(self.broker.failed_messages(QUEUE))
+
+    def cli(self, *args: str) -> str:
+        """Run ``python -m pipeline ARGS`` with the stack's environment; returns its output."""
+        done = subprocess.run(
+            [sys.executable, "-m", "pipeline", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, f"python -m pipeline {' '.join(args)}: {done.stdout}{done.stderr}"
+        return done.stdout
+
+    def alive(self) -> list[int]:
+        """The pids of the stack's processes that are still running (web first)."""
+        return [p.pid for p in [self.web, *self.workers] if p is not None and p.poll() is None]
+
+
+#: The environment of every fault stack; tests add what their fault needs (retry budget, timeouts).
+BASE_ENV = {
+    "KAFKA_PARTITIONS": "4",
+    "MAX_RETRIES": "8",
+    "MIN_BACKOFF_MS": "200",
+    "MAX_BACKOFF_MS": "2000",
+    "WORKER_METRICS_PORT": "0",
+    "BATCH_CHUNK_SIZE": "50",
+    # Short enough that a POST answers 503 within seconds while Kafka is down.
+    "KAFKA_SEND_TIMEOUT_MS": "5000",
+    "LOG_LEVEL": "INFO",
+}
+
+
+@pytest.fixture
+def make_stack(
+    kafka_bootstrap_servers: str, database_url: str, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., FaultStack]]:
+    """A factory: ``make_stack(workers=2, **env)`` starts web + ``workers`` worker processes, ready to use.
+
+    Each stack has its own database (``bup_fault_<hex>``, dropped at the end) and topic prefix; its logs
+    are kept under ``tests/artifacts/fault-<test>-<hex>/``.
+    """
+    made: list[tuple[FaultStack, str]] = []
+
+    def make(*, workers: int = 2, threads: int = 4, **env: str) -> FaultStack:
+        run = uuid.uuid4().hex[:8]
+        db_name = f"bup_fault_{run}"
+        db_url = create_database(database_url, db_name)
+        logs = ARTIFACTS / f"fault-{request.node.name[:40]}-{run}"
+        logs.mkdir(parents=True, exist_ok=True)
+        prefix = f"fault{run}."
+        full_env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "PYTHONUNBUFFERED": "1",
+            "DATABASE_URL": db_url,
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap_servers,
+            "KAFKA_TOPIC_PREFIX": prefix,
+            "KAFKA_GROUP_ID": GROUP_ID,
+            **BASE_ENV,
+            **env,
+        }
+        full_env.pop("API_TOKEN", None)
+        subprocess.run([sys.executable, "-m", "pipeline", "migrate"], cwd=ROOT, env=full_env, check=True)
+        stack = FaultStack(url=f"http://127.0.0.1:{free_port()}", env=full_env, database_url=db_url, logs=logs)
+        stack.prefix = prefix
+        stack.broker = KafkaBroker(
+            bootstrap_servers=kafka_bootstrap_servers, topic_prefix=prefix, group_id=GROUP_ID, middleware=[]
+        )
+        stack.broker.declare_queue(QUEUE)
+        made.append((stack, db_name))
+        stack.start_web()
+        for _ in range(workers):
+            stack.start_worker(processes=1, threads=threads)
+        stack.wait_ready()
+        return stack
+
+    yield make
+    for stack, db_name in made:
+        for process in [*stack.workers, stack.web]:
+            if process is not None:
+                stack.stop(process)
+        stack.broker.close()
+        try:
+            drop_database(database_url, db_name)
+        except Exception as error:  # noqa: BLE001  (a leftover database must not hide the test's result)
+            print(f"could not drop {db_name}: {error}")
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Figures:
+    """This test's figures (submissions sent, faults, outcomes, lost, duplicated), kept for the summary."""
+    found = Figures(test=request.node.name)
+    FIGURES.append(found)
+    return found
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print the suite's figures and write them to ``tests/artifacts/fault-figures.json``."""
+    if not FIGURES:
+        return
+    terminalreporter.write_sep("-", "fault injection")
+    totals: dict[str, int] = {}
+    for item in FIGURES:
+        terminalreporter.write_line(item.line())
+        for key, value in item.totals().items():
+            totals[key] = totals.get(key, 0) + value
+    terminalreporter.write_line("total: " + ", ".join(f"{k}={v}" for k, v in totals.items()))
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "fault-figures.json").write_text(
+        json.dumps({"tests": [f.asdict() for f in FIGURES], "totals": totals}, indent=2) + "\n"
+    )
