@@ -87,6 +87,7 @@ case "${1:-}" in
         ;;
     test)
         shift
+        scripts/browser.sh install
         prepare
         exec "$PY" -m pytest "$@"
         ;;

@@ -4,7 +4,7 @@ Importing the package builds the configured Kafka broker (lazily: no connection 
 enqueue or consume), makes it Dramatiq's global broker and declares the actors.
 """
 
+from pipeline import actors  # noqa: F401  (declares the actors on the broker)
 from pipeline.broker import broker
-from pipeline import actors  # noqa: E402,F401  (declares the actors on the broker)
 
 __all__ = ["broker"]

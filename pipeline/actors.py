@@ -33,7 +33,12 @@ from pipeline.validation import validate_record
 logger = logging.getLogger("pipeline.actors")
 
 #: Errors worth retrying: the database went away or is restarting.  Anything else is a bug or bad data.
-TRANSIENT = (peewee.OperationalError, peewee.InterfaceError, psycopg2.OperationalError, psycopg2.InterfaceError)
+TRANSIENT = (
+    peewee.OperationalError,
+    peewee.InterfaceError,
+    psycopg2.OperationalError,
+    psycopg2.InterfaceError,
+)
 #: Rows per INSERT statement (PostgreSQL takes at most 65,535 parameters in one).
 INSERT_CHUNK = 1000
 
@@ -81,9 +86,17 @@ def validate_users(records: list[dict[str, Any]], batch_id: str | None, source: 
     """Validate every record with Cerberus; the result lists each record's user or all of its errors."""
     results = []
     for record in records:
-        user, errors = validate_record(record.get("data"), source=source, parse_errors=record.get("errors") or ())
+        user, errors = validate_record(
+            record.get("data"), source=source, parse_errors=record.get("errors") or ()
+        )
         results.append(
-            {"id": record["id"], "row": record.get("row"), "batch_id": batch_id, "user": user, "errors": errors}
+            {
+                "id": record["id"],
+                "row": record.get("row"),
+                "batch_id": batch_id,
+                "user": user,
+                "errors": errors,
+            }
         )
     return results
 
@@ -129,7 +142,9 @@ def _persist(results: list[dict[str, Any]]) -> dict[str, int]:
         ids = [r["id"] for r in results]
         done = {
             s.id
-            for s in Submission.select(Submission.id).where(Submission.id.in_(ids) & (Submission.status != "failed"))
+            for s in Submission.select(Submission.id).where(
+                Submission.id.in_(ids) & (Submission.status != "failed")
+            )
         }
         todo = [r for r in results if r["id"] not in done]
         counts["skipped"] = len(results) - len(todo)
@@ -222,9 +237,15 @@ def _submission_records(message: dict[str, Any]) -> list[dict[str, Any]]:
     if actor == "process_user" and args:
         return [{"id": args[0]["id"], "row": None, "batch_id": None}]
     if actor == "process_users" and args:
-        return [{"id": r["id"], "row": r.get("row"), "batch_id": args[0].get("batch_id")} for r in args[0]["records"]]
+        return [
+            {"id": r["id"], "row": r.get("row"), "batch_id": args[0].get("batch_id")}
+            for r in args[0]["records"]
+        ]
     if actor == "validate_users" and args:
-        return [{"id": r["id"], "row": r.get("row"), "batch_id": args[1] if len(args) > 1 else None} for r in args[0]]
+        return [
+            {"id": r["id"], "row": r.get("row"), "batch_id": args[1] if len(args) > 1 else None}
+            for r in args[0]
+        ]
     if actor == "persist_users" and args:
         return [{"id": r["id"], "row": r.get("row"), "batch_id": r.get("batch_id")} for r in args[0]]
     return []

@@ -20,8 +20,8 @@ from dramatiq.middleware import (
     Retries,
     ShutdownNotifications,
     TimeLimit,
+    prometheus,
 )
-from dramatiq.middleware import prometheus
 
 from pipeline import settings
 from pipeline.brokers.kafka import KafkaBroker

@@ -62,9 +62,14 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(_as_dict(failed), ensure_ascii=False, default=str))
     elif args.dlq_action == "replay":
         replayed, left = broker.replay_failed(args.queue, limit=args.limit)
-        print(f"replayed {replayed}; left {left} that are not Dramatiq messages (see `dlq show`, `dlq purge`)")
+        print(
+            f"replayed {replayed}; left {left} that are not Dramatiq messages (see `dlq show`, `dlq purge`)"
+        )
     elif args.dlq_action == "purge":
-        if not args.yes and input(f"Delete every failed message of {args.queue!r}? [y/N] ").strip().lower() != "y":
+        if (
+            not args.yes
+            and input(f"Delete every failed message of {args.queue!r}? [y/N] ").strip().lower() != "y"
+        ):
             print("nothing deleted")
             return 1
         print(f"purged {broker.purge_failed(args.queue)}")

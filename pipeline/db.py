@@ -7,6 +7,7 @@ thread, so Dramatiq's worker threads and Starlette's thread pool can share it.  
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from playhouse.db_url import parse
@@ -44,8 +45,6 @@ def reset_connection() -> None:
     try:
         if not database.is_closed():
             database.close()
-    except Exception:  # noqa: BLE001  (a dead connection may fail to close; the pool forgets it anyway)
-        try:
+    except Exception:  # a dead connection may fail to close; then drop it without returning it
+        with contextlib.suppress(Exception):
             database.manual_close()
-        except Exception:  # noqa: BLE001
-            pass

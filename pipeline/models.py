@@ -79,7 +79,9 @@ def unique_columns(fields: list[str]) -> list[str]:
     """The columns of the unique key for the configured field names (``phoneNumber`` -> ``phone_number``)."""
     columns = []
     for field in fields:
-        column = UNIQUE_FIELD_COLUMNS.get(field) or (field if field in UNIQUE_FIELD_COLUMNS.values() else None)
+        column = UNIQUE_FIELD_COLUMNS.get(field) or (
+            field if field in UNIQUE_FIELD_COLUMNS.values() else None
+        )
         if column is None:
             raise ValueError(f"UNIQUE_FIELDS: {field!r} is not one of {sorted(UNIQUE_FIELD_COLUMNS)}")
         if column not in columns:

@@ -290,9 +290,8 @@ class KafkaBroker(Broker):
         result = self._admin_call("create_topics", topics, raise_errors=False)
         for topic in result.get("topics", []):
             if topic["error_code"] not in (0, _TOPIC_ALREADY_EXISTS):
-                raise KafkaConnectionError(
-                    f"cannot create topic {topic['name']!r}: {topic.get('error_message') or topic['error_code']}"
-                )
+                reason = topic.get("error_message") or topic["error_code"]
+                raise KafkaConnectionError(f"cannot create topic {topic['name']!r}: {reason}")
         self._admin_call("wait_for_topics", list(topics), timeout_ms=self.send_timeout_ms)
         self._ready_topics.add(canonical)
 
@@ -326,7 +325,9 @@ class KafkaBroker(Broker):
         """
         return self.enqueue_many([message], delay=delay)[0]
 
-    def enqueue_many(self, messages: Iterable[Message[Any]], *, delay: int | None = None) -> list[Message[Any]]:
+    def enqueue_many(
+        self, messages: Iterable[Message[Any]], *, delay: int | None = None
+    ) -> list[Message[Any]]:
         """Enqueue many messages with one wait: return once Kafka has acknowledged all of them.
 
         If this raises, some of the messages may have been delivered and others not.
@@ -344,13 +345,18 @@ class KafkaBroker(Broker):
 
         for message, _ in prepared:
             self.emit_before("enqueue", message, delay)
-        futures = [self._send(topic, message.encode(), message.options.get("partition_key")) for message, topic in prepared]
+        futures = [
+            self._send(topic, message.encode(), message.options.get("partition_key"))
+            for message, topic in prepared
+        ]
         self._wait(futures)
         for message, _ in prepared:
             self.emit_after("enqueue", message, delay)
         return [message for message, _ in prepared]
 
-    def _send(self, topic: str, value: bytes, key: Any = None, headers: list[tuple[str, bytes]] | None = None) -> Any:
+    def _send(
+        self, topic: str, value: bytes, key: Any = None, headers: list[tuple[str, bytes]] | None = None
+    ) -> Any:
         encoded_key = None if key is None else str(key).encode("utf-8")
         try:
             return self.producer.send(topic, value=value, key=encoded_key, headers=headers or [])
@@ -534,8 +540,12 @@ class KafkaBroker(Broker):
         for items in replayable.values():
             for item in items:
                 assert item.message is not None
-                options = {k: v for k, v in item.message.options.items() if k not in {"retries", "traceback", "eta"}}
-                fresh.append(dataclasses.replace(item.message, queue_name=q_name(queue_name), options=options))
+                options = {
+                    k: v for k, v in item.message.options.items() if k not in {"retries", "traceback", "eta"}
+                }
+                fresh.append(
+                    dataclasses.replace(item.message, queue_name=q_name(queue_name), options=options)
+                )
         if fresh:
             self.enqueue_many(fresh)
             topic = self.topic_for(xq_name(queue_name))
@@ -748,7 +758,10 @@ class _KafkaConsumer(Consumer, AsyncConsumerRebalanceListener):
         try:
             while True:
                 self._drain_acks()
-                if self._dirty and (time.monotonic() - self._last_commit) * 1000 >= self.broker.commit_interval_ms:
+                if (
+                    self._dirty
+                    and (time.monotonic() - self._last_commit) * 1000 >= self.broker.commit_interval_ms
+                ):
                     self._commit()
                 if self._buffer:
                     message = self._buffer.popleft()
@@ -828,7 +841,9 @@ class _KafkaConsumer(Consumer, AsyncConsumerRebalanceListener):
     def _reject_undecodable(self, tp: TopicPartition, record: Any, error: Exception) -> None:
         origin = f"{tp.topic}:{tp.partition}:{record.offset}"
         self.logger.error("Record %s is not a Dramatiq message; moving it to the failed topic.", origin)
-        self.broker._dead_letter_raw(q_name(self.queue_name), record.value or b"", f"DecodeError: {error}", origin)
+        self.broker._dead_letter_raw(
+            q_name(self.queue_name), record.value or b"", f"DecodeError: {error}", origin
+        )
 
     def _drain_acks(self) -> None:
         while True:
@@ -843,7 +858,9 @@ class _KafkaConsumer(Consumer, AsyncConsumerRebalanceListener):
             state.outstanding -= 1
             self._dirty = True
 
-    def _offsets_to_commit(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, OffsetAndMetadata]:
+    def _offsets_to_commit(
+        self, partitions: Iterable[TopicPartition]
+    ) -> dict[TopicPartition, OffsetAndMetadata]:
         offsets = {}
         for tp in partitions:
             state = self._states[tp]

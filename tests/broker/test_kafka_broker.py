@@ -25,7 +25,9 @@ THREADS = 4
 PREFETCH = 2 * THREADS
 
 
-def spawn_worker(servers: str, prefix: str, log: Path, *, sleep_ms: int = 0, commit_ms: int = 100) -> subprocess.Popen:
+def spawn_worker(
+    servers: str, prefix: str, log: Path, *, sleep_ms: int = 0, commit_ms: int = 100
+) -> subprocess.Popen:
     env = {
         **os.environ,
         "TEST_KAFKA": servers,
@@ -37,7 +39,16 @@ def spawn_worker(servers: str, prefix: str, log: Path, *, sleep_ms: int = 0, com
         "dramatiq_restart_delay": "500",
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "dramatiq", "tests.broker.worker_app", "--processes", "1", "--threads", str(THREADS)],
+        [
+            sys.executable,
+            "-m",
+            "dramatiq",
+            "tests.broker.worker_app",
+            "--processes",
+            "1",
+            "--threads",
+            str(THREADS),
+        ],
         cwd=ROOT,
         env=env,
         start_new_session=True,  # its own process group, so that kill -9 takes the forked worker too
@@ -90,7 +101,9 @@ def sender(kafka_bootstrap_servers: str, topic_prefix: str):
     broker.close()
 
 
-def test_two_worker_processes_share_the_queue_partitions(kafka_bootstrap_servers, topic_prefix, sender, tmp_path):
+def test_two_worker_processes_share_the_queue_partitions(
+    kafka_bootstrap_servers, topic_prefix, sender, tmp_path
+):
     # Given two worker processes in the same consumer group
     broker, work = sender
     log = tmp_path / "log"
@@ -139,7 +152,9 @@ def test_a_worker_killed_mid_stream_loses_nothing_and_redoes_no_more_than_it_hel
     assert redone <= 3 * 2 * PREFETCH, redone
 
 
-def test_a_rebalance_while_messages_are_in_flight_loses_nothing(kafka_bootstrap_servers, topic_prefix, sender, tmp_path):
+def test_a_rebalance_while_messages_are_in_flight_loses_nothing(
+    kafka_bootstrap_servers, topic_prefix, sender, tmp_path
+):
     # Given one slow worker busy with 400 messages
     broker, work = sender
     log = tmp_path / "log"
@@ -162,7 +177,9 @@ def test_a_rebalance_while_messages_are_in_flight_loses_nothing(kafka_bootstrap_
     assert sum(c - 1 for c in counts.values()) <= 2 * PREFETCH
 
 
-def test_messages_with_the_same_partition_key_keep_their_order(kafka_bootstrap_servers, kafka_broker: KafkaBroker):
+def test_messages_with_the_same_partition_key_keep_their_order(
+    kafka_bootstrap_servers, kafka_broker: KafkaBroker
+):
     # Given messages for three keys, interleaved
     @dramatiq.actor
     def keyed(key: str, n: int) -> None:
@@ -219,7 +236,9 @@ def test_delayed_messages_acked_behind_a_long_delay_are_not_run_again_after_a_re
         worker = dramatiq.Worker(broker, worker_timeout=100, worker_threads=2)
         worker.start()
         # the new worker picks the long one up again (it was never acked)...
-        wait_until(lambda: sum(broker.lag("default.DQ").values()) == 1 and sum(broker.lag("default").values()) == 0)
+        wait_until(
+            lambda: sum(broker.lag("default.DQ").values()) == 1 and sum(broker.lag("default").values()) == 0
+        )
         time.sleep(1.0)
         worker.stop()
     finally:
@@ -271,7 +290,7 @@ def test_failed_messages_can_be_replayed_onto_their_queue(kafka_broker: KafkaBro
         picky.send(n)
     kafka_broker.join("default", timeout=60_000)
     assert kafka_broker.failed_count("default") == 3
-    assert all("RuntimeError: not now" == f.reason for f in kafka_broker.failed_messages("default"))
+    assert all(f.reason == "RuntimeError: not now" for f in kafka_broker.failed_messages("default"))
 
     # When the cause is fixed and the failed messages are replayed
     allowed.set()

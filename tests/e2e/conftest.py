@@ -69,20 +69,32 @@ class Stack:
     def start_web(self) -> None:
         port = urlsplit(self.url).port
         self.web = self._spawn(
-            "web", [sys.executable, "-m", "uvicorn", "web.app:app", "--host", "127.0.0.1", "--port", str(port)]
+            "web",
+            [sys.executable, "-m", "uvicorn", "web.app:app", "--host", "127.0.0.1", "--port", str(port)],
         )
 
     def start_worker(self, processes: int = 1, threads: int = 4) -> subprocess.Popen:
         worker = self._spawn(
             f"worker{len(self.workers)}",
-            [sys.executable, "-m", "dramatiq", "pipeline", "--processes", str(processes), "--threads", str(threads)],
+            [
+                sys.executable,
+                "-m",
+                "dramatiq",
+                "pipeline",
+                "--processes",
+                str(processes),
+                "--threads",
+                str(threads),
+            ],
         )
         self.workers.append(worker)
         return worker
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115  (the process writes it until it ends)
-        return subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     @staticmethod
     def stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
@@ -137,7 +149,9 @@ class Stack:
 
 
 @pytest.fixture(scope="session")
-def stack(kafka_bootstrap_servers: str, database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(
+    kafka_bootstrap_servers: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     run = uuid.uuid4().hex[:8]
     db_name = f"bup_e2e_{run}"
     db_url = create_database(database_url, db_name)

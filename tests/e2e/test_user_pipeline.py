@@ -18,7 +18,11 @@ def post_user(api, body):
 
 def test_a_valid_user_is_stored(stack, api, tag):
     # Given a valid user
-    body = {"name": {"firstName": " Ada ", "lastName": f"Lovelace{tag}"}, "age": 36, "email": "ada@example.org"}
+    body = {
+        "name": {"firstName": " Ada ", "lastName": f"Lovelace{tag}"},
+        "age": 36,
+        "email": "ada@example.org",
+    }
 
     # When it is posted
     submission = post_user(api, body)
@@ -95,7 +99,9 @@ def test_json_and_ndjson_batches_are_processed(stack, api, tag):
     records = [{"name": f"N{i} {tag}", "age": 20 + i} for i in range(120)]
     as_json = api.post("/api/users", json=records[:60])
     ndjson = "\n".join(json.dumps(r) for r in records[60:]) + "\n"
-    as_ndjson = api.post("/api/users", content=ndjson.encode(), headers={"content-type": "application/x-ndjson"})
+    as_ndjson = api.post(
+        "/api/users", content=ndjson.encode(), headers={"content-type": "application/x-ndjson"}
+    )
     assert as_json.status_code == 202 and as_ndjson.status_code == 202
     for response in (as_json, as_ndjson):
         batch = stack.batch(api, response.json()["batch_id"])

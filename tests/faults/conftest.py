@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -33,6 +34,8 @@ from pipeline.brokers.kafka import KafkaBroker
 #: The queue of the user pipeline (``pipeline.broker.QUEUE``) and the workers' consumer group base name.
 QUEUE = "users"
 GROUP_ID = "bup-workers"
+#: The line ``persist_users`` logs once its transaction is committed (``pipeline/actors.py``).
+PERSISTED = re.compile(r"\] persisted \S+ stored=\d+ duplicate=\d+ invalid=\d+ skipped=(\d+)")
 #: Seconds a stopped service gets to answer again once its script has started it.
 SERVICE_TIMEOUT_S = 120
 
@@ -140,6 +143,16 @@ class FaultStack(Stack):
         )
         assert done.returncode == 0, f"python -m pipeline {' '.join(args)}: {done.stdout}{done.stderr}"
         return done.stdout
+
+    def worker_log(self) -> str:
+        """Every worker's log so far, one after the other."""
+        return "".join(path.read_text(errors="replace") for path in sorted(self.logs.glob("worker*.log")))
+
+    def persisted(self) -> tuple[int, int]:
+        """From the workers' logs: how many ``persist_users`` messages were carried out, and how many of
+        their submissions were skipped because an earlier delivery had stored them already."""
+        found = PERSISTED.findall(self.worker_log())
+        return len(found), sum(int(skipped) for skipped in found)
 
     def alive(self) -> list[int]:
         """The pids of the stack's processes that are still running (web first)."""

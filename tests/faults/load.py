@@ -167,10 +167,13 @@ class Plan:
 class Load:
     """Sends a :class:`Plan` from ``clients`` threads, in the background; see the module docstring."""
 
-    def __init__(self, url: str, plan: Plan, *, clients: int = 4, figures: Figures | None = None) -> None:
+    def __init__(
+        self, url: str, plan: Plan, *, clients: int = 4, pace: float = 0.0, figures: Figures | None = None
+    ) -> None:
         self.url = url
         self.plan = plan
         self.clients = clients
+        self.pace = pace  # seconds each client waits between two requests: spreads the load over time
         self.figures = figures
         self.accepted: list[Accepted] = []
         self.statuses: collections.Counter[str] = collections.Counter()
@@ -217,6 +220,8 @@ class Load:
                 with self._lock:
                     self._pending -= 1
                     self._lock.notify_all()
+                if self.pace:
+                    time.sleep(self.pace)
 
     def _send(self, client: httpx.Client, item: Item) -> bool:
         """True once the item is settled (accepted, or refused for good); False to send it again."""
