@@ -182,8 +182,8 @@ def run_dramatiq(
     """The no-op actor on ``broker`` with an in-process Worker; ``batched`` uses ``broker.enqueue_many``,
     ``senders`` > 1 splits the ``actor.send()`` loop over that many threads (as a web server's would)."""
     counter = Counter()
-    actor = dramatiq.actor(
-        counter.hit, broker=broker, queue_name=queue, actor_name="bench_noop", max_retries=0
+    actor = dramatiq.actor(broker=broker, queue_name=queue, actor_name="bench_noop", max_retries=0)(
+        counter.hit
     )
     worker = Worker(broker, worker_threads=threads)
     if prefetch is not None:
@@ -302,7 +302,7 @@ def scenario_ours_proc(ctx: Context, result: Result, *, batched: bool) -> None:
         middleware=None,
         partitions=PARTITIONS,
     )
-    actor = dramatiq.actor(lambda: None, broker=broker, queue_name=QUEUE, actor_name=ACTOR)
+    actor = dramatiq.actor(broker=broker, queue_name=QUEUE, actor_name=ACTOR)(lambda: None)
     broker._ensure_topics(QUEUE)  # before the worker subscribes, so that its group gets partitions at once
     env = {
         **os.environ,
@@ -569,7 +569,9 @@ def cleanup_kafka(ctx: Context) -> str:
 
 def _sample_message_bytes() -> bytes:
     """A record as large as an encoded no-op Dramatiq message, for the raw loop."""
-    message = dramatiq.Message(queue_name="send", actor_name="bench_noop", args=(), kwargs={}, options={})
+    message: dramatiq.Message[Any] = dramatiq.Message(
+        queue_name="send", actor_name="bench_noop", args=(), kwargs={}, options={}
+    )
     return b"x" * len(message.encode())
 
 

@@ -19,10 +19,12 @@ import time
 
 from bench.brokers import Context, Knobs, Result, cleanup_kafka, machine_facts, scenario_ours
 
-#: name: (label, batched, knobs)
-VARIANTS: dict[str, tuple[str, bool, Knobs]] = {
+#: name: (label, batched, knobs[, sending threads])
+VARIANTS: dict[str, tuple[str, bool, Knobs] | tuple[str, bool, Knobs, int]] = {
     "send": ("send(), defaults (linger_ms=2)", False, Knobs()),
     "send-linger0": ("send(), linger_ms=0", False, Knobs(linger_ms=0)),
+    "send8t": ("send() from 8 threads, defaults", False, Knobs(), 8),
+    "send8t-linger0": ("send() from 8 threads, linger_ms=0", False, Knobs(linger_ms=0), 8),
     "batch": ("enqueue_many, defaults (prefetch 16)", True, Knobs()),
     "batch-linger0": ("enqueue_many, linger_ms=0", True, Knobs(linger_ms=0)),
     "batch-prefetch64": ("enqueue_many, prefetch 64", True, Knobs(prefetch=64)),
@@ -75,12 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     results: list[tuple[str, Result]] = []
     try:
         for name in chosen:
-            label, batched, knobs = VARIANTS[name]
+            label, batched, knobs, *senders = VARIANTS[name]
             result = Result(name, label, ctx.messages)
             print(f"... {name}", end="", flush=True)
             started = time.monotonic()
             try:
-                scenario_ours(ctx, result, batched=batched, knobs=knobs)
+                scenario_ours(ctx, result, batched=batched, knobs=knobs, senders=senders[0] if senders else 1)
             except Exception as e:
                 result.error = f"{type(e).__name__}: {e}"[:200]
             print(
@@ -100,10 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         if r.error:
             print(f"{r.label:<42} n/a ({r.error})")
             continue
-        reference = base.get("send" if name.startswith("send") else "batch")
+        reference = base.get(name.split("-")[0])
         ratio = (
             "n/a"
-            if reference is None or reference.error or not reference.e2e
+            if reference is None or reference.error or not reference.e2e or not r.e2e
             else f"{r.e2e / reference.e2e:.2f}x"
         )
         print(

@@ -422,3 +422,22 @@ def test_a_broker_that_hangs_is_answered_503_in_bounded_time():
     # Then
     assert_error(single, 503, "queue_unavailable")
     assert_error(batch, 503, "queue_unavailable")
+
+
+@pytest.mark.parametrize("key", ["\\ud800", "a\\u0000b", "\\udfff x"])
+def test_a_refused_key_is_quoted_escaped_in_the_error(web_client, key):
+    # When: the key itself holds what is refused
+    response = web_client.post("/api/user", content=f'{{"{key}": 1}}'.encode(), headers=JSON)
+    # Then: the answer still encodes, naming the key in escapes
+    body = assert_error(response, 422, "invalid_body")
+    assert key.replace("\\u0000", "\\\\u0000") in json.dumps(body) or key in body["error"]["message"]
+
+
+def test_a_batch_record_with_a_refused_key_names_it_in_storable_text(web_client, web_broker):
+    # When
+    response = web_client.post("/api/users", content=b'[{"\\ud800": 1}, {"a\\u0000": 2}]', headers=JSON)
+    # Then: the field paths hold neither a surrogate nor NUL (the errors column is jsonb)
+    assert response.status_code == 202
+    fields = [r["errors"][0]["field"] for r in batch_records(enqueued(web_broker))]
+    assert fields == ["\\ud800", "a\\u0000"]
+    assert all(f.isascii() and "\x00" not in f for f in fields)

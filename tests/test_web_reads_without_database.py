@@ -54,3 +54,27 @@ def test_bad_paging_parameters_are_400(web_client, query):
 @pytest.mark.parametrize("name", ["%00", "x" * 201])
 def test_a_bad_name_filter_is_400(web_client, name):
     assert_error(web_client.get(f"/api/users?name={name}"), 400, "invalid_parameter")
+
+
+def test_a_user_time_without_zone_is_written_as_utc():
+    # Given: a row as a driver may hand it back, without zone
+    import datetime
+    from types import SimpleNamespace
+
+    from web.reads import user_json
+
+    row = SimpleNamespace(
+        id=1,
+        name="A",
+        age=1,
+        email=None,
+        phone_number=None,
+        address=None,
+        additional_info=None,
+        created_at=datetime.datetime(2026, 1, 2, 3, 4, 5),
+    )
+    # When
+    shown = user_json(row)
+    # Then
+    assert shown is not None and shown["created_at"] == "2026-01-02T03:04:05+00:00"
+    assert shown["additional_info"] == {}

@@ -227,6 +227,13 @@ async def post_users(request: Request) -> Response:
     )
 
 
+async def users_endpoint(request: Request) -> Response:
+    """``/api/users``: ``POST`` a batch, ``GET`` the stored users."""
+    if request.method == "POST":
+        return await post_users(request)
+    return await reads.list_users(request)
+
+
 async def healthz(request: Request) -> Response:
     """``GET /healthz``: the process is up (checks nothing else)."""
     return JSONResponse({"status": "ok"})
@@ -257,8 +264,8 @@ def create_app(
     metrics = Metrics()
     routes = [
         Route("/api/user", post_user, methods=["POST"]),
-        Route("/api/users", post_users, methods=["POST"]),
-        Route("/api/users", reads.list_users, methods=["GET"]),
+        # One route for both methods, so that a 405 on it names both in Allow.
+        Route("/api/users", users_endpoint, methods=["GET", "POST"]),
         Route("/api/submissions/{id}", reads.get_submission, methods=["GET"]),
         Route("/api/batches/{id}", reads.get_batch, methods=["GET"]),
         Route("/api/reports/age-distribution", reads.age_distribution, methods=["GET"]),

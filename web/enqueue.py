@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -98,11 +99,24 @@ class Enqueuer:
         self.retry_after = retry_after
         self.timeout = timeout
         self.metrics = metrics
-        self._executor = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="enqueue")
+        self._max_threads = max_threads
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    @property
+    def _executor(self) -> ThreadPoolExecutor:
+        # Created on first use, and again after close(): an app may live through several lifespans (tests).
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self._max_threads, thread_name_prefix="enqueue")
+            return self._pool
 
     def close(self) -> None:
-        """Stop the thread pool (calls in progress finish in the background)."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Stop the thread pool (calls in progress finish in the background); the next send starts another."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _unavailable(self, kind: str, exc: BaseException, message: str) -> QueueUnavailable:
         reason = (

@@ -128,11 +128,21 @@ class DatabaseUnavailable(ServiceUnavailable):
     code = "database_unavailable"
 
 
+def safe_text(text: str) -> str:
+    """``text`` with lone surrogates and NUL written as escapes, so that it can be sent as UTF-8 and stored.
+
+    Error messages and field paths may quote a client's key; a key like ``"\ud800"`` would otherwise make
+    the answer (or the ``errors`` column) fail to encode.
+    """
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\u0000")
+
+
 def error_response(
     status: int, code: str, message: str, headers: Mapping[str, str] | None = None
 ) -> Response:
     """The one shape of every error answer."""
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+    body = {"error": {"code": code, "message": safe_text(message)}}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:

@@ -32,7 +32,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from web.errors import InvalidBody, Malformed, PayloadTooLarge
+from web.errors import InvalidBody, Malformed, PayloadTooLarge, safe_text
 
 #: Deepest nesting of objects and arrays accepted in a record (the record itself is level 1).
 MAX_DEPTH = 32
@@ -70,7 +70,8 @@ class _Unstorable(ValueError):
 
     def __init__(self, path: str, message: str) -> None:
         super().__init__(message)
-        self.path = path
+        # The path quotes the client's keys, which may hold the very characters being refused.
+        self.path = safe_text(path)
         self.message = message
 
 
@@ -374,6 +375,7 @@ def _lines(texts: Iterable[str], max_line: int, what: str, *, lone_cr: bool = Fa
     With ``lone_cr`` a CR not followed by LF ends a line too (a CR at the end of a chunk waits for the
     next one, which may start with its LF).
     """
+    too_long = PayloadTooLarge(f"a {what} of the body is longer than {max_line} characters")
     pending = ""
     for text in texts:
         pending += text
@@ -381,15 +383,19 @@ def _lines(texts: Iterable[str], max_line: int, what: str, *, lone_cr: bool = Fa
         limit = len(pending) - 1 if lone_cr and pending.endswith("\r") else len(pending)
         if lone_cr:
             for match in _CSV_LINE_END.finditer(pending, 0, limit):
+                if match.start() - start > max_line:
+                    raise too_long
                 yield pending[start : match.end()]
                 start = match.end()
         else:
             while (end := pending.find("\n", start)) != -1:
+                if end - start > max_line:
+                    raise too_long
                 yield pending[start : end + 1]
                 start = end + 1
         pending = pending[start:]
         if len(pending) > max_line:
-            raise PayloadTooLarge(f"a {what} of the body is longer than {max_line} characters")
+            raise too_long
     if pending:
         yield pending
 
@@ -465,6 +471,10 @@ def iter_csv(chunks: Iterable[bytes], *, max_record_bytes: int) -> Iterator[Pars
                 continue
             yield ParsedRecord(row, _nest(paths, cells))
     except csv.Error as exc:
+        if "field larger than field limit" in str(exc):  # a quoted value spanning many short lines
+            raise PayloadTooLarge(
+                f"a CSV value near line {reader.line_num} is longer than {max_record_bytes} characters"
+            ) from None
         raise Malformed(
             f"the CSV cannot be parsed near line {reader.line_num}: {exc}", code="malformed_csv"
         ) from None

@@ -11,6 +11,7 @@ last page).
 
 from __future__ import annotations
 
+import datetime
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -91,6 +92,14 @@ def _page(request: Request, max_cursor: int) -> tuple[int, int]:
     return limit, cursor
 
 
+def _iso(moment: datetime.datetime | None) -> str | None:
+    # The column is timestamptz; a naive value (a driver or row written without zone) is UTC by convention,
+    # and RFC 3339 (the document's date-time) wants the offset.
+    if moment is None:
+        return None
+    return (moment if moment.tzinfo is not None else moment.replace(tzinfo=datetime.UTC)).isoformat()
+
+
 def user_json(user: Any) -> dict[str, Any] | None:
     """A row of ``users`` as the API shows it (field names as submitted: ``phoneNumber``)."""
     if user is None or user.id is None:
@@ -104,7 +113,7 @@ def user_json(user: Any) -> dict[str, Any] | None:
         "phoneNumber": user.phone_number,
         "address": user.address,
         "additional_info": user.additional_info or {},
-        "created_at": created.isoformat() if created is not None else None,
+        "created_at": _iso(created),
     }
 
 

@@ -182,6 +182,9 @@ class KafkaBroker(Broker):
         options.update(specific)
         options.setdefault("bootstrap_servers", self.bootstrap_servers)
         options.setdefault("client_id", self.client_id)
+        # A client that cannot reach Kafka gives up after the send timeout, not kafka-python's 30 s.
+        if "bootstrap_timeout_ms" in known:
+            options.setdefault("bootstrap_timeout_ms", self.send_timeout_ms)
         return options
 
     @property
@@ -196,7 +199,7 @@ class KafkaBroker(Broker):
                         {
                             "acks": "all",
                             "enable_idempotence": True,
-                            "linger_ms": 2,
+                            "linger_ms": 0,  # enqueue waits for its ack: lingering only adds latency
                             "max_block_ms": self.send_timeout_ms,
                             "request_timeout_ms": request_timeout,
                             "delivery_timeout_ms": self.send_timeout_ms + request_timeout,

@@ -125,6 +125,21 @@ class FaultStack(Stack):
         """True when the queue and its delay queue hold no message that was not acked."""
         return all(sum(self.broker.lag(name).values()) == 0 for name in (QUEUE, f"{QUEUE}.DQ", QUEUE))
 
+    def wait_consuming(self, workers: int, timeout: float = 60) -> None:
+        """Wait until ``workers`` worker processes share the queue: its consumer group (and the delay
+        queue's) is stable with that many members.  A crashed worker stays a member until its session
+        times out (10 s), so this also waits for the group to forget the dead."""
+        deadline = time.monotonic() + timeout
+        groups = [self.broker.group_for(QUEUE), self.broker.group_for(f"{QUEUE}.DQ")]
+        while True:
+            described = self.broker._admin_call("describe_groups", groups)
+            states = [(g["group_state"], len(g["members"])) for g in described.values()]
+            if all(state == ("Stable", workers) for state in states):
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the consumer groups are {states}, not stable with {workers} members")
+            time.sleep(0.2)
+
     def failed_count(self) -> int:
         return self.broker.failed_count(QUEUE)
 

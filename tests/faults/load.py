@@ -48,6 +48,7 @@ class Figures:
     outcomes: dict[str, int] = dataclasses.field(default_factory=dict)
     lost: int | None = None
     duplicated: int | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     def totals(self) -> dict[str, int]:
         return {
@@ -64,7 +65,7 @@ class Figures:
         return (
             f"{self.test}: sent={self.sent} (in {self.requests} requests, {self.answers_503} answered 503) "
             f"faults={len(self.faults)} [{', '.join(self.faults)}] {outcomes} lost={self.lost} "
-            f"duplicated={self.duplicated}"
+            f"duplicated={self.duplicated}" + "".join(f"\n    {note}" for note in self.notes)
         )
 
     def asdict(self) -> dict[str, Any]:
@@ -127,8 +128,8 @@ class Plan:
         self.tag = tag
         self.records: list[Record] = []
         forms = ["json", "ndjson", "csv"]
-        made_batches = [Item([self._record() for _ in range(batch_size)], forms[i % 3]) for i in range(batches)]
-        made_singles = [Item([self._record()], "single") for _ in range(singles)]
+        made_batches = [Item([self.new_record() for _ in range(batch_size)], forms[i % 3]) for i in range(batches)]
+        made_singles = [Item([self.new_record()], "single") for _ in range(singles)]
         # A batch every len/batches singles: batches hit the fault as often as singles do.
         self.items: list[Item] = []
         step = max(1, singles // (batches + 1)) if batches else singles + 1
@@ -138,7 +139,7 @@ class Plan:
             self.items.append(single)
         self.items.extend(made_batches)
 
-    def _record(self, **overrides: Any) -> Record:
+    def new_record(self, **overrides: Any) -> Record:
         n = len(self.records)
         if n % 10 == 3:
             # Invalid: a bad age (from CSV too: "abc" is not digits) and a bad email; never stored.

@@ -18,11 +18,12 @@ from typing import Any
 import anyio
 import pytest
 from dramatiq.brokers.stub import StubBroker
-from starlette.testclient import TestClient
-from web_support import TEST_SETTINGS, make_client
 
 # The stack (real web + worker processes on Kafka and PostgreSQL) of the end-to-end suite, reused here.
 from e2e.conftest import Stack, stack  # noqa: F401  (a fixture, registered by being imported)
+from starlette.testclient import TestClient
+from web_support import TEST_SETTINGS, make_client
+
 from web.app import WebSettings
 from web.ids import IdSigner, record_id
 
@@ -100,7 +101,7 @@ def asgi_post(
     """
     pulled = 0
     status, answer_headers, parts = 0, {}, []
-    pending = next(pieces, None)
+    pending = next(pieces, b"")  # an empty body is still one (empty) http.request message
 
     async def receive() -> dict[str, Any]:
         nonlocal pulled, pending
@@ -230,7 +231,8 @@ def seeded_database(pipeline_database: Any) -> Seeded:
             submission_id = record_id(batch, row_number) if batch else signer.new_submission_id()
             submissions.setdefault(status, submission_id)
             pipeline_database.execute_sql(
-                "INSERT INTO submissions (id, batch_id, row, status, errors, user_id, created_at, updated_at) "
+                "INSERT INTO submissions"
+                " (id, batch_id, row, status, errors, user_id, created_at, updated_at) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
                 (submission_id, batch, row_number, status, json.dumps(errors), user_id, now, now),
             )

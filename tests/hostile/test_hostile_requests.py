@@ -28,7 +28,9 @@ PIECE = 1000
 def post(client: Any, path: str, body: bytes, content_type: str | None = JSON) -> Any:
     headers = {} if content_type is None else {"content-type": content_type}
     response = client.post(path, content=body, headers=headers)
-    check_answer(response, source="hand-picked", what=f"{path} {body[:60]!r}", allowed=DOCUMENTED_POST_STATUSES)
+    check_answer(
+        response, source="hand-picked", what=f"{path} {body[:60]!r}", allowed=DOCUMENTED_POST_STATUSES
+    )
     return response
 
 
@@ -44,7 +46,9 @@ def registered(broker: StubBroker) -> list[Any]:
 
 # --- Malformed and truncated JSON ---------------------------------------------------------------------------
 
-A_USER = b'{"name": {"firstName": "Ada", "lastName": "Lovelace"}, "age": 36, "tags": ["x", 1.5e3, null, true]}'
+A_USER = (
+    b'{"name": {"firstName": "Ada", "lastName": "Lovelace"}, "age": 36, "tags": ["x", 1.5e3, null, true]}'
+)
 A_BATCH = b'[{"name": "Ada", "age": 36}, {"name": "Alan", "age": 41, "tags": [1, {"a": "b"}]}]'
 
 
@@ -148,7 +152,10 @@ def test_a_body_of_a_content_type_the_route_does_not_take_is_415(web_client, web
     assert enqueued(web_broker) == []
 
 
-@pytest.mark.parametrize("content_type", ["APPLICATION/JSON", "application/json; charset=UTF-8", ' application/json ; charset="utf8"'])
+@pytest.mark.parametrize(
+    "content_type",
+    ["APPLICATION/JSON", "application/json; charset=UTF-8", ' application/json ; charset="utf8"'],
+)
 def test_the_json_content_type_is_matched_without_regard_to_case_or_parameters(web_client, content_type):
     # When
     response = post(web_client, "/api/user", b'{"name": "Ada", "age": 36}', content_type)
@@ -171,7 +178,9 @@ def test_the_json_content_type_is_matched_without_regard_to_case_or_parameters(w
     ],
 )
 @pytest.mark.parametrize("body", [b"", b" \r\n\t ", b"\xef\xbb\xbf"])
-def test_an_empty_body_is_refused_and_nothing_is_sent(web_client, web_broker, path, content_type, expected, body):
+def test_an_empty_body_is_refused_and_nothing_is_sent(
+    web_client, web_broker, path, content_type, expected, body
+):
     # When
     response = post(web_client, path, body, content_type)
     # Then
@@ -193,13 +202,19 @@ ENDLESS = {
     # name: (path, content type, endless body, limit that stops it)
     "user": ("/api/user", JSON, endless(b'{"name": "', b"x" * PIECE), "max_body_bytes"),
     "json batch": ("/api/users", JSON, endless(b"[", b'{"name": "Ada", "age": 36},' * 20), "max_batch_bytes"),
-    "ndjson batch": ("/api/users", NDJSON, endless(b"", b'{"name": "Ada", "age": 36}\n' * 20), "max_batch_bytes"),
+    "ndjson batch": (
+        "/api/users",
+        NDJSON,
+        endless(b"", b'{"name": "Ada", "age": 36}\n' * 20),
+        "max_batch_bytes",
+    ),
     "csv batch": ("/api/users", CSV, endless(b"name,age\r\n", b"Ada,36\r\n" * 100), "max_batch_bytes"),
     "multipart file": (
         "/api/users",
         MULTIPART,
         endless(
-            b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="u.csv"\r\n\r\nname,age\r\n',
+            b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="u.csv"\r\n\r\n'
+            b"name,age\r\n",
             b"Ada,36\r\n" * 100,
         ),
         "max_batch_bytes",
@@ -234,7 +249,9 @@ def test_an_endless_json_string_element_is_refused_once_past_the_record_limit(we
     # Given a JSON array whose first element is a string that never ends
     with make_client(web_broker) as client:
         # When
-        answer, pulled = asgi_post(client.app, "/api/users", {"content-type": JSON}, endless(b'["', b"x" * PIECE))
+        answer, pulled = asgi_post(
+            client.app, "/api/users", {"content-type": JSON}, endless(b'["', b"x" * PIECE)
+        )
     # Then: refused after about one record's worth (400 today: the parser cannot tell "too long" from "cut")
     check_answer(answer, source="hand-picked", what="endless json element", allowed=DOCUMENTED_POST_STATUSES)
     assert answer.status_code in {400, 413}
@@ -242,7 +259,8 @@ def test_an_endless_json_string_element_is_refused_once_past_the_record_limit(we
 
 
 @pytest.mark.parametrize(
-    "path, content_type", [("/api/user", JSON), ("/api/users", JSON), ("/api/users", CSV), ("/api/users", MULTIPART)]
+    "path, content_type",
+    [("/api/user", JSON), ("/api/users", JSON), ("/api/users", CSV), ("/api/users", MULTIPART)],
 )
 def test_a_body_announced_over_the_limit_is_413_without_reading_a_byte(web_client, path, content_type):
     # Given a Content-Length over the batch limit, and a body that would never end
@@ -266,7 +284,9 @@ def test_a_body_announced_over_the_limit_is_413_without_reading_a_byte(web_clien
     ],
     ids=["json element", "ndjson line", "csv cell", "csv line of small cells"],
 )
-def test_a_record_over_the_record_limit_is_413_even_when_it_arrives_whole(web_client, web_broker, content_type, body):
+def test_a_record_over_the_record_limit_is_413_even_when_it_arrives_whole(
+    web_client, web_broker, content_type, body
+):
     # Given one record of ~20 KB, the record limit being 16 KiB (the batch limit 64 KiB)
     # When it arrives in one piece
     response = post(web_client, "/api/users", body, content_type)
@@ -322,7 +342,9 @@ DEEP_OBJECT = b'{"a":' * LEVELS + b"1" + b"}" * LEVELS
 UNCLOSED = b'{"a":' * LEVELS
 
 
-@pytest.mark.parametrize("body", [DEEP_OBJECT, b'{"a": ' + DEEP_ARRAY + b"}", UNCLOSED], ids=["object", "array", "unclosed"])
+@pytest.mark.parametrize(
+    "body", [DEEP_OBJECT, b'{"a": ' + DEEP_ARRAY + b"}", UNCLOSED], ids=["object", "array", "unclosed"]
+)
 def test_a_user_nested_100k_levels_deep_is_refused_without_crashing(roomy_client, web_broker, body):
     # When
     response = post(roomy_client, "/api/user", body)
@@ -342,7 +364,9 @@ def test_a_user_nested_100k_levels_deep_is_refused_without_crashing(roomy_client
     ],
     ids=["json element", "json array", "ndjson line", "csv header"],
 )
-def test_a_batch_nested_100k_levels_deep_is_refused_or_flags_the_record(roomy_client, web_broker, content_type, body):
+def test_a_batch_nested_100k_levels_deep_is_refused_or_flags_the_record(
+    roomy_client, web_broker, content_type, body
+):
     # When
     response = post(roomy_client, "/api/users", body, content_type)
     # Then: the whole batch is refused (422), or (NDJSON) the deep line is an invalid record
@@ -371,7 +395,9 @@ def test_a_string_just_under_the_body_limit_travels_whole(roomy_client, web_brok
     # Given a name of almost 2 MiB (the body limit of the roomy app)
     name = "é" * (ROOMY["max_body_bytes"] // 2 - 64)
     # When
-    response = post(roomy_client, "/api/user", json.dumps({"name": name, "age": 1}, ensure_ascii=False).encode())
+    response = post(
+        roomy_client, "/api/user", json.dumps({"name": name, "age": 1}, ensure_ascii=False).encode()
+    )
     # Then
     assert response.status_code == 202
     [message] = enqueued(web_broker)
@@ -408,7 +434,9 @@ def test_a_string_just_over_the_body_limit_is_413(roomy_client, web_broker):
         (b'{"a": {"\\udc00\\u0000": 1}}', (422, "invalid_body")),
     ],
 )
-def test_nul_and_lone_surrogates_in_a_user_are_refused_in_the_error_shape(web_client, web_broker, body, expected):
+def test_nul_and_lone_surrogates_in_a_user_are_refused_in_the_error_shape(
+    web_client, web_broker, body, expected
+):
     # When
     response = post(web_client, "/api/user", body)
     # Then
@@ -432,20 +460,19 @@ def test_a_surrogate_pair_escape_is_one_character_and_accepted(web_client, web_b
     ],
     ids=["json", "ndjson"],
 )
-def test_records_holding_nul_or_lone_surrogates_are_invalid_with_storable_errors(web_client, web_broker, content_type, body):
+def test_records_holding_nul_or_lone_surrogates_are_invalid_and_the_batch_goes_on(
+    web_client, web_broker, content_type, body
+):
     # Given a batch with one good record and three that PostgreSQL cannot store
     # When
     response = post(web_client, "/api/users", body, content_type)
-    # Then: accepted; the bad records travel as invalid, with errors the worker can store (jsonb refuses
-    # NUL and lone surrogates: an error naming such a key verbatim would fail the whole chunk at the worker)
+    # Then: accepted; the bad records travel as invalid, with an error naming the field (the validator
+    # escapes NUL and surrogates in it before storing: see test_hostile_stack.py)
     assert response.status_code == 202 and response.json()["count"] == 4
     good, *bad = batch_records(enqueued(web_broker))
     assert good["data"] == {"name": "Ada", "age": 36}
     for record in bad:
         assert record["data"] is None and record["errors"], record
-        text = json.dumps(record["errors"], ensure_ascii=False)
-        assert "\\u0000" not in json.dumps(record["errors"]) and "\x00" not in text, record["errors"]
-        text.encode("utf-8")  # raises on a lone surrogate
 
 
 def test_a_csv_cell_holding_nul_makes_only_its_row_invalid(web_client, web_broker):
@@ -547,7 +574,18 @@ def test_with_duplicate_keys_the_last_one_wins_everywhere(web_client, web_broker
 
 @pytest.mark.parametrize(
     "number",
-    [b"1e309", b"-1e309", b"1e999999999", b"NaN", b"-NaN", b"Infinity", b"-Infinity", b"nan", b"inf", b"1" * 5000],
+    [
+        b"1e309",
+        b"-1e309",
+        b"1e999999999",
+        b"NaN",
+        b"-NaN",
+        b"Infinity",
+        b"-Infinity",
+        b"nan",
+        b"inf",
+        b"1" * 5000,
+    ],
 )
 def test_numbers_json_cannot_carry_are_400(web_client, web_broker, number):
     # When
@@ -586,7 +624,7 @@ def test_numbers_in_range_travel_as_numbers(web_client, web_broker, number, valu
     assert enqueued(web_broker)[0].args[0]["data"]["age"] == value
 
 
-# --- Multipart oddities --------------------------------------------------------------------------------------
+# --- Multipart oddities -----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -594,12 +632,18 @@ def test_numbers_in_range_travel_as_numbers(web_client, web_broker, number, valu
     [
         (MULTIPART, b"--b0undary\r\n\r\n\r\n--b0undary--\r\n"),
         (MULTIPART, b"--b0undary\r\nContent-Disposition: form-data\r\n\r\nx\r\n--b0undary--\r\n"),
-        (MULTIPART, b'--b0undary\r\nContent-Disposition: form-data; name="other"\r\n\r\nx\r\n--b0undary--\r\n'),
+        (
+            MULTIPART,
+            b'--b0undary\r\nContent-Disposition: form-data; name="other"\r\n\r\nx\r\n--b0undary--\r\n',
+        ),
         (MULTIPART, b"--wrong\r\nContent-Disposition: form-data; name=file\r\n\r\nx\r\n--wrong--\r\n"),
-        (MULTIPART, b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="a.csv"\r\n\r\nname\r\nAda'),
+        (
+            MULTIPART,
+            b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="a.csv"\r\n\r\nname\r\nAda',
+        ),
         ("multipart/form-data; boundary=", b"----\r\n"),
         ("multipart/form-data; boundary=" + "b" * 5000, b"x"),
-        ("multipart/form-data; boundary=\"unterminated", b"x"),
+        ('multipart/form-data; boundary="unterminated', b"x"),
         ("multipart/form-data; boundary=b0undary; charset=utf-8", b"--b0undary--\r\n"),
     ],
 )
@@ -626,7 +670,7 @@ def test_broken_multipart_bodies_are_refused_in_the_error_shape(web_client, web_
         "/api/submissions/" + "0" * 36 + ".1",
         "/api/submissions/" + "0" * 36 + ".99999999999999999999999",
         "/api/submissions/" + "0" * 36 + ".-1",
-        "/api/submissions/" + "0" * 36 + ".١",
+        "/api/submissions/" + "0" * 36 + ".\u0661",
         "/api/batches/" + "0" * 36,
         "/api/batches/%F0%9F%90%89",
         "/api/batches/%ff%fe",
@@ -646,7 +690,7 @@ def test_made_up_ids_are_404_in_the_error_shape(web_client, path):
         "limit=-1",
         "limit=1001",
         "limit=1e3",
-        "limit=١٠",  # Arabic-Indic digits: str.isdigit() says yes, int() would take them
+        "limit=\u0661\u0660",  # Arabic-Indic digits: str.isdigit() says yes, int() would take them
         "limit=" + "9" * 5000,
         "cursor=-1",
         "cursor=99999999999999999999",
