@@ -7,9 +7,20 @@ renders it in the text exposition format.  Routes are labelled by their template
 
 from __future__ import annotations
 
+import logging
 import time
+from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+import anyio
+import anyio.to_thread
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -54,6 +65,33 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.consumer_lag = Gauge(
+            "kafka_consumer_lag",
+            "Messages of a queue (or its .DQ delay queue) not yet acked by the workers, by partition.",
+            ["queue", "partition"],
+            registry=self.registry,
+        )
+        self.failed_messages = Gauge(
+            "kafka_failed_messages",
+            "Messages on a queue's failed-message (.XQ) topic.",
+            ["queue"],
+            registry=self.registry,
+        )
+        self.broker_scrape_errors = Counter(
+            "kafka_metrics_scrape_errors",
+            "Scrapes of /metrics whose Kafka figures could not be read in time (they keep their last value).",
+            registry=self.registry,
+        )
+
+    def refresh_broker(self, broker: Any, queue: str) -> None:
+        """Read consumer lag and failed-message counts from a broker that can tell them (KafkaBroker)."""
+        if not (hasattr(broker, "lag") and hasattr(broker, "failed_count")):
+            return
+        for name in (queue, f"{queue}.DQ"):
+            for partition, lag in broker.lag(name).items():
+                self.consumer_lag.labels(name, str(partition)).set(lag)
+        self.failed_messages.labels(queue).set(broker.failed_count(queue))
+
     def render(self) -> Response:
         """The ``/metrics`` answer."""
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
@@ -89,7 +127,22 @@ class MetricsMiddleware:
             self.metrics.latency.labels(template, method).observe(time.perf_counter() - started)
 
 
+#: Seconds a scrape may spend asking Kafka for lag and failed counts before it answers without them.
+BROKER_SCRAPE_TIMEOUT_SECONDS = 3.0
+logger = logging.getLogger(__name__)
+
+
 async def metrics_endpoint(request: Request) -> Response:
-    """``GET /metrics``: Prometheus text of this application's registry."""
+    """``GET /metrics``: Prometheus text of this application's registry, Kafka lag included."""
+    from web.enqueue import QUEUE_NAME  # here: web.enqueue imports what imports this module
+
     metrics: Metrics = request.app.state.metrics
+    try:
+        with anyio.fail_after(BROKER_SCRAPE_TIMEOUT_SECONDS):
+            await anyio.to_thread.run_sync(
+                metrics.refresh_broker, request.app.state.broker, QUEUE_NAME, abandon_on_cancel=True
+            )
+    except Exception as error:  # a Kafka outage must not break the scrape of everything else
+        metrics.broker_scrape_errors.inc()
+        logger.warning("metrics: Kafka figures not refreshed: %s", type(error).__name__)
     return metrics.render()

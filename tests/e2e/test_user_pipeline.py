@@ -115,3 +115,15 @@ def test_the_age_report_is_shared_out_by_group(stack, api):
     assert report["total"] == total
     assert sum(g["count"] for g in report["groups"]) == total
     assert [g["group"] for g in report["groups"]] == ["under 20", "20 to 40", "41 to 60", "over 60"]
+
+
+def test_metrics_show_the_workers_consumer_lag_and_failed_messages(stack, api):
+    # Given a running stack that has processed submissions
+    # When Prometheus scrapes the web process
+    text = api.get("/metrics").text
+
+    # Then the Kafka figures are there, per partition of the queue and its delay queue
+    assert 'kafka_consumer_lag{partition="0",queue="users"}' in text
+    assert 'kafka_consumer_lag{partition="0",queue="users.DQ"}' in text
+    assert 'kafka_failed_messages{queue="users"}' in text
+    assert "http_requests_total" in text
