@@ -178,9 +178,11 @@ def run_dramatiq(
     joinable: bool = True,
     prefetch: int | None = None,
     senders: int = 1,
+    scoped: bool = False,
 ) -> None:
     """The no-op actor on ``broker`` with an in-process Worker; ``batched`` uses ``broker.enqueue_many``,
-    ``senders`` > 1 splits the ``actor.send()`` loop over that many threads (as a web server's would)."""
+    ``senders`` > 1 splits the ``actor.send()`` loop over that many threads (as a web server's would),
+    ``scoped`` runs the plain ``actor.send()`` loop inside ``with broker.batch():``."""
     counter = Counter()
     actor = dramatiq.actor(broker=broker, queue_name=queue, actor_name="bench_noop", max_retries=0)(
         counter.hit
@@ -197,6 +199,13 @@ def run_dramatiq(
 
             def send_all(n: int) -> None:
                 broker.enqueue_many([actor.message() for _ in range(n)])  # type: ignore[attr-defined]
+
+        elif scoped:
+
+            def send_all(n: int) -> None:
+                with broker.batch():  # type: ignore[attr-defined]
+                    for _ in range(n):
+                        actor.send()
 
         elif senders > 1:
 
@@ -244,7 +253,13 @@ class Knobs:
 
 
 def scenario_ours(
-    ctx: Context, result: Result, *, batched: bool, knobs: Knobs | None = None, senders: int = 1
+    ctx: Context,
+    result: Result,
+    *,
+    batched: bool,
+    knobs: Knobs | None = None,
+    senders: int = 1,
+    scoped: bool = False,
 ) -> None:
     """Our KafkaBroker, configured from settings like the service's, with Dramatiq's default middleware."""
     import kafka.record.util as kafka_record_util
@@ -282,6 +297,7 @@ def scenario_ours(
             batched=batched,
             prefetch=knobs.prefetch,
             senders=senders,
+            scoped=scoped,
         )
     finally:
         broker.close()
@@ -579,6 +595,10 @@ def _sample_message_bytes() -> bytes:
 SCENARIOS: dict[str, tuple[str, Callable[[Context, Result], None]]] = {
     "ours-send": ("KafkaBroker, actor.send() loop", lambda c, r: scenario_ours(c, r, batched=False)),
     "ours-batch": ("KafkaBroker, enqueue_many(N)", lambda c, r: scenario_ours(c, r, batched=True)),
+    "ours-send-scoped": (
+        "KafkaBroker, send() in broker.batch()",
+        lambda c, r: scenario_ours(c, r, batched=False, scoped=True),
+    ),
     "ours-send-8t": (
         "KafkaBroker, send() from 8 threads",
         lambda c, r: scenario_ours(c, r, batched=False, senders=8),

@@ -21,11 +21,14 @@ from bench.brokers import Context, Knobs, Result, cleanup_kafka, machine_facts, 
 
 #: name: (label, batched, knobs[, sending threads])
 VARIANTS: dict[str, tuple[str, bool, Knobs] | tuple[str, bool, Knobs, int]] = {
-    "send": ("send(), defaults (linger_ms=2)", False, Knobs()),
+    "send": ("send(), broker defaults", False, Knobs()),
     "send-linger0": ("send(), linger_ms=0", False, Knobs(linger_ms=0)),
-    "send8t": ("send() from 8 threads, defaults", False, Knobs(), 8),
+    "send-linger2": ("send(), linger_ms=2", False, Knobs(linger_ms=2)),
+    "send8t": ("send() from 8 threads, broker defaults", False, Knobs(), 8),
     "send8t-linger0": ("send() from 8 threads, linger_ms=0", False, Knobs(linger_ms=0), 8),
-    "batch": ("enqueue_many, defaults (prefetch 16)", True, Knobs()),
+    "send8t-linger2": ("send() from 8 threads, linger_ms=2", False, Knobs(linger_ms=2), 8),
+    "batch": ("enqueue_many, broker defaults (prefetch 16)", True, Knobs()),
+    "batch-linger2": ("enqueue_many, linger_ms=2", True, Knobs(linger_ms=2)),
     "batch-linger0": ("enqueue_many, linger_ms=0", True, Knobs(linger_ms=0)),
     "batch-prefetch64": ("enqueue_many, prefetch 64", True, Knobs(prefetch=64)),
     "batch-prefetch256": ("enqueue_many, prefetch 256", True, Knobs(prefetch=256)),
@@ -35,7 +38,7 @@ VARIANTS: dict[str, tuple[str, bool, Knobs] | tuple[str, bool, Knobs, int]] = {
     "batch-slice200": ("enqueue_many, _POLL_SLICE_MS=200", True, Knobs(poll_slice_ms=200)),
     "batch-pycrc": ("enqueue_many, pure-Python CRC-32C", True, Knobs(pure_python_crc=True)),
     "batch-best": (
-        "enqueue_many, linger 0 + prefetch 256",
+        "enqueue_many, linger_ms=0 + prefetch 256",
         True,
         Knobs(linger_ms=0, prefetch=256),
     ),
@@ -95,12 +98,12 @@ def main(argv: list[str] | None = None) -> int:
 
     base = {r.name: r for _, r in results}
     print()
-    header = f"{'variant':<42} {'enqueue/s':>10} {'processed/s':>12} {'e2e/s':>8} {'vs default':>11}"
+    header = f"{'variant':<46} {'enqueue/s':>10} {'processed/s':>12} {'e2e/s':>8} {'vs default':>11}"
     print(header)
     print("-" * len(header))
     for name, r in results:
         if r.error:
-            print(f"{r.label:<42} n/a ({r.error})")
+            print(f"{r.label:<46} n/a ({r.error})")
             continue
         reference = base.get(name.split("-")[0])
         ratio = (
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             else f"{r.e2e / reference.e2e:.2f}x"
         )
         print(
-            f"{r.label:<42} {_rate(r.median_rate('enqueued')):>10} {_rate(r.median_rate('processed')):>12} "
+            f"{r.label:<46} {_rate(r.median_rate('enqueued')):>10} {_rate(r.median_rate('processed')):>12} "
             f"{_rate(r.e2e):>8} {ratio:>11}"
         )
     return 0

@@ -329,3 +329,33 @@ def test_acked_offsets_survive_the_round_trip_through_commit_metadata(acked):
         assert decoded == acked
     else:
         assert len(_encode_acked(10, acked)) <= 4000 + len("acked:")
+
+
+def test_sends_inside_a_batch_block_are_all_acknowledged_when_it_ends(kafka_broker, kafka_worker):
+    # Given an actor
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    @dramatiq.actor
+    def counted(n: int) -> None:
+        with lock:
+            seen.append(n)
+
+    # When 200 messages are sent with plain send() inside broker.batch()
+    with kafka_broker.batch():
+        for n in range(200):
+            counted.send(n)
+    # Then, once the block is left, every one is in Kafka (the lag counts them) and each runs once
+    kafka_broker.join("default", timeout=60_000)
+    assert sorted(seen) == list(range(200))
+
+
+def test_a_batch_block_raises_when_kafka_cannot_take_its_messages():
+    # Given a broker pointed at a port where nothing listens
+    broker = KafkaBroker(bootstrap_servers="127.0.0.1:1", send_timeout_ms=1000)
+    broker.declare_queue("default")
+    message = dramatiq.Message(queue_name="default", actor_name="x", args=(), kwargs={}, options={})
+
+    # When messages are sent in a batch block, Then the block fails with a Dramatiq connection error
+    with pytest.raises(dramatiq.errors.BrokerConnectionError), broker.batch():
+        broker.enqueue(message)
