@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import NoReturn
+from collections.abc import Iterator
+from typing import Any, NoReturn
 
 import pytest
 
@@ -187,3 +188,17 @@ def sql(clean_database):
             return cursor.fetchall() if cursor.description else []
 
     return run
+
+
+# ======================================================================================================
+# The live stack (real web + worker processes), shared by every suite that needs it: tests/livestack.py
+# ======================================================================================================
+
+
+@pytest.fixture(scope="session")
+def stack(kafka_bootstrap_servers: str, database_url: str) -> Iterator[Any]:
+    """Web + one worker process on the real Kafka and a PostgreSQL database of their own, for the session."""
+    from livestack import start_stack
+
+    with start_stack(kafka_bootstrap_servers, database_url) as running:
+        yield running

@@ -20,7 +20,7 @@ import pytest
 from dramatiq.brokers.stub import StubBroker
 
 # The stack (real web + worker processes on Kafka and PostgreSQL) of the end-to-end suite, reused here.
-from e2e.conftest import Stack, stack  # noqa: F401  (a fixture, registered by being imported)
+from livestack import Stack  # noqa: F401
 from starlette.testclient import TestClient
 from web_support import TEST_SETTINGS, make_client
 
