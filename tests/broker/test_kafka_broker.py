@@ -109,6 +109,13 @@ def test_two_worker_processes_share_the_queue_partitions(
     log = tmp_path / "log"
     workers = [spawn_worker(kafka_bootstrap_servers, topic_prefix, log, sleep_ms=5) for _ in range(2)]
     try:
+        group = broker.group_for("default")
+
+        def both_joined() -> bool:
+            described = broker._admin_call("describe_groups", [group]).get(group) or {}
+            return described.get("group_state") == "Stable" and len(described.get("members") or []) == 2
+
+        wait_until(both_joined, timeout=120)
         # When 600 messages are sent
         broker.enqueue_many([work.message(n) for n in range(600)])
         broker.join("default", timeout=120_000)
