@@ -4,12 +4,12 @@ A snapshot reads ``utime + stime`` of every process and the machine's busy time 
 difference of two snapshots, grouped by component (the web process tree, the worker process tree, Kafka,
 PostgreSQL, the benchmark itself), says which part a phase kept busy.  Processes that ended between the
 snapshots are lost, and land in ``other`` with everything else the machine did (other users included).
+Kafka and PostgreSQL are the processes listening on their ports (and, for PostgreSQL, its backends).
 """
 
 from __future__ import annotations
 
 import os
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,11 +47,33 @@ def _busy_ticks() -> int:
     return sum(fields[:8]) - idle
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
+def listener(port: int) -> int | None:
+    """The pid of the process listening on TCP ``port`` (IPv4 or IPv6), or None when it cannot be seen.
+
+    Kafka and PostgreSQL are told apart from the other brokers and clusters on the machine this way (the
+    PostgreSQL listener is the postmaster, the parent of every backend)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cells = line.split()
+            if cells[3] == "0A" and int(cells[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(f"socket:[{cells[9]}]")
+    if not inodes:
+        return None
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            for fd in (entry / "fd").iterdir():
+                if os.readlink(fd) in inodes:
+                    return int(entry.name)
+        except OSError:
+            continue
+    return None
 
 
 @dataclass
@@ -75,10 +97,9 @@ def snapshot() -> Snapshot:
 
 @dataclass
 class Components:
-    """Roots of the process trees to tell apart (pids); anything else is classified by name."""
+    """Roots of the process trees to tell apart (pids); the rest of the machine is ``other``."""
 
     roots: dict[str, int] = field(default_factory=dict)
-    _kafka: set[int] = field(default_factory=set)
 
     def classify(self, pid: int, tree: dict[int, int], comm: dict[int, str]) -> str:
         seen = pid
@@ -90,22 +111,16 @@ class Components:
             if parent is None or parent <= 1:
                 break
             seen = parent
-        if comm.get(pid, "").startswith("postgres"):
-            return "postgres"
-        if comm.get(pid) == "java":
-            if pid not in self._kafka and "kafka.Kafka" in _cmdline(pid):
-                self._kafka.add(pid)
-            if pid in self._kafka:
-                return "kafka"
         return "other"
 
     def between(self, before: Snapshot, after: Snapshot) -> dict[str, float]:
         """CPU seconds per component from ``before`` to ``after``; ``machine`` is all of it."""
-        seconds: Counter[str] = Counter()
+        seconds: dict[str, float] = {}
         for pid, ticks in after.ticks.items():
             used = ticks - before.ticks.get(pid, 0)
             if used > 0:
-                seconds[self.classify(pid, after.tree, after.comm)] += used / _TICKS
+                name = self.classify(pid, after.tree, after.comm)
+                seconds[name] = seconds.get(name, 0.0) + used / _TICKS
         machine = (after.busy - before.busy) / _TICKS
         known = sum(v for k, v in seconds.items() if k != "other")
         result = dict(seconds)

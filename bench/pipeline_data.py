@@ -111,32 +111,33 @@ def _values(user_row: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def _insert_chunks(
-    database_url: str, count: int, chunk_rows: Callable[[int, int], list[dict[str, Any]]]
+    connection: Any, count: int, chunk_rows: Callable[[int, int], list[dict[str, Any]]]
 ) -> tuple[float, int]:
     """Insert ``count`` rows, :data:`INSERT_CHUNK` at a time, a commit each; returns (seconds, inserted)."""
-    connection = psycopg2.connect(database_url)
     inserted = 0
-    try:
-        with connection.cursor() as cursor:
-            started = time.perf_counter()
-            for start in range(0, count, INSERT_CHUNK):
-                rows = chunk_rows(start, min(count, start + INSERT_CHUNK))
-                psycopg2.extras.execute_values(
-                    cursor, RAW_INSERT, [_values(r) for r in rows], template=RAW_TEMPLATE, page_size=INSERT_CHUNK
-                )
-                inserted += cursor.rowcount
-                connection.commit()
-            return time.perf_counter() - started, inserted
-    finally:
-        connection.close()
+    with connection.cursor() as cursor:
+        started = time.perf_counter()
+        for start in range(0, count, INSERT_CHUNK):
+            rows = chunk_rows(start, min(count, start + INSERT_CHUNK))
+            psycopg2.extras.execute_values(
+                cursor,
+                RAW_INSERT,
+                [_values(r) for r in rows],
+                template=RAW_TEMPLATE,
+                page_size=INSERT_CHUNK,
+            )
+            inserted += cursor.rowcount
+            connection.commit()
+        return time.perf_counter() - started, inserted
 
 
-def raw_insert(database_url: str, users: list[dict[str, Any]]) -> tuple[float, int]:
-    """Baseline (b): ``execute_values`` of ready user rows; returns (seconds, rows inserted)."""
-    return _insert_chunks(database_url, len(users), lambda a, b: users[a:b])
+def raw_insert(connection: Any, users: list[dict[str, Any]]) -> tuple[float, int]:
+    """Baseline (b): ``execute_values`` of ready user rows on ``connection`` (psycopg2, not autocommit);
+    returns (seconds, rows inserted)."""
+    return _insert_chunks(connection, len(users), lambda a, b: users[a:b])
 
 
-def validate_and_insert(database_url: str, records: list[dict[str, Any]]) -> tuple[float, int]:
+def validate_and_insert(connection: Any, records: list[dict[str, Any]]) -> tuple[float, int]:
     """The ceiling without Kafka: Cerberus (``validate_record``) on each record, then the raw insert,
     in this one process; returns (seconds, rows inserted)."""
     from pipeline.validation import validate_record
@@ -150,14 +151,33 @@ def validate_and_insert(database_url: str, records: list[dict[str, Any]]) -> tup
             rows.append(row)
         return rows
 
-    return _insert_chunks(database_url, len(records), chunk)
+    return _insert_chunks(connection, len(records), chunk)
 
 
-def validated_users(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The ``users`` rows the pipeline would store for ``records`` (the raw insert's input)."""
+def user_rows(tag: str, count: int) -> list[dict[str, Any]]:
+    """The ``users`` rows the pipeline stores for ``csv_records(tag, count)`` (the raw insert's input),
+    built directly: the validator would take seconds for a large batch.  The first rows are checked
+    against ``validate_record``, so that the two never drift apart."""
     from pipeline.validation import validate_record
 
-    return [validate_record(r, source="csv")[0] for r in records]  # type: ignore[misc]
+    rows = []
+    for i in range(count):
+        u = user(tag, i)
+        rows.append(
+            {
+                "name": f"{u['name']['firstName']} {u['name']['lastName']}",
+                "age": u["age"],
+                "email": u["email"],
+                "phone_number": u["phoneNumber"].replace(" ", ""),
+                "address": u["address"],
+                "additional_info": {"gender": u["gender"]},
+            }
+        )
+    for record, row in zip(csv_records(tag, min(count, 20)), rows, strict=False):
+        validated, errors = validate_record(record, source="csv")
+        if validated != row:
+            raise AssertionError(f"user_rows drifted from the validator: {row} != {validated} {errors}")
+    return rows
 
 
 class Rows:
