@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -24,10 +25,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import psycopg2
 import pytest
-
-from conftest import DEFAULT_DATABASE_URL, DEFAULT_KAFKA_BOOTSTRAP_SERVERS, _kafka_problem, _postgres_problem, in_ci
+from conftest import (
+    DEFAULT_DATABASE_URL,
+    DEFAULT_KAFKA_BOOTSTRAP_SERVERS,
+    _kafka_problem,
+    _postgres_problem,
+    in_ci,
+)
 from e2e.conftest import ARTIFACTS, ROOT, Stack, create_database, drop_database, free_port
+
 from faults.load import FIGURES, Figures
 from pipeline.brokers.kafka import KafkaBroker
 
@@ -159,6 +167,25 @@ class FaultStack(Stack):
         assert done.returncode == 0, f"python -m pipeline {' '.join(args)}: {done.stdout}{done.stderr}"
         return done.stdout
 
+    @staticmethod
+    def terminate(process: subprocess.Popen, timeout: float = 60) -> int:
+        """SIGTERM to the ``dramatiq`` main process only, as ``docker stop`` or ``kill <pid>`` do; returns the
+        exit code.  (``Stack.stop`` signals the whole process group, so each worker process gets SIGTERM
+        twice -- once directly, once forwarded by its parent -- and Dramatiq takes the second one as "kill
+        now": see the report of issue 5.)"""
+        os.kill(process.pid, signal.SIGTERM)
+        return process.wait(timeout=timeout)
+
+    def execute(self, statement: str, *params: object) -> None:
+        """Run one statement on the stack's database and commit it (``sql`` only reads)."""
+        connection = psycopg2.connect(self.database_url)
+        connection.autocommit = True
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(statement, params or None)  # (None: a "%" in the statement is itself)
+        finally:
+            connection.close()
+
     def worker_log(self) -> str:
         """Every worker's log so far, one after the other."""
         return "".join(path.read_text(errors="replace") for path in sorted(self.logs.glob("worker*.log")))
@@ -219,7 +246,9 @@ def make_stack(
         }
         full_env.pop("API_TOKEN", None)
         subprocess.run([sys.executable, "-m", "pipeline", "migrate"], cwd=ROOT, env=full_env, check=True)
-        stack = FaultStack(url=f"http://127.0.0.1:{free_port()}", env=full_env, database_url=db_url, logs=logs)
+        stack = FaultStack(
+            url=f"http://127.0.0.1:{free_port()}", env=full_env, database_url=db_url, logs=logs
+        )
         stack.prefix = prefix
         stack.broker = KafkaBroker(
             bootstrap_servers=kafka_bootstrap_servers, topic_prefix=prefix, group_id=GROUP_ID, middleware=[]
@@ -240,7 +269,7 @@ def make_stack(
         stack.broker.close()
         try:
             drop_database(database_url, db_name)
-        except Exception as error:  # noqa: BLE001  (a leftover database must not hide the test's result)
+        except Exception as error:
             print(f"could not drop {db_name}: {error}")
 
 

@@ -128,7 +128,9 @@ class Plan:
         self.tag = tag
         self.records: list[Record] = []
         forms = ["json", "ndjson", "csv"]
-        made_batches = [Item([self.new_record() for _ in range(batch_size)], forms[i % 3]) for i in range(batches)]
+        made_batches = [
+            Item([self.new_record() for _ in range(batch_size)], forms[i % 3]) for i in range(batches)
+        ]
         made_singles = [Item([self.new_record()], "single") for _ in range(singles)]
         # A batch every len/batches singles: batches hit the fault as often as singles do.
         self.items: list[Item] = []
@@ -148,16 +150,21 @@ class Plan:
         elif n % 10 == 6:
             # The unique key of a valid record five places back: one of the two is a duplicate.
             earlier = self.records[n - 5].data
-            record = Record(n, {"name": earlier["name"], "age": earlier["age"], "email": f"d{n}@example.org"}, True)
+            record = Record(
+                n, {"name": earlier["name"], "age": earlier["age"], "email": f"d{n}@example.org"}, True
+            )
         else:
-            record = Record(n, {"name": f"{self.tag} u{n}", "age": 18 + n % 70, "email": f"u{n}@example.org"}, True)
+            record = Record(
+                n, {"name": f"{self.tag} u{n}", "age": 18 + n % 70, "email": f"u{n}@example.org"}, True
+            )
         record.data.update(overrides)
         self.records.append(record)
         return record
 
     def add(self, item: Item) -> None:
         """Put one more request at the end of the plan (records made by the test itself)."""
-        self.records.extend(item.records)
+        known = {id(r) for r in self.records}
+        self.records.extend(r for r in item.records if id(r) not in known)
         self.items.append(item)
 
     @property
@@ -250,12 +257,20 @@ class Load:
                 else:
                     batch_id = answer["batch_id"]
                     if answer.get("count") != len(item.records):
-                        self.broken.append(f"batch {batch_id}: count {answer.get('count')} != {len(item.records)}")
-                    accepted = Accepted(item, batch_id, [f"{batch_id}.{row}" for row in range(1, len(item.records) + 1)])
+                        self.broken.append(
+                            f"batch {batch_id}: count {answer.get('count')} != {len(item.records)}"
+                        )
+                    accepted = Accepted(
+                        item, batch_id, [f"{batch_id}.{row}" for row in range(1, len(item.records) + 1)]
+                    )
                 self.accepted.append(accepted)
                 self._lock.notify_all()
                 return True
-            if response.status_code == 503 and code == "queue_unavailable" and "retry-after" in response.headers:
+            if (
+                response.status_code == 503
+                and code == "queue_unavailable"
+                and "retry-after" in response.headers
+            ):
                 if self.figures is not None:
                     self.figures.answers_503 += 1
                 return False
@@ -273,7 +288,10 @@ class Load:
         deadline = time.monotonic() + timeout
         with self._lock:
             while sum(len(a.ids) for a in self.accepted) < count:
-                if not self._lock.wait(timeout=max(0.0, deadline - time.monotonic())) and time.monotonic() > deadline:
+                if (
+                    not self._lock.wait(timeout=max(0.0, deadline - time.monotonic()))
+                    and time.monotonic() > deadline
+                ):
                     raise AssertionError(f"fewer than {count} submissions accepted within {timeout} s")
 
     def wait_status(self, status: str, timeout: float = 60) -> None:
@@ -291,7 +309,9 @@ class Load:
             while self._pending:
                 if time.monotonic() > deadline:
                     self._stop.set()
-                    raise AssertionError(f"{self._pending} requests of the load still unsettled after {timeout} s")
+                    raise AssertionError(
+                        f"{self._pending} requests of the load still unsettled after {timeout} s"
+                    )
                 self._lock.wait(timeout=0.5)
         for thread in self._threads:
             thread.join(timeout=10)
@@ -299,6 +319,7 @@ class Load:
             self.figures.sent = self.accepted_count
 
     def stop(self) -> None:
+        """Stop the clients after their current request (which may take ``KAFKA_SEND_TIMEOUT_MS``)."""
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=70)
@@ -331,7 +352,9 @@ class Ledger:
 
     def _terminal_count(self) -> int:
         rows = self.stack.sql(
-            "SELECT count(*) FROM submissions WHERE id = ANY(%s) AND status = ANY(%s)", self.ids, list(TERMINAL)
+            "SELECT count(*) FROM submissions WHERE id = ANY(%s) AND status = ANY(%s)",
+            self.ids,
+            list(TERMINAL),
         )
         return int(rows[0][0])
 
@@ -349,12 +372,17 @@ class Ledger:
         wanted = len(self.ids)
         while True:
             done = self._terminal_count()
-            if done == wanted and self._batches_registered() and self.stack.drained() and (until is None or until()):
+            if (
+                done == wanted
+                and self._batches_registered()
+                and self.stack.drained()
+                and (until is None or until())
+            ):
                 return
             if time.monotonic() > deadline:
                 raise AssertionError(
-                    f"not settled within {timeout} s: {done} of {wanted} accepted submissions have an outcome "
-                    f"(logs: {self.stack.logs})"
+                    f"not settled within {timeout} s: {done} of {wanted} accepted submissions have an "
+                    f"outcome (logs: {self.stack.logs})"
                 )
             time.sleep(0.5)
 
@@ -421,7 +449,9 @@ class Ledger:
             if status not in ("stored", "duplicate"):
                 problems.append(f"{submission_id}: a valid record became {status} {errors}")
             elif user_id is None or users.get(user_id) != (record.key[0], record.key[1]):
-                problems.append(f"{submission_id}: {status} points at user {user_id}, not one with key {record.key}")
+                problems.append(
+                    f"{submission_id}: {status} points at user {user_id}, not one with key {record.key}"
+                )
 
         # 3. No user row twice: one row per unique key, each claimed by exactly one `stored` outcome.
         stored = [(i, r[1]) for i, r in rows.items() if r[0] == "stored"]
@@ -476,13 +506,17 @@ class Ledger:
                 counts = answer.get("counts", {})
                 size = len(accepted.ids)
                 if answer.get("state") != "completed" or answer.get("count") != size:
-                    problems.append(f"batch {accepted.batch_id}: {answer.get('state')} count={answer.get('count')}")
+                    problems.append(
+                        f"batch {accepted.batch_id}: {answer.get('state')} count={answer.get('count')}"
+                    )
                 if sum(counts.get(k, 0) for k in TERMINAL) != size or counts.get("queued") != 0:
                     problems.append(f"batch {accepted.batch_id}: counts {counts} do not add up to {size}")
                 listed = {item["id"] for item in answer.get("items", [])}
                 wanted = {i for i, r in zip(accepted.ids, accepted.item.records, strict=True) if not r.valid}
                 if not wanted <= listed:
-                    problems.append(f"batch {accepted.batch_id}: invalid rows {sorted(wanted - listed)[:3]} not listed")
+                    problems.append(
+                        f"batch {accepted.batch_id}: invalid rows {sorted(wanted - listed)[:3]} not listed"
+                    )
         return problems
 
     def snapshot(self) -> dict[str, tuple[str, int | None]]:

@@ -18,6 +18,9 @@ pytestmark = pytest.mark.slow
 
 #: How long Kafka stays down, in seconds (after its controlled shutdown has finished).
 OUTAGE_S = 10
+#: How long the web and the workers get to take work again once Kafka answers, in seconds: kafka-python
+#: backs off its reconnection attempts up to ``reconnect_backoff_max_ms`` (30 s) after a long outage.
+RECOVERY_S = 60
 
 
 def test_while_kafka_is_down_the_api_answers_503_and_everything_accepted_is_processed_once_it_is_back(
@@ -37,7 +40,17 @@ def test_while_kafka_is_down_the_api_answers_503_and_everything_accepted_is_proc
         accepted_before = load.accepted_count
         load.wait_status("503 queue_unavailable", timeout=30)
         time.sleep(OUTAGE_S)
-    accepted_during = load.accepted_count - accepted_before
+        accepted_during = load.accepted_count - accepted_before
+    # (Kafka answers again: the same web process must take submissions again, soon)
+    back = load.accepted_count
+    try:
+        load.wait_accepted(back + 1, timeout=RECOVERY_S)
+    except AssertionError:
+        load.stop()
+        raise AssertionError(
+            f"the web answered only 503 for {RECOVERY_S} s after Kafka was back: its producer did not "
+            f"reconnect (see {stack.logs / 'web.log'})"
+        ) from None
     load.join()
     ledger = Ledger(stack, load)
     ledger.settle()
