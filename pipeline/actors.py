@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import re
 from typing import Any
 
 import dramatiq
@@ -103,12 +104,21 @@ def validate_users(records: list[dict[str, Any]], batch_id: str | None, source: 
 
 @dramatiq.actor(**_persisting, max_retries=settings.MAX_RETRIES)
 def persist_users(results: list[dict[str, Any]]) -> dict[str, int]:
-    """Store the valid users (``ON CONFLICT DO NOTHING``) and every outcome, in one transaction."""
+    """Store the valid users (``ON CONFLICT DO NOTHING``) and every outcome, in one transaction.
+
+    When the chunk fails as a whole, its records are tried one by one: if some of them succeed, the chunk
+    is done and each record that still fails goes on as a message of its own (retried, then on the failed
+    topic alone), so that one poison record does not hold up the rest of its batch.  When none succeeds
+    (the database is down), the chunk is retried as it is.
+    """
     try:
         counts = _persist(results)
-    except TRANSIENT:
-        reset_connection()
-        raise
+    except Exception as error:
+        if isinstance(error, TRANSIENT):
+            reset_connection()
+        if len(results) < 2:
+            raise
+        counts = _persist_one_by_one(results)
     batch = results[0]["batch_id"] if results else None
     logger.info(
         "persisted %s stored=%d duplicate=%d invalid=%d skipped=%d",
@@ -118,6 +128,28 @@ def persist_users(results: list[dict[str, Any]]) -> dict[str, int]:
         counts["invalid"],
         counts["skipped"],
     )
+    return counts
+
+
+def _persist_one_by_one(results: list[dict[str, Any]]) -> dict[str, int]:
+    """Persist each record in its own transaction; send the ones that fail on as messages of their own."""
+    counts = {"stored": 0, "duplicate": 0, "invalid": 0, "skipped": 0}
+    failing: list[dict[str, Any]] = []
+    last_error: Exception | None = None
+    for result in results:
+        try:
+            for status, n in _persist([result]).items():
+                counts[status] += n
+        except Exception as error:
+            if isinstance(error, TRANSIENT):
+                reset_connection()
+            failing.append(result)
+            last_error = error
+    if last_error is not None and len(failing) == len(results):
+        raise last_error  # nothing could be stored: retry the chunk as it is
+    for result in failing:
+        persist_users.send([result])
+    logger.warning("split a chunk: %d record(s) go on alone: %s", len(failing), [r["id"] for r in failing])
     return counts
 
 
@@ -260,14 +292,24 @@ def _retry_record_failure(retries: int, exception: Exception) -> bool:
     return _retry_transient(0, exception) and retries < patience
 
 
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Z]\w*[a-z]\w*)(?::\s?(.*))?$")
+
+
 def _reason(message: dict[str, Any]) -> str:
-    """``"<exception class>: <message>"`` from the traceback ``Retries`` stored in the message's options."""
+    """``"<exception class>: <message>"`` from the traceback ``Retries`` stored in the message's options.
+
+    The exception's line is the last one at column 0 that names a class (``psycopg2.OperationalError: ...``);
+    the indented lines after it belong to its message (psycopg2 and PL/pgSQL write several lines).
+    """
     traceback = message.get("options", {}).get("traceback") or ""
-    lines = [line for line in traceback.splitlines() if line.strip()]
-    if not lines:
-        return "unknown error: the retries ran out"
-    kind, separator, text = lines[-1].partition(": ")
-    return f"{kind.rsplit('.', 1)[-1]}{separator}{text.strip()}"[:1000]
+    lines = traceback.splitlines()
+    for index in range(len(lines) - 1, -1, -1):
+        match = _EXCEPTION_LINE.match(lines[index])
+        if match and not lines[index].startswith(("Traceback", "During handling")):
+            rest = [line.strip() for line in lines[index + 1 :] if line.strip()]
+            text = " ".join([match.group(2) or "", *rest]).strip()
+            return f"{match.group(1)}: {text}"[:1000] if text else match.group(1)
+    return "unknown error: the retries ran out"
 
 
 @dramatiq.actor(queue_name=QUEUE, retry_when=_retry_record_failure)

@@ -7,6 +7,7 @@ enqueue, consume or inspection, so importing this module is cheap and works whil
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import tempfile
 from typing import Any
@@ -28,6 +29,46 @@ from pipeline.brokers.kafka import KafkaBroker
 
 #: The queue every actor of the service runs on.
 QUEUE = "users"
+
+
+class _FailWhenHandOffFails:
+    """Fails a message whose after-processing hand-off (next pipeline stage, retry) could not be enqueued.
+
+    Dramatiq logs and swallows errors of ``after_process_message`` hooks, so such a message would be acked
+    with its next stage or its retry never enqueued: an accepted submission lost.  Failed instead, it is
+    nacked onto the failed-message topic (where it can be replayed) and its ``on_retry_exhausted`` callback
+    is told, as if its retries had run out.
+    """
+
+    def after_process_message(
+        self, broker: dramatiq.Broker, message: Any, *, result: Any = None, exception: Any = None
+    ) -> None:
+        try:
+            super().after_process_message(  # type: ignore[misc]
+                broker, message, result=result, exception=exception
+            )
+        except Exception as error:
+            already_failed = message.failed
+            message.stuff_exception(error)
+            message.fail()
+            callback = message.options.get("on_retry_exhausted") or broker.get_actor(
+                message.actor_name
+            ).options.get("on_retry_exhausted")
+            if callback and not already_failed:
+                data = message.asdict()
+                data["options"] = {**data["options"], "traceback": f"{type(error).__name__}: {error}"}
+                # Best effort: Kafka may be what failed; the failed topic keeps the message anyway.
+                with contextlib.suppress(Exception):
+                    broker.get_actor(callback).send(data, {"retries": None, "max_retries": None})
+            raise
+
+
+class DurablePipelines(_FailWhenHandOffFails, Pipelines):
+    """Dramatiq's ``Pipelines``; a next stage that cannot be enqueued fails the message."""
+
+
+class DurableRetries(_FailWhenHandOffFails, Retries):
+    """Dramatiq's ``Retries``; a retry that cannot be enqueued fails the message."""
 
 
 def _pem_file(text: str, suffix: str) -> str:
@@ -66,8 +107,8 @@ def middleware() -> list[dramatiq.Middleware]:
         TimeLimit(),
         ShutdownNotifications(),
         Callbacks(),
-        Pipelines(),
-        Retries(
+        DurablePipelines(),
+        DurableRetries(
             max_retries=settings.MAX_RETRIES,
             min_backoff=settings.MIN_BACKOFF_MS,
             max_backoff=settings.MAX_BACKOFF_MS,

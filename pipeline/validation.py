@@ -42,6 +42,10 @@ from cerberus import errors as cerberus_errors
 
 from pipeline import settings
 
+#: Most fields of a nested ``name`` or ``address`` object checked one by one; a larger one is one error.
+MAX_NESTED_KEYS = 20
+#: Most errors kept for one record (the last one says how many more there were).
+MAX_ERRORS = 50
 #: Longest stored name, in characters (after trimming and joining first and last name).
 NAME_MAX_LENGTH = 100
 #: Bounds of ``age``, inclusive.
@@ -379,10 +383,25 @@ def validate_record(
                 {"field": ROOT_FIELD, "message": f"must be a JSON object with the user's fields, not {kind}"}
             )
         return None, errors
+    oversized = [
+        k for k in ("name", "address") if isinstance(data.get(k), Mapping) and len(data[k]) > MAX_NESTED_KEYS
+    ]
+    if oversized:
+        # Cerberus' cost grows with the square of the errors it collects: refuse a huge object at once.
+        errors.extend(
+            {"field": k, "message": f"has {len(data[k])} fields; at most {MAX_NESTED_KEYS} are allowed"}
+            for k in oversized
+        )
+        data = {k: ("-" if k == "name" else None) if k in oversized else v for k, v in data.items()}
     checker = validator()
     if checker.validate(normalise(data, source=source), normalize=False) and not errors:
         return _user_from(checker.document), []
-    return None, errors + _storable_errors(_errors_of(checker))
+    found = errors + _storable_errors(_errors_of(checker))
+    if len(found) > MAX_ERRORS:
+        # Every error is kept up to a bound, so that one record cannot outgrow a Kafka message.
+        more = {"field": ROOT_FIELD, "message": f"and {len(found) - MAX_ERRORS + 1} more errors"}
+        found = [*found[: MAX_ERRORS - 1], more]
+    return None, found
 
 
 def validate_users(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:

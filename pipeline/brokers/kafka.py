@@ -44,7 +44,7 @@ from dramatiq.message import Message
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import OffsetSpec
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
-from kafka.errors import CommitFailedError, KafkaError
+from kafka.errors import CommitFailedError, KafkaError, MessageSizeTooLargeError
 from kafka.structs import OffsetAndMetadata
 
 #: Partitions of each topic the broker creates.
@@ -234,7 +234,26 @@ class KafkaBroker(Broker):
             with self._admin_lock:
                 return getattr(self.admin, name)(*args, **kwargs)
         except KafkaError as e:
+            self._discard_client("_admin", self._admin)
             raise KafkaConnectionError(f"{name}: {e}") from None
+
+    def _discard_client(self, attribute: str, failed: Any = None) -> None:
+        """Drop a client after a failure, so that the next call builds a fresh one.
+
+        kafka-python 3.0.12's clients do not always recover by themselves once Kafka has restarted (a
+        metadata refresh can wait forever), so a client that failed is replaced rather than trusted.  With
+        ``failed``, only that client is dropped (not a fresh one another thread built meanwhile).
+        """
+        with self._lock:
+            client = getattr(self, attribute)
+            if client is None or (failed is not None and client is not failed):
+                return
+            setattr(self, attribute, None)
+        if client is not None:
+            try:
+                client.close(timeout=0) if attribute == "_producer" else client.close()
+            except Exception as e:  # a broken client may fail to close; it is dropped all the same
+                self.logger.debug("Closing a failed Kafka client: %s", e)
 
     def _new_consumer(self, *topics: str, **specific: Any) -> KafkaConsumer:
         options = self._options(
@@ -389,17 +408,23 @@ class KafkaBroker(Broker):
         self, topic: str, value: bytes, key: Any = None, headers: list[tuple[str, bytes]] | None = None
     ) -> Any:
         encoded_key = None if key is None else str(key).encode("utf-8")
+        producer = self.producer
         try:
-            return self.producer.send(topic, value=value, key=encoded_key, headers=headers or [])
+            return producer.send(topic, value=value, key=encoded_key, headers=headers or [])
         except KafkaError as e:
+            if not isinstance(e, MessageSizeTooLargeError):
+                self._discard_client("_producer", producer)
             raise KafkaConnectionError(f"cannot send to {topic!r}: {e}") from None
 
     def _wait(self, futures: list[Any]) -> None:
         deadline = time.monotonic() + self.send_timeout_ms / 1000
+        producer = self._producer
         for future in futures:
             try:
                 future.get(timeout=max(0.0, deadline - time.monotonic()))
             except KafkaError as e:
+                if not isinstance(e, MessageSizeTooLargeError):
+                    self._discard_client("_producer", producer)
                 raise KafkaConnectionError(f"Kafka did not acknowledge a message: {e}") from None
 
     def get_declared_queues(self) -> set[str]:
