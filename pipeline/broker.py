@@ -9,7 +9,10 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import signal
 import tempfile
+import threading
+import time
 from typing import Any
 
 import dramatiq
@@ -63,6 +66,34 @@ class _FailWhenHandOffFails:
             raise
 
 
+class OneSigterm(dramatiq.Middleware):
+    """Makes a worker process take the platform's SIGTERM and the one Dramatiq's main process forwards as one.
+
+    Heroku and systemd signal every process of a dyno or unit at once, so a forked worker process receives
+    SIGTERM twice, and Dramatiq takes the second one for "kill now": it exits mid-work, and what it held
+    runs again.  Repeats within ``grace_s`` are ignored; a later SIGTERM still kills.
+    """
+
+    def __init__(self, grace_s: float = 10.0) -> None:
+        self.grace_s = grace_s
+
+    def after_process_boot(self, broker: dramatiq.Broker) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        dramatiqs_handler = signal.getsignal(signal.SIGTERM)
+        if not callable(dramatiqs_handler):
+            return
+        first: list[float] = []
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            if first and time.monotonic() - first[0] < self.grace_s:
+                return
+            first.append(time.monotonic())
+            dramatiqs_handler(signum, frame)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+
 class DurablePipelines(_FailWhenHandOffFails, Pipelines):
     """Dramatiq's ``Pipelines``; a next stage that cannot be enqueued fails the message."""
 
@@ -114,6 +145,7 @@ def middleware() -> list[dramatiq.Middleware]:
             max_backoff=settings.MAX_BACKOFF_MS,
         ),
         CurrentMessage(),
+        OneSigterm(),
     ]
     if settings.WORKER_METRICS_PORT:
         # Dramatiq reads its exporter's port from the environment at import; settings own that here.

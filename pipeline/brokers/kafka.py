@@ -61,6 +61,8 @@ DEFAULT_DEAD_LETTER_RETENTION_MS = 14 * 24 * 3600 * 1000
 DEFAULT_SESSION_TIMEOUT_MS = 10_000
 #: Longest slice of a single ``poll``, in milliseconds, so that acks are committed while idle.
 _POLL_SLICE_MS = 50
+#: Longest a consumer may spend rejoining its group before it is replaced by a new one, in seconds.
+_REJOIN_PATIENCE_S = 3 * DEFAULT_SESSION_TIMEOUT_MS / 1000
 #: Kafka's default limit for the metadata string of an offset commit (``offset.metadata.max.bytes``).
 _MAX_COMMIT_METADATA = 4000
 
@@ -721,6 +723,7 @@ class _KafkaConsumer(Consumer, AsyncConsumerRebalanceListener):
         self._epoch = 0
         self._dirty = False
         self._last_commit = time.monotonic()
+        self._settled_at = time.monotonic()
         self._paused = False
         self._consumer = broker._new_consumer(
             group_id=broker.group_for(queue_name), max_poll_records=min(500, self.prefetch)
@@ -863,8 +866,24 @@ class _KafkaConsumer(Consumer, AsyncConsumerRebalanceListener):
         # the group with no partitions for good.  Keeping the coordinator's own "rejoin needed" flag up while
         # a rebalance is under way makes the next ``poll`` finish it (at worst with one more join).
         coordinator = getattr(self._consumer, "_coordinator", None)
-        if coordinator is not None and getattr(coordinator, "rejoining", False):
-            coordinator.rejoin_needed = True
+        rebalancing = coordinator is not None and (
+            getattr(coordinator, "rejoining", False) or getattr(coordinator, "rejoin_needed", False)
+        )
+        now = time.monotonic()
+        if not rebalancing:
+            self._settled_at = now
+        else:
+            if getattr(coordinator, "rejoining", False):
+                coordinator.rejoin_needed = True
+            # A join needs time to finish: never poll for nothing while one is under way.
+            timeout_ms = max(timeout_ms, _POLL_SLICE_MS)
+            # After a Kafka restart kafka-python 3.0.12 can keep "rejoining" for good (the group waits for a
+            # JoinGroup that never comes).  A consumer that has not settled in this long is replaced: the
+            # worker restarts it, and what it held un-acked is delivered again.
+            if now - self._settled_at > _REJOIN_PATIENCE_S:
+                raise KafkaConnectionError(
+                    f"the consumer of {self.topic!r} has not rejoined its group in {_REJOIN_PATIENCE_S:.0f} s"
+                )
         return self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
 
     def _outstanding(self) -> int:
