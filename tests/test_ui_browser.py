@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,12 +20,13 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import httpx
 import psycopg2
 import pytest
 from conftest import in_ci
+from livestack import create_database, drop_database, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.postgres]
 
@@ -60,22 +60,6 @@ if not any(getattr(route, "path", None) == "/api/overview" for route in app.rout
 # ======================================================================================================
 # The live stack (until the lead's shared end-to-end fixture takes its place)
 # ======================================================================================================
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _admin_sql(server_url: str, statement: str) -> None:
-    connection = psycopg2.connect(server_url)
-    connection.autocommit = True
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(statement)
-    finally:
-        connection.close()
 
 
 @dataclass
@@ -146,8 +130,7 @@ def live_server(
     """The real web (with the page) and one worker process, on a database and topics of their own."""
     run = uuid.uuid4().hex[:8]
     db_name = f"bup_ui_{run}"
-    _admin_sql(database_url, f'CREATE DATABASE "{db_name}"')
-    db_url = urlunsplit(urlsplit(database_url)._replace(path=f"/{db_name}"))
+    db_url = create_database(database_url, db_name)
     shim = tmp_path_factory.mktemp("ui_app")
     (shim / "ui_live_app.py").write_text(_APP_SHIM, encoding="utf-8")
     logs = ARTIFACTS / f"ui-{run}"
@@ -166,7 +149,7 @@ def live_server(
         "ID_SECRET": f"secret-{run}",
     }
     server = LiveServer(
-        url=f"http://127.0.0.1:{_free_port()}",
+        url=f"http://127.0.0.1:{free_port()}",
         token=env["API_TOKEN"],
         database_url=db_url,
         env=env,
@@ -187,7 +170,7 @@ def live_server(
         yield server
     finally:
         server.stop()
-        _admin_sql(database_url, f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+        drop_database(database_url, db_name)
         _delete_topics(kafka_bootstrap_servers, env["KAFKA_TOPIC_PREFIX"])
 
 
