@@ -433,10 +433,6 @@ class KafkaBroker(Broker):
         """The names of the queues declared on this broker."""
         return self.queues.copy()
 
-    def get_declared_delay_queues(self) -> set[str]:
-        """The names of the delay queues declared on this broker."""
-        return self.delay_queues.copy()
-
     def flush(self, queue_name: str) -> None:
         """Drop every message of a queue (or delay queue) that has not been consumed yet.
 
@@ -494,17 +490,24 @@ class KafkaBroker(Broker):
         return [TopicPartition(topic, p["partition_index"]) for d in described for p in d["partitions"]]
 
     def _offsets(self, topic: str, spec: OffsetSpec) -> dict[TopicPartition, int]:
-        partitions = self._partitions(topic)
+        return self._offsets_of(self._partitions(topic), spec)
+
+    def _offsets_of(self, partitions: list[TopicPartition], spec: OffsetSpec) -> dict[TopicPartition, int]:
         if not partitions:
             return {}
         found = self._admin_call("list_partition_offsets", dict.fromkeys(partitions, spec))
         return {tp: value.offset for tp, value in found.items()}
 
+    def _bounds(self, topic: str) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
+        """(first offset, end offset) of every partition of ``topic``, describing the topic once."""
+        partitions = self._partitions(topic)
+        starts = self._offsets_of(partitions, OffsetSpec.EARLIEST)
+        return starts, self._offsets_of(partitions, OffsetSpec.LATEST)
+
     def lag(self, queue_name: str) -> dict[int, int]:
         """Messages of a queue (or ``.DQ``) not yet acked by its consumer group, per partition."""
         topic = self.topic_for(queue_name)
-        ends = self._offsets(topic, OffsetSpec.LATEST)
-        starts = self._offsets(topic, OffsetSpec.EARLIEST)
+        starts, ends = self._bounds(topic)
         group = self.group_for(queue_name)
         committed = self._admin_call("list_group_offsets", {group: list(ends)}).get(group, {})
         lags = {}
@@ -542,16 +545,14 @@ class KafkaBroker(Broker):
         """How many failed messages the queue's failed-message topic holds."""
         self._ensure_topics(queue_name)
         topic = self.topic_for(xq_name(queue_name))
-        ends = self._offsets(topic, OffsetSpec.LATEST)
-        starts = self._offsets(topic, OffsetSpec.EARLIEST)
+        starts, ends = self._bounds(topic)
         return sum(end - starts.get(tp, 0) for tp, end in ends.items())
 
     def failed_messages(self, queue_name: str, *, limit: int | None = None) -> Iterator[FailedMessage]:
         """Read the queue's failed messages, oldest first per partition, without consuming them."""
         self._ensure_topics(queue_name)
         topic = self.topic_for(xq_name(queue_name))
-        ends = self._offsets(topic, OffsetSpec.LATEST)
-        starts = self._offsets(topic, OffsetSpec.EARLIEST)
+        starts, ends = self._bounds(topic)
         wanted = {tp: end for tp, end in ends.items() if end > starts.get(tp, 0)}
         if not wanted:
             return
