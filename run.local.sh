@@ -7,6 +7,9 @@
 #   ./run.local.sh test [pytest args...]     the same set-up, then pytest against the services; exits as pytest
 #   ./run.local.sh services up|down|status   Kafka and PostgreSQL only; `up` also writes .local/env
 #
+# LOCAL_KAFKA_NODES=3 ./run.local.sh ... runs a Kafka cluster of three nodes instead of one (topics then get
+# three replicas); the application needs nothing else.
+#
 # Every step is a small script of its own under scripts/ (venv.sh, kafka.sh, postgres.sh) that can be run
 # alone; their variables (ports, ...) are listed at the top of scripts/lib.sh. All state lives in .local/:
 # `./run.local.sh services down && rm -rf .local` starts afresh.
@@ -30,12 +33,21 @@ services_up() {
     [ "$failed" = 0 ] || die "the services did not start (messages above)"
 }
 
+# The replication factor for the topics on our own Kafka cluster (one replica per node, up to three), or
+# nothing for a single node (the application's default, 1) or an external Kafka.
+local_replication_factor() {
+    if ! kafka_is_external && [ "$LOCAL_KAFKA_NODES" -gt 1 ]; then
+        echo $((LOCAL_KAFKA_NODES < 3 ? LOCAL_KAFKA_NODES : 3))
+    fi
+}
+
 write_env() {
     mkdir -p "$LOCAL_DIR"
     {
         echo "# Written by ./run.local.sh services up: the addresses of the services this checkout uses."
         printf 'export KAFKA_BOOTSTRAP_SERVERS=%q\n' "${KAFKA_BOOTSTRAP_SERVERS:-$LOCAL_KAFKA_BOOTSTRAP_SERVERS}"
         printf 'export DATABASE_URL=%q\n' "${DATABASE_URL:-$LOCAL_DATABASE_URL}"
+        [ -z "$(local_replication_factor)" ] || printf 'export KAFKA_REPLICATION_FACTOR=%q\n' "$(local_replication_factor)"
     } >"$LOCAL_DIR/env.tmp"
     mv "$LOCAL_DIR/env.tmp" "$LOCAL_DIR/env"
     say "wrote .local/env (source it to reach the services)"
@@ -74,6 +86,9 @@ prepare() {
     fi
     export KAFKA_BOOTSTRAP_SERVERS="${KAFKA_BOOTSTRAP_SERVERS:-$LOCAL_KAFKA_BOOTSTRAP_SERVERS}"
     export DATABASE_URL="${DATABASE_URL:-$LOCAL_DATABASE_URL}"
+    if [ -n "$(local_replication_factor)" ]; then
+        export KAFKA_REPLICATION_FACTOR="${KAFKA_REPLICATION_FACTOR:-$(local_replication_factor)}"
+    fi
     export PYTHONUNBUFFERED=1
     migrate
 }

@@ -164,6 +164,7 @@ def build_broker(**overrides: Any) -> KafkaBroker:
         "client_id": settings.KAFKA_CLIENT_ID,
         "partitions": settings.KAFKA_PARTITIONS,
         "replication_factor": settings.KAFKA_REPLICATION_FACTOR,
+        "min_insync_replicas": settings.KAFKA_MIN_INSYNC_REPLICAS or None,
         "dead_letter_retention_ms": settings.KAFKA_FAILED_RETENTION_MS,
         "send_timeout_ms": settings.KAFKA_SEND_TIMEOUT_MS,
         "client_options": client_options(),

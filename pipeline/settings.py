@@ -136,6 +136,9 @@ KAFKA_CLIENT_ID = _str("KAFKA_CLIENT_ID", "batch-user-processing")
 KAFKA_PARTITIONS = _int("KAFKA_PARTITIONS", 6, minimum=1)
 #: Replication factor of each topic the broker creates.
 KAFKA_REPLICATION_FACTOR = _int("KAFKA_REPLICATION_FACTOR", 1, minimum=1)
+#: ``min.insync.replicas`` of each topic the broker creates; 0 means 2 when the replication factor is 3 or
+#: more, else the Kafka brokers' default.
+KAFKA_MIN_INSYNC_REPLICAS = _int("KAFKA_MIN_INSYNC_REPLICAS", 0, minimum=0)
 #: Retention of the failed-message (dead-letter) topics, in milliseconds (default 14 days).
 KAFKA_FAILED_RETENTION_MS = _int("KAFKA_FAILED_RETENTION_MS", 14 * 24 * 3600 * 1000, minimum=-1)
 #: How long ``enqueue`` waits for Kafka's acknowledgement before it raises, in milliseconds.

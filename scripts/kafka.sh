@@ -1,26 +1,37 @@
 #!/usr/bin/env bash
-# A real Apache Kafka broker for this checkout: the official jars from Maven Central, one KRaft node
-# (broker + controller) on 127.0.0.1, all state under .local/kafka/.
+# A real Apache Kafka for this checkout: the official jars from Maven Central, LOCAL_KAFKA_NODES KRaft nodes
+# (1 by default; each is broker and controller) on 127.0.0.1, all state under .local/kafka/.
 #
 # Usage: scripts/kafka.sh install|up|down|status
 #   install  Java 17+ (apt-get when root) and the jars (cached in .local/kafka/libs; fetched again only when
 #            tools/kafka/pom.xml changes)
-#   up       install, format the storage once, start the broker and wait until it answers
-#   down     SIGTERM (a controlled shutdown) and wait for the process to exit
-#   status   say whether it runs: pid alive and port answering; exit 0 only then
+#   up       install, format the nodes' storage once, start every node that is not running and wait until
+#            the cluster answers with all its brokers
+#   down     SIGTERM to every node (a controlled shutdown) and wait for them to exit
+#   status   say whether the nodes run: pids alive and ports answering; exit 0 only then
+# Node i keeps its data, log and pid file in $LOCAL_KAFKA_DIR/node-i/ (`kill -9 $(cat .../kafka.pid)` then
+# `up` is how the tests take one node of a cluster away and bring it back).
 # With KAFKA_BOOTSTRAP_SERVERS naming another Kafka, nothing is started or stopped (see scripts/lib.sh).
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-KAFKA_DIR=$LOCAL_DIR/kafka
-LIBS=$KAFKA_DIR/libs
-DATA=$KAFKA_DIR/data
-LOGS=$KAFKA_DIR/logs
-CONF=$KAFKA_DIR/server.properties
-PIDFILE=$KAFKA_DIR/kafka.pid
+# The jars are shared by every LOCAL_KAFKA_DIR of this checkout.
+LIBS=$LOCAL_DIR/kafka/libs
+KAFKA_DIR=$LOCAL_KAFKA_DIR
+# The cluster's id and size, written when the nodes are formatted.
+CLUSTER_FILE=$KAFKA_DIR/cluster
 POM=$ROOT/tools/kafka/pom.xml
+NODES=$LOCAL_KAFKA_NODES
 # Seconds a controlled shutdown may take before the broker is killed.
 STOP_TIMEOUT=${LOCAL_KAFKA_STOP_TIMEOUT:-60}
+# One replica per node, up to three; with three, acks=all means two copies at least.
+REPLICATION_FACTOR=$((NODES < 3 ? NODES : 3))
+MIN_ISR=$((REPLICATION_FACTOR >= 3 ? 2 : 1))
+
+node_dir() { echo "$KAFKA_DIR/node-$1"; }
+node_conf() { echo "$(node_dir "$1")/server.properties"; }
+node_pidfile() { echo "$(node_dir "$1")/kafka.pid"; }
+node_address() { echo "127.0.0.1:$(kafka_node_port "$1")"; }
 
 java_major() { "$1" -version 2>&1 | awk -F'"' '/version/ { split($2, v, "."); print (v[1] == 1 ? v[2] : v[1]) + 0; exit }'; }
 
@@ -50,42 +61,117 @@ ensure_jars() {
     command -v mvn >/dev/null || apt_install maven
     say "fetching the Apache Kafka jars with Maven (tools/kafka/pom.xml)"
     rm -rf "$LIBS.tmp"
-    mkdir -p "$KAFKA_DIR"
+    mkdir -p "$(dirname "$LIBS")"
     mvn -B -q -f "$POM" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$LIBS.tmp" \
-        >"$KAFKA_DIR/mvn.log" 2>&1 || { cat "$KAFKA_DIR/mvn.log" >&2; die "Maven could not fetch the Kafka jars"; }
+        >"$LIBS.mvn.log" 2>&1 || { cat "$LIBS.mvn.log" >&2; die "Maven could not fetch the Kafka jars"; }
     # Replace the whole folder: jars of an older version left beside the new ones would share the classpath.
     rm -rf "$LIBS"
     mv "$LIBS.tmp" "$LIBS"
     echo "$wanted" >"$LIBS/.pom.sha256"
 }
 
-render_config() {
-    local text
-    text=$(<"$ROOT/tools/kafka/server.properties")
-    text=${text//@KAFKA_PORT@/$LOCAL_KAFKA_PORT}
-    text=${text//@CONTROLLER_PORT@/$LOCAL_KAFKA_CONTROLLER_PORT}
-    text=${text//@DATA_DIR@/$DATA}
-    printf '%s\n' "$text" >"$CONF"
+voters() {
+    local node list=""
+    for ((node = 1; node <= NODES; node++)); do
+        list+="${list:+,}$node@127.0.0.1:$(($(kafka_node_port "$node") + 1))"
+    done
+    echo "$list"
 }
 
-# The pid of our running broker, or nothing (a stale pid file, left by kill -9 or a reboot, is removed).
+render_config() {
+    local node=$1 text port
+    port=$(kafka_node_port "$node")
+    text=$(<"$ROOT/tools/kafka/server.properties")
+    text=${text//@NODE_ID@/$node}
+    text=${text//@VOTERS@/$(voters)}
+    text=${text//@KAFKA_PORT@/$port}
+    text=${text//@CONTROLLER_PORT@/$((port + 1))}
+    text=${text//@DATA_DIR@/$(node_dir "$node")/data}
+    text=${text//@REPLICATION_FACTOR@/$REPLICATION_FACTOR}
+    text=${text//@MIN_ISR@/$MIN_ISR}
+    printf '%s\n' "$text" >"$(node_conf "$node")"
+}
+
+# The pid of node $1's running broker, or nothing (a stale pid file, left by kill -9 or a reboot, is removed).
 running_pid() {
-    local pid
-    pid=$(cat "$PIDFILE" 2>/dev/null) || return 0
-    if process_is "$pid" "kafka.Kafka $CONF"; then
+    local pid pidfile
+    pidfile=$(node_pidfile "$1")
+    pid=$(cat "$pidfile" 2>/dev/null) || return 0
+    if process_is "$pid" "kafka.Kafka $(node_conf "$1")"; then
         echo "$pid"
     else
-        rm -f "$PIDFILE"
+        rm -f "$pidfile"
     fi
 }
 
-# True when the Kafka at $1 answers a metadata request within $2 seconds (a bare TCP check without .venv).
+# True when the Kafka at $1 answers a metadata request naming $3 brokers (default 1) within $2 seconds (a
+# bare TCP check of the first address without .venv).
 answers() {
     if [ -x "$PY" ]; then
-        "$PY" "$ROOT/scripts/wait_for.py" kafka "$1" --timeout "${2:-2}"
+        "$PY" "$ROOT/scripts/wait_for.py" kafka "$1" --timeout "${2:-2}" --brokers "${3:-1}"
     else
-        port_answers "${1##*:}"
+        local first=${1%%,*}
+        port_answers "${first##*:}"
     fi
+}
+
+# True when every node answers on its own address, and the cluster names all of them as brokers (a node
+# just restarted after a kill -9 is still named until its old session expires, so asking the cluster alone
+# is not enough).
+all_answer() {
+    local node
+    for ((node = 1; node <= NODES; node++)); do
+        answers "$(node_address "$node")" 2 || return 1
+    done
+    [ "$NODES" = 1 ] || answers "$LOCAL_KAFKA_BOOTSTRAP_SERVERS" 2 "$NODES"
+}
+
+# The cluster id the nodes are formatted with: made once per LOCAL_KAFKA_DIR, for a given number of nodes
+# (the voters are part of what a node remembers, so another LOCAL_KAFKA_NODES needs a fresh directory).
+cluster_id() {
+    local id nodes
+    if [ -f "$CLUSTER_FILE" ]; then
+        read -r id nodes <"$CLUSTER_FILE"
+        [ "$nodes" = "$NODES" ] || die "$KAFKA_DIR holds a Kafka of $nodes node(s), not LOCAL_KAFKA_NODES=$NODES: \
+run 'scripts/kafka.sh down' with LOCAL_KAFKA_NODES=$nodes and remove $KAFKA_DIR/node-* (its topics go), or set \
+LOCAL_KAFKA_DIR to another folder"
+        echo "$id"
+        return 0
+    fi
+    id=$("$JAVA" -cp "$LIBS/*" kafka.tools.StorageTool random-uuid)
+    mkdir -p "$KAFKA_DIR"
+    echo "$id $NODES" >"$CLUSTER_FILE"
+    echo "$id"
+}
+
+# Formats node $1 (once) and starts it in the background; its pid goes to its pid file.
+start_node() {
+    local node=$1 dir port cluster
+    dir=$(node_dir "$node")
+    port=$(kafka_node_port "$node")
+    port_answers "$port" &&
+        die "port $port (node $node) is taken by a process that is not this checkout's Kafka; set LOCAL_KAFKA_PORT"
+    port_answers "$((port + 1))" &&
+        die "port $((port + 1)) (node $node's controller) is taken; set LOCAL_KAFKA_PORT"
+    mkdir -p "$dir/data" "$dir/logs"
+    render_config "$node"
+    if [ ! -f "$dir/data/meta.properties" ]; then
+        cluster=$(cluster_id)
+        say "formatting node $node's KRaft storage in $dir/data (cluster $cluster)"
+        "$JAVA" -cp "$LIBS/*" -Dlog4j2.configurationFile="$ROOT/tools/kafka/log4j2.properties" \
+            -Dkafka.logs.dir="$dir/logs" kafka.tools.StorageTool format -t "$cluster" -c "$(node_conf "$node")" \
+            --ignore-formatted >"$dir/logs/format.log" 2>&1 || { cat "$dir/logs/format.log" >&2; die "format failed"; }
+    fi
+    say "starting Kafka node $node on 127.0.0.1:$port (log: $dir/logs/server.log)"
+    # setsid: its own session, so a Ctrl-C meant for `./run.local.sh` (honcho) does not reach the broker;
+    # the subshell exits at once, so the broker is nobody's child and never lingers as a zombie.
+    (
+        cd "$dir"
+        setsid "$JAVA" -Xmx"$LOCAL_KAFKA_HEAP" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
+            -Dlog4j2.configurationFile="$ROOT/tools/kafka/log4j2.properties" -Dkafka.logs.dir="$dir/logs" \
+            -cp "$LIBS/*" kafka.Kafka "$(node_conf "$node")" </dev/null >>"$dir/logs/stdout.log" 2>&1 9>&- &
+        echo $! >"$(node_pidfile "$node")"
+    )
 }
 
 cmd_install() {
@@ -99,49 +185,32 @@ cmd_up() {
         answers "$KAFKA_BOOTSTRAP_SERVERS" "$LOCAL_START_TIMEOUT" || die "no Kafka answers at $KAFKA_BOOTSTRAP_SERVERS"
         return 0
     fi
-    local pid
-    pid=$(running_pid)
-    if [ -n "$pid" ] && ! grep -q "^listeners=PLAINTEXT://127.0.0.1:$LOCAL_KAFKA_PORT," "$CONF"; then
-        die "our Kafka runs with other ports than LOCAL_KAFKA_PORT=$LOCAL_KAFKA_PORT; run 'scripts/kafka.sh down' first"
-    fi
-    if [ -z "$pid" ]; then
-        port_answers "$LOCAL_KAFKA_PORT" &&
-            die "port $LOCAL_KAFKA_PORT is taken by a process that is not this checkout's Kafka; set LOCAL_KAFKA_PORT"
-        port_answers "$LOCAL_KAFKA_CONTROLLER_PORT" &&
-            die "port $LOCAL_KAFKA_CONTROLLER_PORT is taken; set LOCAL_KAFKA_CONTROLLER_PORT (or LOCAL_KAFKA_PORT)"
-        cmd_install
-        mkdir -p "$DATA" "$LOGS"
-        render_config
-        if [ ! -f "$DATA/meta.properties" ]; then
-            local cluster_id
-            cluster_id=$("$JAVA" -cp "$LIBS/*" kafka.tools.StorageTool random-uuid)
-            say "formatting the KRaft storage in .local/kafka/data (cluster $cluster_id)"
-            "$JAVA" -cp "$LIBS/*" -Dlog4j2.configurationFile="$ROOT/tools/kafka/log4j2.properties" \
-                -Dkafka.logs.dir="$LOGS" kafka.tools.StorageTool format -t "$cluster_id" -c "$CONF" \
-                --ignore-formatted >"$LOGS/format.log" 2>&1 || { cat "$LOGS/format.log" >&2; die "format failed"; }
+    local node pid pids=()
+    for ((node = 1; node <= NODES; node++)); do
+        pid=$(running_pid "$node")
+        if [ -n "$pid" ] && ! grep -q "^listeners=PLAINTEXT://$(node_address "$node")," "$(node_conf "$node")"; then
+            die "our Kafka node $node runs with other ports than LOCAL_KAFKA_PORT=$LOCAL_KAFKA_PORT gives; run 'scripts/kafka.sh down' first"
         fi
-        say "starting Kafka on $LOCAL_KAFKA_BOOTSTRAP_SERVERS (log: .local/kafka/logs/server.log)"
-        # setsid: its own session, so a Ctrl-C meant for `./run.local.sh` (honcho) does not reach the broker;
-        # the subshell exits at once, so the broker is nobody's child and never lingers as a zombie.
-        (
-            cd "$KAFKA_DIR"
-            setsid "$JAVA" -Xmx"$LOCAL_KAFKA_HEAP" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
-                -Dlog4j2.configurationFile="$ROOT/tools/kafka/log4j2.properties" -Dkafka.logs.dir="$LOGS" \
-                -cp "$LIBS/*" kafka.Kafka "$CONF" </dev/null >>"$LOGS/stdout.log" 2>&1 9>&- &
-            echo $! >"$PIDFILE"
-        )
-        pid=$(cat "$PIDFILE")
-    fi
-    local deadline=$((SECONDS + LOCAL_START_TIMEOUT))
-    until answers "$LOCAL_KAFKA_BOOTSTRAP_SERVERS" 2; do
-        if ! process_is "$pid" kafka.Kafka; then
-            tail -n 30 "$LOGS/server.log" "$LOGS/stdout.log" >&2 2>/dev/null || true
-            rm -f "$PIDFILE"
-            die "Kafka exited while starting (logs above, in .local/kafka/logs/)"
+        if [ -z "$pid" ]; then
+            cmd_install
+            start_node "$node"
+            pid=$(cat "$(node_pidfile "$node")")
         fi
-        [ "$SECONDS" -lt "$deadline" ] || die "Kafka (pid $pid) did not answer within ${LOCAL_START_TIMEOUT}s; see .local/kafka/logs/"
+        pids+=("$pid")
     done
-    say "Kafka answers on $LOCAL_KAFKA_BOOTSTRAP_SERVERS (pid $pid)"
+    local deadline=$((SECONDS + LOCAL_START_TIMEOUT))
+    until all_answer; do
+        for ((node = 1; node <= NODES; node++)); do
+            if ! process_is "${pids[node - 1]}" kafka.Kafka; then
+                tail -n 30 "$(node_dir "$node")/logs/server.log" "$(node_dir "$node")/logs/stdout.log" >&2 2>/dev/null || true
+                rm -f "$(node_pidfile "$node")"
+                die "Kafka node $node exited while starting (logs above, in $(node_dir "$node")/logs/)"
+            fi
+        done
+        [ "$SECONDS" -lt "$deadline" ] ||
+            die "Kafka (pids ${pids[*]}) did not answer with $NODES broker(s) within ${LOCAL_START_TIMEOUT}s; see $KAFKA_DIR/node-*/logs/"
+    done
+    say "Kafka answers on $LOCAL_KAFKA_BOOTSTRAP_SERVERS (pids ${pids[*]})"
 }
 
 cmd_down() {
@@ -149,24 +218,41 @@ cmd_down() {
         say "Kafka at $KAFKA_BOOTSTRAP_SERVERS is not ours (KAFKA_BOOTSTRAP_SERVERS is set); leaving it alone"
         return 0
     fi
-    local pid
-    pid=$(running_pid)
-    if [ -z "$pid" ]; then
+    local node pid stopping=()
+    # All nodes at once: one by one, the last ones would wait for a controller quorum that has gone.
+    for ((node = NODES; node >= 1; node--)); do
+        pid=$(running_pid "$node")
+        [ -n "$pid" ] || continue
+        say "stopping Kafka node $node (pid $pid)"
+        kill -TERM "$pid"
+        stopping+=("$pid")
+    done
+    # (a Kafka started before the nodes had folders of their own kept its pid file in $KAFKA_DIR)
+    pid=$(cat "$KAFKA_DIR/kafka.pid" 2>/dev/null || true)
+    if process_is "$pid" "kafka.Kafka $KAFKA_DIR/server.properties"; then
+        say "stopping Kafka (pid $pid, started by an older scripts/kafka.sh; its data in $KAFKA_DIR/data is left)"
+        kill -TERM "$pid"
+        stopping+=("$pid")
+    fi
+    rm -f "$KAFKA_DIR/kafka.pid"
+    if [ "${#stopping[@]}" = 0 ]; then
         say "Kafka is not running"
         return 0
     fi
-    say "stopping Kafka (pid $pid)"
-    kill -TERM "$pid"
     local deadline=$((SECONDS + STOP_TIMEOUT))
-    while process_is "$pid" kafka.Kafka; do
-        if [ "$SECONDS" -ge "$deadline" ]; then
-            say "Kafka did not stop within ${STOP_TIMEOUT}s; killing it (it will recover its logs on next start)"
-            kill -KILL "$pid" 2>/dev/null || true
-            break
-        fi
-        sleep 0.2
+    for pid in "${stopping[@]}"; do
+        while process_is "$pid" kafka.Kafka; do
+            if [ "$SECONDS" -ge "$deadline" ]; then
+                say "Kafka (pid $pid) did not stop within ${STOP_TIMEOUT}s; killing it (it recovers its logs on next start)"
+                kill -KILL "$pid" 2>/dev/null || true
+                break
+            fi
+            sleep 0.2
+        done
     done
-    rm -f "$PIDFILE"
+    for ((node = 1; node <= NODES; node++)); do
+        rm -f "$(node_pidfile "$node")"
+    done
     say "Kafka stopped"
 }
 
@@ -179,25 +265,27 @@ cmd_status() {
         echo "kafka: external, NOT answering at $KAFKA_BOOTSTRAP_SERVERS"
         return 1
     fi
-    local pid
-    pid=$(running_pid)
-    if [ -n "$pid" ]; then
-        if answers "$LOCAL_KAFKA_BOOTSTRAP_SERVERS" 2; then
-            echo "kafka: running, pid $pid, answering at $LOCAL_KAFKA_BOOTSTRAP_SERVERS"
-            return 0
+    local node pid failed=0 label=kafka
+    for ((node = 1; node <= NODES; node++)); do
+        [ "$NODES" = 1 ] || label="kafka node $node"
+        pid=$(running_pid "$node")
+        if [ -n "$pid" ]; then
+            if answers "$(node_address "$node")" 2; then
+                echo "$label: running, pid $pid, answering at $(node_address "$node")"
+                continue
+            fi
+            echo "$label: process $pid alive but NOT answering at $(node_address "$node") (starting, or stuck)"
+        elif port_answers "$(kafka_node_port "$node")"; then
+            echo "$label: stopped (port $(kafka_node_port "$node") is used by some other process)"
+        else
+            echo "$label: stopped"
         fi
-        echo "kafka: process $pid alive but NOT answering at $LOCAL_KAFKA_BOOTSTRAP_SERVERS (starting, or stuck)"
-        return 1
-    fi
-    if port_answers "$LOCAL_KAFKA_PORT"; then
-        echo "kafka: stopped (port $LOCAL_KAFKA_PORT is used by some other process)"
-    else
-        echo "kafka: stopped"
-    fi
-    return 1
+        failed=1
+    done
+    return "$failed"
 }
 
-# One start, stop or install at a time per checkout (two `./run.local.sh test` may race to start the service).
+# One start, stop or install at a time per Kafka directory (two `./run.local.sh test` may race to start it).
 case "${1:-}" in
     install | up | down) take_lock "$KAFKA_DIR/.lock" ;;
 esac

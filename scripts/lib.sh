@@ -2,9 +2,12 @@
 # Shared by run.local.sh and scripts/*.sh (sourced, never run): paths, ports and a few small helpers.
 #
 # Script variables (environment, all optional):
-#   LOCAL_KAFKA_PORT             Kafka's client port on 127.0.0.1 (default 19092)
-#   LOCAL_KAFKA_CONTROLLER_PORT  Kafka's KRaft controller port (default LOCAL_KAFKA_PORT + 1)
-#   LOCAL_KAFKA_HEAP             Kafka's JVM heap, as -Xmx takes it (default 512m)
+#   LOCAL_KAFKA_NODES            Kafka nodes to run, each a broker and a KRaft controller (default 1); 3 make a
+#                                cluster that keeps working when one node is lost
+#   LOCAL_KAFKA_PORT             the first node's client port on 127.0.0.1 (default 19092); node i listens on
+#                                LOCAL_KAFKA_PORT + 2(i-1), and its controller on the port after that
+#   LOCAL_KAFKA_DIR              where the nodes keep their data, logs and pid files (default .local/kafka)
+#   LOCAL_KAFKA_HEAP             each Kafka node's JVM heap, as -Xmx takes it (default 512m)
 #   LOCAL_KAFKA_STOP_TIMEOUT     seconds `down` waits for Kafka's controlled shutdown before a SIGKILL (60)
 #   LOCAL_PG_PORT                PostgreSQL's port on 127.0.0.1 (default 55432)
 #   LOCAL_PG_USER                system user that runs PostgreSQL when we are root (default postgres)
@@ -19,19 +22,32 @@ LOCAL_DIR=$ROOT/.local
 VENV=$ROOT/.venv
 PY=$VENV/bin/python
 
+LOCAL_KAFKA_NODES=${LOCAL_KAFKA_NODES:-1}
 LOCAL_KAFKA_PORT=${LOCAL_KAFKA_PORT:-19092}
-LOCAL_KAFKA_CONTROLLER_PORT=${LOCAL_KAFKA_CONTROLLER_PORT:-$((LOCAL_KAFKA_PORT + 1))}
+LOCAL_KAFKA_DIR=${LOCAL_KAFKA_DIR:-$LOCAL_DIR/kafka}
 LOCAL_KAFKA_HEAP=${LOCAL_KAFKA_HEAP:-512m}
 LOCAL_PG_PORT=${LOCAL_PG_PORT:-55432}
 LOCAL_PG_USER=${LOCAL_PG_USER:-postgres}
 LOCAL_START_TIMEOUT=${LOCAL_START_TIMEOUT:-120}
 
-# The addresses of the services this checkout runs itself.
-LOCAL_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$LOCAL_KAFKA_PORT
-LOCAL_DATABASE_URL=postgresql://bup@127.0.0.1:$LOCAL_PG_PORT/bup
-
 say() { printf '[%s] %s\n' "$(basename "$0" .sh)" "$*" >&2; }
 die() { say "error: $*"; exit 1; }
+
+case $LOCAL_KAFKA_NODES in
+    [1-9]) ;;
+    *) die "LOCAL_KAFKA_NODES must be a number from 1 to 9, not '$LOCAL_KAFKA_NODES'" ;;
+esac
+# Node $1's client port (its controller listens on the next port).
+kafka_node_port() { echo $((LOCAL_KAFKA_PORT + 2 * ($1 - 1))); }
+
+# The addresses of the services this checkout runs itself.
+LOCAL_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$LOCAL_KAFKA_PORT
+for ((_node = 2; _node <= LOCAL_KAFKA_NODES; _node++)); do
+    LOCAL_KAFKA_BOOTSTRAP_SERVERS+=,127.0.0.1:$(kafka_node_port "$_node")
+done
+unset _node
+LOCAL_DATABASE_URL=postgresql://bup@127.0.0.1:$LOCAL_PG_PORT/bup
+
 is_root() { [ "$(id -u)" = 0 ]; }
 
 # Kafka or PostgreSQL is "external" when the environment names one that is not ours; a value equal to our

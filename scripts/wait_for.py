@@ -1,11 +1,12 @@
 """Wait until Kafka or PostgreSQL accepts connections; the readiness probe of ``scripts/*.sh``.
 
-    .venv/bin/python scripts/wait_for.py kafka 127.0.0.1:19092 [--timeout SECONDS]
+    .venv/bin/python scripts/wait_for.py kafka 127.0.0.1:19092[,...] [--timeout SECONDS] [--brokers N]
     .venv/bin/python scripts/wait_for.py postgres postgresql://bup@127.0.0.1:55432/bup [--timeout SECONDS]
 
 Kafka is ready when kafka-python's admin client gets the cluster's metadata with at least one broker in it
-(sturdier than watching the broker's log for "Kafka Server started"); PostgreSQL when psycopg2 connects and
-runs ``SELECT 1``. Exits 0 as soon as the service answers, 1 when it did not within the timeout (default 5 s).
+(sturdier than watching the broker's log for "Kafka Server started"), or N with ``--brokers N``;
+PostgreSQL when psycopg2 connects and runs ``SELECT 1``. Exits 0 as soon as the service answers, 1 when it
+did not within the timeout (default 5 s).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import time
 RETRY_INTERVAL = 0.5
 
 
-def kafka_answers(servers: str, timeout: float) -> bool:
-    """One attempt: True when the cluster's metadata names at least one broker."""
+def kafka_answers(servers: str, timeout: float, brokers: int = 1) -> bool:
+    """One attempt: True when the cluster's metadata names at least ``brokers`` brokers."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
@@ -35,7 +36,7 @@ def kafka_answers(servers: str, timeout: float) -> bool:
     except (KafkaError, OSError):
         return False
     try:
-        return bool(admin.describe_cluster().get("brokers"))
+        return len(admin.describe_cluster().get("brokers") or []) >= brokers
     except (KafkaError, OSError):
         return False
     finally:
@@ -68,13 +69,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("service", choices=["kafka", "postgres"])
     parser.add_argument("address", help="bootstrap servers (host:port,...) or a PostgreSQL URL")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to keep trying (default 5)")
+    parser.add_argument("--brokers", type=int, default=1, help="Kafka: brokers the cluster must name (1)")
     args = parser.parse_args(argv)
 
     # kafka-python logs every refused connection as an error; the caller reports the outcome itself.
     logging.getLogger("kafka").addHandler(logging.NullHandler())
     logging.getLogger("kafka").propagate = False
 
-    probe = kafka_answers if args.service == "kafka" else postgres_answers
+    def probe(address: str, timeout: float) -> bool:
+        if args.service == "kafka":
+            return kafka_answers(address, timeout, args.brokers)
+        return postgres_answers(address, timeout)
+
     deadline = time.monotonic() + args.timeout
     while True:
         remaining = deadline - time.monotonic()

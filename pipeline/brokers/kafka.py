@@ -44,7 +44,16 @@ from dramatiq.message import Message
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import OffsetSpec
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
-from kafka.errors import CommitFailedError, KafkaError, MessageSizeTooLargeError
+from kafka.errors import (
+    CommitFailedError,
+    CoordinatorLoadInProgressError,
+    CoordinatorNotAvailableError,
+    KafkaError,
+    LeaderNotAvailableError,
+    MessageSizeTooLargeError,
+    NotCoordinatorError,
+    NotLeaderForPartitionError,
+)
 from kafka.structs import OffsetAndMetadata
 
 #: Partitions of each topic the broker creates.
@@ -59,6 +68,19 @@ DEFAULT_COMMIT_INTERVAL_MS = 100
 DEFAULT_DEAD_LETTER_RETENTION_MS = 14 * 24 * 3600 * 1000
 #: Time after which a silent consumer is dropped from its group, in milliseconds.
 DEFAULT_SESSION_TIMEOUT_MS = 10_000
+#: Attempts of an admin call that fails with a retriable error (a coordinator or leader on the move), and
+#: the pause before the second one, in seconds (it grows with each attempt).
+ADMIN_ATTEMPTS = 3
+ADMIN_RETRY_BACKOFF_S = 0.5
+#: The errors of a node that is not (or not yet) the one in charge: asking again, after a fresh metadata
+#: lookup, reaches the one that is.
+_MOVING = (
+    NotCoordinatorError,
+    CoordinatorNotAvailableError,
+    CoordinatorLoadInProgressError,
+    NotLeaderForPartitionError,
+    LeaderNotAvailableError,
+)
 #: Longest slice of a single ``poll``, in milliseconds, so that acks are committed while idle.
 _POLL_SLICE_MS = 50
 #: Longest a consumer may spend rejoining its group before it is replaced by a new one, in seconds.
@@ -115,6 +137,10 @@ class KafkaBroker(Broker):
       client_id(str): Reported to Kafka by every client.
       partitions(int): Partitions of the topics this broker creates.  Existing topics are used as they are.
       replication_factor(int): Replication factor of the topics this broker creates.
+      min_insync_replicas(int | None): ``min.insync.replicas`` of the topics this broker creates: how many
+        replicas must have a message before Kafka acknowledges it (the producer uses ``acks=all``). None
+        means 2 when the replication factor is 3 or more (one node may go, and nothing acknowledged is on one
+        node only), else the Kafka brokers' own default.
       dead_letter_retention_ms(int): ``retention.ms`` of the failed-message topics this broker creates.
       send_timeout_ms(int): How long ``enqueue`` waits for Kafka's acknowledgement before raising.
       commit_interval_ms(int): Most time between offset commits while messages are being acked.
@@ -137,6 +163,7 @@ class KafkaBroker(Broker):
         client_id: str = "dramatiq",
         partitions: int = DEFAULT_PARTITIONS,
         replication_factor: int = DEFAULT_REPLICATION_FACTOR,
+        min_insync_replicas: int | None = None,
         dead_letter_retention_ms: int = DEFAULT_DEAD_LETTER_RETENTION_MS,
         send_timeout_ms: int = DEFAULT_SEND_TIMEOUT_MS,
         commit_interval_ms: int = DEFAULT_COMMIT_INTERVAL_MS,
@@ -155,6 +182,14 @@ class KafkaBroker(Broker):
         self.client_id = client_id
         self.partitions = partitions
         self.replication_factor = replication_factor
+        if min_insync_replicas is None and replication_factor >= 3:
+            min_insync_replicas = 2
+        if min_insync_replicas is not None and not 1 <= min_insync_replicas <= replication_factor:
+            raise ValueError(
+                f"min_insync_replicas must be from 1 to the replication factor ({replication_factor}), "
+                f"not {min_insync_replicas}: Kafka would refuse every write"
+            )
+        self.min_insync_replicas = min_insync_replicas
         self.dead_letter_retention_ms = dead_letter_retention_ms
         self.send_timeout_ms = send_timeout_ms
         self.commit_interval_ms = commit_interval_ms
@@ -232,12 +267,21 @@ class KafkaBroker(Broker):
         return self._admin
 
     def _admin_call(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        try:
-            with self._admin_lock:
-                return getattr(self.admin, name)(*args, **kwargs)
-        except KafkaError as e:
-            self._discard_client("_admin", self._admin)
-            raise KafkaConnectionError(f"{name}: {e}") from None
+        """Call an admin client method.  A client that failed is replaced; a call that failed because a
+        group coordinator or a partition leader is moving to another node (one node of a cluster went away)
+        is made again on the fresh client, up to :data:`ADMIN_ATTEMPTS` times.  (Kafka being unreachable
+        is not retried here: callers such as ``/readyz`` want to know at once.)"""
+        for attempt in range(1, ADMIN_ATTEMPTS + 1):
+            try:
+                with self._admin_lock:
+                    return getattr(self.admin, name)(*args, **kwargs)
+            except KafkaError as e:
+                self._discard_client("_admin", self._admin)
+                if not isinstance(e, _MOVING) or attempt == ADMIN_ATTEMPTS:
+                    raise KafkaConnectionError(f"{name}: {e}") from None
+                self.logger.debug("%s failed (%s); trying again", name, e)
+                time.sleep(ADMIN_RETRY_BACKOFF_S * attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _discard_client(self, attribute: str, failed: Any = None) -> None:
         """Drop a client after a failure, so that the next call builds a fresh one.
@@ -304,13 +348,16 @@ class KafkaBroker(Broker):
             return
         if canonical not in self.queues:
             raise QueueNotFound(canonical)
+        configs = {}
+        if self.min_insync_replicas is not None:
+            configs["min.insync.replicas"] = str(self.min_insync_replicas)
         base = {"num_partitions": self.partitions, "replication_factor": self.replication_factor}
         topics = {
-            self.topic_for(canonical): dict(base),
-            self.topic_for(dq_name(canonical)): dict(base),
+            self.topic_for(canonical): {**base, "configs": dict(configs)},
+            self.topic_for(dq_name(canonical)): {**base, "configs": dict(configs)},
             self.topic_for(xq_name(canonical)): {
                 **base,
-                "configs": {"retention.ms": str(self.dead_letter_retention_ms)},
+                "configs": {**configs, "retention.ms": str(self.dead_letter_retention_ms)},
             },
         }
         result = self._admin_call("create_topics", topics, raise_errors=False)

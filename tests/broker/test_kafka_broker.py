@@ -13,8 +13,10 @@ import time
 from pathlib import Path
 
 import dramatiq
+import kafka.errors
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
+from kafka.admin import ConfigResource, ConfigResourceType
 
 from pipeline.brokers.kafka import KafkaBroker, _decode_acked, _encode_acked
 from tests.broker.conftest import delete_topics, make_kafka_broker
@@ -366,3 +368,86 @@ def test_a_batch_block_raises_when_kafka_cannot_take_its_messages():
     # When messages are sent in a batch block, Then the block fails with a Dramatiq connection error
     with pytest.raises(dramatiq.errors.BrokerConnectionError), broker.batch():
         broker.enqueue(message)
+
+
+@pytest.mark.parametrize(
+    ("replication_factor", "asked", "expected"),
+    [(1, None, None), (2, None, None), (3, None, 2), (5, None, 2), (3, 1, 1), (3, 3, 3)],
+)
+def test_min_insync_replicas_is_two_with_three_replicas_unless_asked_otherwise(
+    replication_factor, asked, expected
+):
+    # Given a replication factor and maybe an explicit min.insync.replicas, When a broker is made
+    broker = KafkaBroker(replication_factor=replication_factor, min_insync_replicas=asked, middleware=[])
+    # Then the topics it creates will carry this one (None: the Kafka brokers' own default)
+    assert broker.min_insync_replicas == expected
+
+
+@pytest.mark.parametrize(("replication_factor", "asked"), [(1, 2), (3, 4), (3, 0)])
+def test_a_min_insync_replicas_kafka_could_never_meet_is_refused(replication_factor, asked):
+    with pytest.raises(ValueError, match="min_insync_replicas must be from 1 to the replication factor"):
+        KafkaBroker(replication_factor=replication_factor, min_insync_replicas=asked, middleware=[])
+
+
+def test_the_topics_a_broker_creates_carry_its_min_insync_replicas(kafka_bootstrap_servers, topic_prefix):
+    # Given a broker that asks for min.insync.replicas=1 explicitly (one node here: more is impossible)
+    broker = make_kafka_broker(kafka_bootstrap_servers, topic_prefix, min_insync_replicas=1)
+    try:
+        broker.declare_queue("default")
+        # When it creates the queue's topics
+        broker._ensure_topics("default")
+        # Then each of the three has it as a topic config of its own (not the brokers' default)
+        for name in ("default", "default.DQ", "default.XQ"):
+            topic = broker.topic_for(name)
+            described = broker._admin_call(
+                "describe_configs", [ConfigResource(ConfigResourceType.TOPIC, topic)]
+            )
+            entry = described["topic"][topic]["min.insync.replicas"]
+            assert (entry["value"], entry["config_source"]) == ("1", "DYNAMIC_TOPIC_CONFIG"), topic
+    finally:
+        delete_topics(broker)
+        broker.close()
+
+
+class _FlakyAdmin:
+    """An admin client whose ``list_topics`` fails with ``errors`` in turn, then answers."""
+
+    def __init__(self, errors: list[Exception]) -> None:
+        self.errors = errors
+        self.calls = 0
+
+    def list_topics(self) -> list[str]:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return ["answered"]
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("errors", "calls", "answers"),
+    [
+        # a coordinator or leader on the move (one node of a cluster went away): asked again, it answers
+        ([kafka.errors.NotCoordinatorError()], 2, True),
+        ([kafka.errors.CoordinatorNotAvailableError(), kafka.errors.LeaderNotAvailableError()], 3, True),
+        # ...but not forever
+        ([kafka.errors.NotCoordinatorError()] * 3, 3, False),
+        # an unreachable Kafka is reported at once
+        ([kafka.errors.KafkaConnectionError()], 1, False),
+    ],
+)
+def test_admin_calls_are_made_again_while_a_coordinator_or_leader_moves(monkeypatch, errors, calls, answers):
+    # Given a broker whose admin client fails with these errors before it answers
+    monkeypatch.setattr("pipeline.brokers.kafka.ADMIN_RETRY_BACKOFF_S", 0)
+    broker = KafkaBroker(middleware=[])
+    flaky = _FlakyAdmin(list(errors))
+    monkeypatch.setattr(KafkaBroker, "admin", property(lambda self: flaky))
+    # When a call is made, Then it answers, or raises the broker's connection error, after so many calls
+    if answers:
+        assert broker._admin_call("list_topics") == ["answered"]
+    else:
+        with pytest.raises(dramatiq.errors.BrokerConnectionError):
+            broker._admin_call("list_topics")
+    assert flaky.calls == calls

@@ -37,7 +37,7 @@ from conftest import (
 from e2e.conftest import ARTIFACTS, ROOT, Stack, create_database, drop_database, free_port
 
 from faults.load import FIGURES, Figures
-from pipeline.brokers.kafka import KafkaBroker
+from pipeline.brokers.kafka import KafkaBroker, KafkaConnectionError
 
 #: The queue of the user pipeline (``pipeline.broker.QUEUE``) and the workers' consumer group base name.
 QUEUE = "users"
@@ -140,8 +140,12 @@ class FaultStack(Stack):
         deadline = time.monotonic() + timeout
         groups = [self.broker.group_for(QUEUE), self.broker.group_for(f"{QUEUE}.DQ")]
         while True:
-            described = self.broker._admin_call("describe_groups", groups)
-            states = [(g["group_state"], len(g["members"])) for g in described.values()]
+            try:
+                described = self.broker._admin_call("describe_groups", groups)
+            except KafkaConnectionError as error:  # (no coordinator yet: a new cluster's offsets topic)
+                states = [str(error)]
+            else:
+                states = [(g["group_state"], len(g["members"])) for g in described.values()]
             if all(state == ("Stable", workers) for state in states):
                 return
             if time.monotonic() > deadline:
@@ -251,7 +255,11 @@ def make_stack(
         )
         stack.prefix = prefix
         stack.broker = KafkaBroker(
-            bootstrap_servers=kafka_bootstrap_servers, topic_prefix=prefix, group_id=GROUP_ID, middleware=[]
+            bootstrap_servers=kafka_bootstrap_servers,
+            topic_prefix=prefix,
+            group_id=GROUP_ID,
+            replication_factor=int(full_env.get("KAFKA_REPLICATION_FACTOR", "1")),
+            middleware=[],
         )
         stack.broker.declare_queue(QUEUE)
         made.append((stack, db_name))

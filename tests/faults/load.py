@@ -186,6 +186,7 @@ class Load:
         self.accepted: list[Accepted] = []
         self.statuses: collections.Counter[str] = collections.Counter()
         self.broken: list[str] = []  # answers that break a promise: 5xx other than 503, transport errors...
+        self.latencies: list[float] = []  # seconds each answer took, in the order they came
         self._todo: queue.SimpleQueue[Item] = queue.SimpleQueue()
         self._pending = 0
         self._lock = threading.Condition()
@@ -234,6 +235,7 @@ class Load:
     def _send(self, client: httpx.Client, item: Item) -> bool:
         """True once the item is settled (accepted, or refused for good); False to send it again."""
         path, body, content_type = item.request()
+        started = time.monotonic()
         try:
             response = client.post(path, content=body, headers={"content-type": content_type})
         except httpx.HTTPError as error:
@@ -241,6 +243,7 @@ class Load:
                 self.broken.append(f"{path}: {type(error).__name__}: {error}")
             return True
         with self._lock:
+            self.latencies.append(time.monotonic() - started)
             if self.figures is not None:
                 self.figures.requests += 1
             code = ""

@@ -1,0 +1,123 @@
+"""A Kafka of three nodes loses one node, then another, under load: the system carries on.
+
+Issue 6's "a Kafka of several brokers by configuration alone": the stack is the same web and worker
+processes as everywhere else, given ``KAFKA_BOOTSTRAP_SERVERS`` with three addresses and
+``KAFKA_REPLICATION_FACTOR=3`` and nothing more.  The cluster is started by ``scripts/kafka.sh`` with
+``LOCAL_KAFKA_NODES=3`` (:mod:`faults.cluster`), beside the session's single-node Kafka.
+
+A node is lost the hard way, ``kill -9``: its partitions have no leader until the controller fences it
+(``broker.session.timeout.ms``, 9 s by default), so requests in that window wait for Kafka -- up to
+``KAFKA_SEND_TIMEOUT_MS`` (10 s by default) -- and are then accepted; none may be lost or refused.
+"""
+
+from __future__ import annotations
+
+import collections
+import statistics
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from faults.cluster import LocalCluster
+from faults.load import Ledger, Load, Plan
+
+pytestmark = pytest.mark.slow
+
+#: How long each killed node stays away, in seconds: longer than the controller takes to fence it.
+AWAY_S = 15
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    """Three Kafka nodes of their own, removed (data and all) when the module ends."""
+    started = LocalCluster(nodes=3)
+    try:
+        started.up()
+        yield started
+    finally:
+        started.remove()
+
+
+@pytest.fixture(scope="module")
+def kafka_bootstrap_servers(cluster: LocalCluster) -> str:
+    """The stacks of this module run on the three-node cluster (``make_stack`` takes this address)."""
+    return cluster.bootstrap_servers
+
+
+def test_a_three_node_kafka_loses_a_node_by_restart_then_by_crash_under_load_and_nothing_accepted_is_lost(
+    cluster, make_stack, figures
+):
+    # Given web and two workers configured for the cluster by environment alone
+    stack = make_stack(workers=2, KAFKA_REPLICATION_FACTOR="3", KAFKA_SEND_TIMEOUT_MS="10000")
+    stack.wait_consuming(2)
+    processes = stack.alive()
+    queue = f"{stack.prefix}users"
+    topics = [queue, f"{queue}.DQ", f"{queue}.XQ"]
+    # (the broker made every topic with three replicas, and Kafka acknowledges a write once two have it)
+    for topic in topics:
+        assert {len(p["replica_nodes"]) for p in cluster.partitions(topic)} == {3}, topic
+        assert cluster.topic_config(topic, "min.insync.replicas") == "2", topic
+    # ...and a load of singles and batches under way
+    # (long enough to outlast both losses: about 70 s)
+    plan = Plan(uuid.uuid4().hex[:8], singles=3000, batches=12, batch_size=150)
+    load = Load(stack.url, plan, pace=0.08, figures=figures).start()
+    load.wait_accepted(plan.submissions // 6)
+
+    # When the node that coordinates the consumer groups is stopped (SIGTERM, as in a rolling restart) and
+    # started again 15 s later...
+    coordinator = cluster.partitions("__consumer_offsets")[0]["leader_id"]
+    restarted = _lose_node(cluster, coordinator, load, figures, crash=False)
+    cluster.wait_in_sync([*topics, "__consumer_offsets"])
+    statuses_after_restart = dict(load.statuses)
+    # ...then the node that leads most of the queue's partitions is killed (kill -9) and started again
+    leaders = collections.Counter(p["leader_id"] for p in cluster.partitions(queue))
+    leader = leaders.most_common(1)[0][0]
+    assert load.accepted_count < plan.submissions, "the load ended before the crash: slow it down"
+    crashed = _lose_node(cluster, leader, load, figures, crash=True)
+    assert load.accepted_count < plan.submissions, "the load ended before the crashed node was back"
+    cluster.wait_in_sync([*topics, "__consumer_offsets"])
+    load.join()
+    ledger = Ledger(stack, load)
+    ledger.settle()
+
+    # Then the web kept accepting while each node was away; through the restart it refused nothing, and
+    # through the crash at most what arrived before the controller fenced the dead node (the writes of
+    # its partitions wait for that), with 503 queue_unavailable and Retry-After
+    assert restarted > 0 and crashed > 0, (restarted, crashed)
+    assert load.broken == []
+    assert statuses_after_restart == {"202": statuses_after_restart["202"]}, statuses_after_restart
+    assert set(load.statuses) <= {"202", "503 queue_unavailable"}, load.statuses
+    assert load.statuses["503 queue_unavailable"] <= load.clients * 2, load.statuses
+    # ...every accepted submission has exactly one outcome, and no user row is there twice (a request
+    # answered 503 may still have reached Kafka after its timeout: it is then processed, harmlessly)
+    report = ledger.check(allow_orphans=True)
+    assert report.problems == []
+    assert report.lost == [] and report.duplicated == 0
+    assert sum(report.outcomes.values()) == plan.submissions
+    # ...and the same processes did it all: nothing had to be restarted
+    assert stack.alive() == processes
+    latencies = sorted(load.latencies)
+    figures.notes.append(
+        f"3-node Kafka: node {coordinator} (group coordinator) restarted, then node {leader} (queue "
+        f"leader) killed; accepted while away: {restarted}, {crashed}; 503 answers: "
+        f"{load.statuses['503 queue_unavailable']}; answer time p50 {statistics.median(latencies) * 1000:.0f}"
+        f" ms, p99 {latencies[int(len(latencies) * 0.99)] * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms"
+    )
+
+
+def _lose_node(cluster: LocalCluster, node: int, load: Load, figures, *, crash: bool) -> int:
+    """Take Kafka node ``node`` away (``kill -9`` or SIGTERM), wait :data:`AWAY_S`, start it again;
+    returns the submissions accepted meanwhile."""
+    before = load.accepted_count
+    if crash:
+        cluster.kill(node)
+        figures.faults.append("kill -9 of a kafka node (the queue's leader)")
+    else:
+        cluster.stop(node)
+        figures.faults.append("SIGTERM to a kafka node (the group coordinator)")
+    time.sleep(AWAY_S)
+    accepted = load.accepted_count - before
+    cluster.up()
+    return accepted
