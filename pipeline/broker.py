@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
 import signal
 import tempfile
@@ -27,7 +28,7 @@ from dramatiq.middleware import (
     prometheus,
 )
 
-from pipeline import settings
+from pipeline import logs, settings
 from pipeline.brokers.kafka import KafkaBroker
 
 #: The queue every actor of the service runs on.
@@ -94,6 +95,17 @@ class OneSigterm(dramatiq.Middleware):
         signal.signal(signal.SIGTERM, on_sigterm)
 
 
+class WorkerLogs(dramatiq.Middleware):
+    """In a worker process: every log record on one line (:func:`pipeline.logs.one_line`), at
+    ``LOG_LEVEL``, and kafka-python's connection chatter only from WARNING (unless ``LOG_LEVEL=DEBUG``)."""
+
+    def after_process_boot(self, broker: dramatiq.Broker) -> None:
+        logs.one_line()
+        logging.getLogger().setLevel(settings.LOG_LEVEL)
+        if settings.LOG_LEVEL != "DEBUG":
+            logging.getLogger("kafka").setLevel(logging.WARNING)
+
+
 class DurablePipelines(_FailWhenHandOffFails, Pipelines):
     """Dramatiq's ``Pipelines``; a next stage that cannot be enqueued fails the message."""
 
@@ -146,12 +158,31 @@ def middleware() -> list[dramatiq.Middleware]:
         ),
         CurrentMessage(),
         OneSigterm(),
+        WorkerLogs(),
     ]
     if settings.WORKER_METRICS_PORT:
-        # Dramatiq reads its exporter's port from the environment at import; settings own that here.
-        prometheus.HTTP_PORT = settings.WORKER_METRICS_PORT
-        chosen.insert(0, prometheus.Prometheus())
+        chosen.insert(0, WorkerMetrics())
     return chosen
+
+
+def serve_worker_metrics() -> int:
+    """Dramatiq's Prometheus exporter, on ``WORKER_METRICS_PORT``.
+
+    Dramatiq runs the exporter in a process forked from its *main* process, which never imports this
+    package: setting the port in the worker processes does not reach it, and Dramatiq's own exporter reads
+    ``dramatiq_prom_port`` only.  This function is the fork's entry point, so the port is set where the
+    server runs.
+    """
+    prometheus.HTTP_PORT = settings.WORKER_METRICS_PORT
+    return prometheus._run_exposition_server()
+
+
+class WorkerMetrics(prometheus.Prometheus):
+    """Dramatiq's ``Prometheus`` middleware whose exporter listens on ``WORKER_METRICS_PORT``."""
+
+    @property
+    def forks(self) -> list[Any]:
+        return [serve_worker_metrics]
 
 
 def build_broker(**overrides: Any) -> KafkaBroker:

@@ -36,7 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from pipeline import settings
+from pipeline import logs, settings
 from web import reads, ui
 from web.auth import BearerTokenMiddleware
 from web.batches import BodyChunks, accept_records, file_chunks
@@ -309,11 +309,9 @@ def create_app(
 
 
 def configure_logging() -> None:
-    """Log lines of the web's own modules to stderr at ``settings.LOG_LEVEL`` (uvicorn only sets up its own).
-
-    Does nothing when the root logger already has handlers (a test runner, an embedding application).
-    """
-    logging.basicConfig(level=settings.LOG_LEVEL, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Log the web's lines and uvicorn's to stdout at ``settings.LOG_LEVEL``, one line per event
+    (:mod:`pipeline.logs`); nothing changes when the root logger already has handlers (a test runner)."""
+    logs.configure(settings.LOG_LEVEL)
     if settings.LOG_LEVEL != "DEBUG":
         # kafka-python narrates every connection at INFO; its warnings and errors are what an operator needs.
         logging.getLogger("kafka").setLevel(logging.WARNING)

@@ -5,9 +5,11 @@ processes as everywhere else, given ``KAFKA_BOOTSTRAP_SERVERS`` with three addre
 ``KAFKA_REPLICATION_FACTOR=3`` and nothing more.  The cluster is started by ``scripts/kafka.sh`` with
 ``LOCAL_KAFKA_NODES=3`` (:mod:`faults.cluster`), beside the session's single-node Kafka.
 
-A node is lost the hard way, ``kill -9``: its partitions have no leader until the controller fences it
-(``broker.session.timeout.ms``, 9 s by default), so requests in that window wait for Kafka -- up to
-``KAFKA_SEND_TIMEOUT_MS`` (10 s by default) -- and are then accepted; none may be lost or refused.
+A node is taken away twice: by SIGTERM, as a rolling restart does (a controlled shutdown hands its
+leaderships over first: nobody waits), and by ``kill -9``.  After a crash, the partitions it led have no
+leader, and those it followed cannot take an ``acks=all`` write, until the controller fences the dead node
+(``broker.session.timeout.ms``, 9 s) -- about 12 s here.  Requests in that window wait; the default
+``KAFKA_SEND_TIMEOUT_MS`` (15 s) is chosen to outlast it, so they are accepted late, not refused.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import pytest
 
 from faults.cluster import LocalCluster
 from faults.load import Ledger, Load, Plan
+from pipeline.brokers.kafka import DEFAULT_SEND_TIMEOUT_MS
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +53,9 @@ def test_a_three_node_kafka_loses_a_node_by_restart_then_by_crash_under_load_and
     cluster, make_stack, figures
 ):
     # Given web and two workers configured for the cluster by environment alone
-    stack = make_stack(workers=2, KAFKA_REPLICATION_FACTOR="3", KAFKA_SEND_TIMEOUT_MS="10000")
+    stack = make_stack(
+        workers=2, KAFKA_REPLICATION_FACTOR="3", KAFKA_SEND_TIMEOUT_MS=str(DEFAULT_SEND_TIMEOUT_MS)
+    )
     stack.wait_consuming(2)
     processes = stack.alive()
     queue = f"{stack.prefix}users"
@@ -82,17 +87,14 @@ def test_a_three_node_kafka_loses_a_node_by_restart_then_by_crash_under_load_and
     ledger = Ledger(stack, load)
     ledger.settle()
 
-    # Then the web kept accepting while each node was away; through the restart it refused nothing, and
-    # through the crash at most what arrived before the controller fenced the dead node (the writes of
-    # its partitions wait for that), with 503 queue_unavailable and Retry-After
+    # Then the web kept accepting while each node was away, and refused nothing (the requests caught by
+    # the crash waited until the controller fenced the dead node, then were accepted)
     assert restarted > 0 and crashed > 0, (restarted, crashed)
     assert load.broken == []
     assert statuses_after_restart == {"202": statuses_after_restart["202"]}, statuses_after_restart
-    assert set(load.statuses) <= {"202", "503 queue_unavailable"}, load.statuses
-    assert load.statuses["503 queue_unavailable"] <= load.clients * 2, load.statuses
-    # ...every accepted submission has exactly one outcome, and no user row is there twice (a request
-    # answered 503 may still have reached Kafka after its timeout: it is then processed, harmlessly)
-    report = ledger.check(allow_orphans=True)
+    assert load.statuses == {"202": load.statuses["202"]}, load.statuses
+    # ...every accepted submission has exactly one outcome, and no user row is there twice
+    report = ledger.check()
     assert report.problems == []
     assert report.lost == [] and report.duplicated == 0
     assert sum(report.outcomes.values()) == plan.submissions

@@ -48,6 +48,12 @@ def test_a_short_postgres_outage_is_retried_and_everything_is_stored(make_stack,
     assert retried > 0
     assert stack.failed_count() == 0
     assert stack.alive() == processes
+    # ...and the workers told it one line per event, their tracebacks folded in (as a platform's log
+    # collector takes lines): every line is a record of Dramatiq's format, none a traceback's continuation
+    lines = stack.worker_log().splitlines()
+    assert any("Traceback (most recent call last):" in line for line in lines)
+    strays = [line for line in lines if not line.startswith("[")]
+    assert strays == [], strays[:5]
     figures.notes.append(f"messages retried while PostgreSQL was down: {retried}")
 
 
