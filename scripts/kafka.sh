@@ -126,15 +126,22 @@ all_answer() {
     [ "$NODES" = 1 ] || answers "$LOCAL_KAFKA_BOOTSTRAP_SERVERS" 2 "$NODES"
 }
 
-# The cluster id the nodes are formatted with: made once per LOCAL_KAFKA_DIR, for a given number of nodes
-# (the voters are part of what a node remembers, so another LOCAL_KAFKA_NODES needs a fresh directory).
+# Stops here, before any node starts, when LOCAL_KAFKA_DIR was formatted for another number of nodes (the
+# voters are part of what a node remembers, so another LOCAL_KAFKA_NODES needs a fresh directory).
+check_size() {
+    local id nodes
+    [ -f "$CLUSTER_FILE" ] || return 0
+    read -r id nodes <"$CLUSTER_FILE"
+    [ "$nodes" = "$NODES" ] || die "$KAFKA_DIR holds a Kafka of $nodes node(s), not LOCAL_KAFKA_NODES=$NODES: \
+run 'scripts/kafka.sh down' with LOCAL_KAFKA_NODES=$nodes and remove $KAFKA_DIR/node-* (its topics go), or set \
+LOCAL_KAFKA_DIR to another folder"
+}
+
+# The cluster id the nodes are formatted with: made once per LOCAL_KAFKA_DIR.
 cluster_id() {
     local id nodes
     if [ -f "$CLUSTER_FILE" ]; then
         read -r id nodes <"$CLUSTER_FILE"
-        [ "$nodes" = "$NODES" ] || die "$KAFKA_DIR holds a Kafka of $nodes node(s), not LOCAL_KAFKA_NODES=$NODES: \
-run 'scripts/kafka.sh down' with LOCAL_KAFKA_NODES=$nodes and remove $KAFKA_DIR/node-* (its topics go), or set \
-LOCAL_KAFKA_DIR to another folder"
         echo "$id"
         return 0
     fi
@@ -186,6 +193,7 @@ cmd_up() {
         return 0
     fi
     local node pid pids=()
+    check_size
     for ((node = 1; node <= NODES; node++)); do
         pid=$(running_pid "$node")
         if [ -n "$pid" ] && ! grep -q "^listeners=PLAINTEXT://$(node_address "$node")," "$(node_conf "$node")"; then
