@@ -530,8 +530,31 @@ class KafkaBroker(Broker):
                     raise MessageFailed(reasons[-1] if reasons else "a message failed")
                 return
             if deadline is not None and time.monotonic() >= deadline:
+                self.logger.warning("join(%r) timed out: %s", queue_name, self._join_state(queue_name))
                 raise QueueJoinTimeout(queue_name)
             time.sleep(0.05)
+
+    def _join_state(self, queue_name: str) -> str:
+        """What a timed-out ``join`` waited for: each topic's lag per partition, and its consumer group's
+        state, members and their partitions (to tell work not done from work nobody was given)."""
+        parts = []
+        for name in (queue_name, dq_name(queue_name)):
+            try:
+                lag = self.lag(name)
+                group = self.group_for(name)
+                described = self._admin_call("describe_groups", [group]).get(group, {})
+                members = [
+                    sorted(
+                        p
+                        for assigned in (m.get("member_assignment") or {}).get("assigned_partitions", [])
+                        for p in assigned["partitions"]
+                    )
+                    for m in described.get("members", [])
+                ]
+                parts.append(f"{name}: lag {lag}, group {described.get('group_state')} members {members}")
+            except Exception as error:  # a diagnostic must not hide the timeout
+                parts.append(f"{name}: cannot inspect ({type(error).__name__}: {error})")
+        return "; ".join(parts)
 
     # -- inspection ---------------------------------------------------------------------------------------
     def _partitions(self, topic: str) -> list[TopicPartition]:
@@ -832,10 +855,12 @@ class _KafkaConsumer(Consumer, AsyncConsumerRebalanceListener):
             committed = commits.get(tp)
             previous = self._revoked.pop(tp, None)
             if previous is not None and committed is not None and committed.offset == previous.committed:
-                # Nobody moved the partition on since we last owned it: carry on where we were.
+                # Nobody moved the partition on since we last owned it: carry on where we were.  Acks that
+                # came in while it was away are in its state but were never committed: commit them now.
                 self._states[tp] = previous
                 if previous.position is not None:
                     self._consumer.seek(tp, previous.position)
+                self._dirty = True
                 continue
             self._epoch += 1
             state = self._states[tp] = _PartitionState(self._epoch)

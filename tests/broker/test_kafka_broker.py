@@ -3,6 +3,7 @@ restarts, and records that are not Dramatiq messages.  Real Kafka, real worker p
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import os
 import signal
@@ -11,12 +12,14 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import dramatiq
 import kafka.errors
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
+from kafka.structs import OffsetAndMetadata
 
 from pipeline.brokers.kafka import KafkaBroker, _decode_acked, _encode_acked
 from tests.broker.conftest import delete_topics, make_kafka_broker
@@ -451,3 +454,84 @@ def test_admin_calls_are_made_again_while_a_coordinator_or_leader_moves(monkeypa
         with pytest.raises(dramatiq.errors.BrokerConnectionError):
             broker._admin_call("list_topics")
     assert flaky.calls == calls
+
+
+class _FakeKafkaConsumer:
+    """Just enough of kafka-python's ``KafkaConsumer`` for ``_KafkaConsumer``'s bookkeeping, driven by hand:
+    ``records`` are returned by the next ``poll``, ``committed`` answers offset fetches, commits are kept."""
+
+    def __init__(self) -> None:
+        self.records: dict[TopicPartition, list[SimpleNamespace]] = {}
+        self.committed: dict[TopicPartition, OffsetAndMetadata] = {}
+        self.commits: list[dict[TopicPartition, OffsetAndMetadata]] = []
+        self._coordinator = SimpleNamespace(
+            rejoining=False,
+            rejoin_needed=False,
+            fetch_committed_offsets_async=self._fetch_committed,
+            _commit_offsets_sync_async=self._commit_async,
+        )
+
+    async def _fetch_committed(self, partitions):
+        return {tp: self.committed.get(tp) for tp in partitions}
+
+    async def _commit_async(self, offsets, timeout_ms=None):
+        self.commit(offsets)
+
+    def commit(self, offsets, timeout_ms=None):
+        self.commits.append(dict(offsets))
+        self.committed.update(offsets)
+
+    def poll(self, timeout_ms=0, max_records=None):
+        records, self.records = self.records, {}
+        return records
+
+    def partitions_for_topic(self, topic):
+        return {0}
+
+    def subscribe(self, topics, listener=None):
+        pass
+
+    def seek(self, tp, offset):
+        pass
+
+    def pause(self, *partitions):
+        pass
+
+    def resume(self, *partitions):
+        pass
+
+    def assignment(self):
+        return set()
+
+    def paused(self):
+        return set()
+
+    def close(self, autocommit=False):
+        pass
+
+
+def test_an_ack_that_arrives_while_its_partition_is_away_is_committed_once_the_partition_is_back(monkeypatch):
+    # Given a consumer that was handed offset 0 of its partition (a delayed message, held until its eta)
+    broker = KafkaBroker(middleware=[], commit_interval_ms=0)
+    broker.declare_queue("default")
+    fake = _FakeKafkaConsumer()
+    monkeypatch.setattr(broker, "_new_consumer", lambda **options: fake)
+    monkeypatch.setattr(broker, "_ensure_topics", lambda queue_name: None)
+    consumer = broker.consume("default.DQ", prefetch=10, timeout=10)
+    tp = TopicPartition(broker.topic_for("default.DQ"), 0)
+    asyncio.run(consumer.on_partitions_assigned([tp]))
+    message = dramatiq.Message(queue_name="default.DQ", actor_name="later", args=(), kwargs={}, options={})
+    fake.records = {tp: [SimpleNamespace(offset=0, value=message.encode())]}
+    held = next(consumer)
+    assert held is not None
+
+    # When a rebalance takes the partition away (its commit point, 0, is committed), the message is acked
+    # meanwhile, and the rebalance gives the partition back unchanged
+    asyncio.run(consumer.on_partitions_revoked([tp]))
+    consumer.ack(held)
+    assert next(consumer) is None  # (the consumer thread goes on polling while the group rejoins)
+    asyncio.run(consumer.on_partitions_assigned([tp]))
+    assert next(consumer) is None
+
+    # Then the ack is committed: the partition's lag is 0, nothing would run again after a restart
+    assert fake.committed[tp].offset == 1, fake.commits
