@@ -868,6 +868,13 @@ class _KafkaConsumer(Consumer, AsyncConsumerRebalanceListener):
                 state.skip = _decode_acked(committed.offset, committed.metadata)
         self._revoked.clear()
         self.logger.info("Partitions assigned to %s: %s", self.topic, sorted(tp.partition for tp in assigned))
+        if not assigned:
+            self.logger.warning(
+                "No partition of %s is left for this consumer: its group has more consumers than the topic "
+                "has partitions, so some worker processes idle. Run fewer, or give the topic more partitions "
+                "(kafka-topics.sh --alter --partitions N; KAFKA_PARTITIONS for new topics).",
+                self.topic,
+            )
 
     # -- Consumer ---------------------------------------------------------------------------------------
     def ack(self, message: MessageProxy) -> None:

@@ -535,3 +535,20 @@ def test_an_ack_that_arrives_while_its_partition_is_away_is_committed_once_the_p
 
     # Then the ack is committed: the partition's lag is 0, nothing would run again after a restart
     assert fake.committed[tp].offset == 1, fake.commits
+
+
+def test_a_consumer_left_without_partitions_says_why_and_what_to_do(monkeypatch, caplog):
+    # Given a consumer of a group that has more members than its topic has partitions
+    broker = KafkaBroker(middleware=[])
+    broker.declare_queue("default")
+    monkeypatch.setattr(broker, "_new_consumer", lambda **options: _FakeKafkaConsumer())
+    monkeypatch.setattr(broker, "_ensure_topics", lambda queue_name: None)
+    consumer = broker.consume("default", prefetch=10, timeout=10)
+    # When the group's rebalance gives it no partition
+    with caplog.at_level("WARNING"):
+        asyncio.run(consumer.on_partitions_assigned([]))
+    # Then it warns, naming the topic and the cure
+    (warning,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert broker.topic_for("default") in warning.getMessage()
+    assert "more consumers than the topic has partitions" in warning.getMessage()
+    assert "KAFKA_PARTITIONS" in warning.getMessage()
