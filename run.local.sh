@@ -47,7 +47,12 @@ write_env() {
         echo "# Written by ./run.local.sh services up: the addresses of the services this checkout uses."
         printf 'export KAFKA_BOOTSTRAP_SERVERS=%q\n' "${KAFKA_BOOTSTRAP_SERVERS:-$LOCAL_KAFKA_BOOTSTRAP_SERVERS}"
         printf 'export DATABASE_URL=%q\n' "${DATABASE_URL:-$LOCAL_DATABASE_URL}"
-        [ -z "$(local_replication_factor)" ] || printf 'export KAFKA_REPLICATION_FACTOR=%q\n' "$(local_replication_factor)"
+        if [ -n "$(local_replication_factor)" ]; then
+            # (with these, scripts/kafka.sh and ./run.local.sh know the cluster for theirs)
+            printf 'export LOCAL_KAFKA_NODES=%q LOCAL_KAFKA_PORT=%q LOCAL_KAFKA_DIR=%q\n' \
+                "$LOCAL_KAFKA_NODES" "$LOCAL_KAFKA_PORT" "$LOCAL_KAFKA_DIR"
+            printf 'export KAFKA_REPLICATION_FACTOR=%q\n' "$(local_replication_factor)"
+        fi
     } >"$LOCAL_DIR/env.tmp"
     mv "$LOCAL_DIR/env.tmp" "$LOCAL_DIR/env"
     say "wrote .local/env (source it to reach the services)"

@@ -226,9 +226,13 @@ cmd_down() {
         say "Kafka at $KAFKA_BOOTSTRAP_SERVERS is not ours (KAFKA_BOOTSTRAP_SERVERS is set); leaving it alone"
         return 0
     fi
-    local node pid stopping=()
-    # All nodes at once: one by one, the last ones would wait for a controller quorum that has gone.
-    for ((node = NODES; node >= 1; node--)); do
+    local node dir pid stopping=()
+    # Every node this directory holds, whatever LOCAL_KAFKA_NODES says now; all at once: one by one, the
+    # last ones would wait for a controller quorum that has gone.
+    for dir in "$KAFKA_DIR"/node-*/; do
+        node=${dir%/}
+        node=${node##*/node-}
+        [[ $node =~ ^[0-9]+$ ]] || continue
         pid=$(running_pid "$node")
         [ -n "$pid" ] || continue
         say "stopping Kafka node $node (pid $pid)"
@@ -258,9 +262,7 @@ cmd_down() {
             sleep 0.2
         done
     done
-    for ((node = 1; node <= NODES; node++)); do
-        rm -f "$(node_pidfile "$node")"
-    done
+    rm -f "$KAFKA_DIR"/node-*/kafka.pid
     say "Kafka stopped"
 }
 
