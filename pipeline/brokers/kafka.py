@@ -70,8 +70,8 @@ DEFAULT_COMMIT_INTERVAL_MS = 100
 DEFAULT_DEAD_LETTER_RETENTION_MS = 14 * 24 * 3600 * 1000
 #: Time after which a silent consumer is dropped from its group, in milliseconds.
 DEFAULT_SESSION_TIMEOUT_MS = 10_000
-#: Attempts of an admin call that fails with a retriable error (a coordinator or leader on the move), and
-#: the pause before the second one, in seconds (it grows with each attempt).
+#: Attempts of an admin call that fails because a group coordinator or a partition leader is on the move
+#: (:data:`_MOVING`), and the pause before the second one, in seconds (it grows with each attempt).
 ADMIN_ATTEMPTS = 3
 ADMIN_RETRY_BACKOFF_S = 0.5
 #: The errors of a node that is not (or not yet) the one in charge: asking again, after a fresh metadata
