@@ -77,6 +77,12 @@ class Metrics:
             ["queue"],
             registry=self.registry,
         )
+        self.under_replicated = Gauge(
+            "kafka_under_replicated_partitions",
+            "Partitions of a queue's topic (queue, .DQ, .XQ) with fewer in-sync replicas than replicas.",
+            ["queue"],
+            registry=self.registry,
+        )
         self.broker_scrape_errors = Counter(
             "kafka_metrics_scrape_errors",
             "Scrapes of /metrics whose Kafka figures could not be read in time (they keep their last value).",
@@ -91,6 +97,9 @@ class Metrics:
             for partition, lag in broker.lag(name).items():
                 self.consumer_lag.labels(name, str(partition)).set(lag)
         self.failed_messages.labels(queue).set(broker.failed_count(queue))
+        if hasattr(broker, "under_replicated"):
+            for name, count in broker.under_replicated(queue).items():
+                self.under_replicated.labels(name).set(count)
 
     def render(self) -> Response:
         """The ``/metrics`` answer."""

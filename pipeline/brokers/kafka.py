@@ -613,6 +613,20 @@ class KafkaBroker(Broker):
         ]
         self._wait([self._send(self.topic_for(xq_name(queue_name)), value, None, headers)])
 
+    def under_replicated(self, queue_name: str) -> dict[str, int]:
+        """For the queue's three topics (queue, ``.DQ``, ``.XQ``), how many partitions have fewer in-sync
+        replicas than replicas: a Kafka node is away or behind, and one more loss could stop writes."""
+        self._ensure_topics(queue_name)
+        canonical = q_name(queue_name)
+        names = {self.topic_for(n): n for n in (canonical, dq_name(canonical), xq_name(canonical))}
+        described = self._admin_call("describe_topics", list(names))
+        return {
+            names[topic["name"]]: sum(
+                1 for p in topic["partitions"] if len(p["isr_nodes"]) < len(p["replica_nodes"])
+            )
+            for topic in described
+        }
+
     def failed_count(self, queue_name: str) -> int:
         """How many failed messages the queue's failed-message topic holds."""
         self._ensure_topics(queue_name)

@@ -552,3 +552,10 @@ def test_a_consumer_left_without_partitions_says_why_and_what_to_do(monkeypatch,
     assert broker.topic_for("default") in warning.getMessage()
     assert "more consumers than the topic has partitions" in warning.getMessage()
     assert "KAFKA_PARTITIONS" in warning.getMessage()
+
+
+def test_a_single_node_has_no_under_replicated_partition(kafka_broker):
+    # Given the queue's topics on a single node (one replica each, always in sync)
+    kafka_broker.declare_queue("default")
+    # When asked, Then every topic of the queue is named, with no partition under-replicated
+    assert kafka_broker.under_replicated("default") == {"default": 0, "default.DQ": 0, "default.XQ": 0}

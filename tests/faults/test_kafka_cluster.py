@@ -80,9 +80,18 @@ def test_a_three_node_kafka_loses_a_node_by_restart_then_by_crash_under_load_and
     leaders = collections.Counter(p["leader_id"] for p in cluster.partitions(queue))
     leader = leaders.most_common(1)[0][0]
     assert load.accepted_count < plan.submissions, "the load ended before the crash: slow it down"
-    crashed = _lose_node(cluster, leader, load, figures, crash=True)
+    under_replicated_while_away: list[float] = []
+    crashed = _lose_node(
+        cluster,
+        leader,
+        load,
+        figures,
+        crash=True,
+        while_away=lambda: under_replicated_while_away.append(_under_replicated(stack)),
+    )
     assert load.accepted_count < plan.submissions, "the load ended before the crashed node was back"
     cluster.wait_in_sync([*topics, "__consumer_offsets"])
+    under_replicated_after = _under_replicated(stack)
     load.join()
     ledger = Ledger(stack, load)
     ledger.settle()
@@ -98,6 +107,10 @@ def test_a_three_node_kafka_loses_a_node_by_restart_then_by_crash_under_load_and
     assert report.problems == []
     assert report.lost == [] and report.duplicated == 0
     assert sum(report.outcomes.values()) == plan.submissions
+    # ...the web's /metrics showed the queue's partitions under-replicated while the node was away, and
+    # none once it had caught up
+    assert under_replicated_while_away[0] > 0, under_replicated_while_away
+    assert under_replicated_after == 0
     # ...and the same processes did it all: nothing had to be restarted
     assert stack.alive() == processes
     latencies = sorted(load.latencies)
@@ -109,9 +122,11 @@ def test_a_three_node_kafka_loses_a_node_by_restart_then_by_crash_under_load_and
     )
 
 
-def _lose_node(cluster: LocalCluster, node: int, load: Load, figures, *, crash: bool) -> int:
-    """Take Kafka node ``node`` away (``kill -9`` or SIGTERM), wait :data:`AWAY_S`, start it again;
-    returns the submissions accepted meanwhile."""
+def _lose_node(
+    cluster: LocalCluster, node: int, load: Load, figures, *, crash: bool, while_away=lambda: None
+) -> int:
+    """Take Kafka node ``node`` away (``kill -9`` or SIGTERM), wait :data:`AWAY_S`, call ``while_away``,
+    start it again; returns the submissions accepted meanwhile."""
     before = load.accepted_count
     if crash:
         cluster.kill(node)
@@ -121,5 +136,19 @@ def _lose_node(cluster: LocalCluster, node: int, load: Load, figures, *, crash: 
         figures.faults.append("SIGTERM to a kafka node (the group coordinator)")
     time.sleep(AWAY_S)
     accepted = load.accepted_count - before
+    while_away()
     cluster.up()
     return accepted
+
+
+def _under_replicated(stack) -> float:
+    """``kafka_under_replicated_partitions{queue="users"}`` as the web's ``/metrics`` tells it."""
+    with stack.client() as client:
+        text = client.get("/metrics").text
+    values = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith('kafka_under_replicated_partitions{queue="users"}')
+    ]
+    assert len(values) == 1, [line for line in text.splitlines() if "under_replicated" in line]
+    return values[0]
