@@ -304,6 +304,7 @@ def test_a_csv_uploaded_through_the_page_is_followed_to_100_percent_and_its_coun
     assert page.text_content("#health-database") == "up"
     page.wait_for_function("/^\\d+ waiting$/.test(document.querySelector('#lag').textContent)")
     assert (page.text_content("#failed-messages") or "").isdigit()
+    assert page.text_content("#replicas") == "in sync"  # (one Kafka node: always)
     assert script_errors == []
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOT), full_page=True)

@@ -40,6 +40,9 @@ class InspectableBroker(StubBroker):
     def lag(self, queue_name: str) -> dict[int, int]:
         return {0: 5, 1: 2} if queue_name == "users" else {0: 1}
 
+    def under_replicated(self, queue_name: str) -> dict[str, int]:
+        return {"users": 2, "users.DQ": 0, "users.XQ": 1}
+
 
 class UnreachableBroker(StubBroker):
     """A StubBroker whose inspection fails as the KafkaBroker's does when Kafka is down."""
@@ -88,7 +91,12 @@ def test_the_overview_sums_the_lag_of_every_partition() -> None:
 
     # Then
     assert response.status_code == 200
-    assert response.json() == {"queue": "users", "failed_messages": 3, "lag": {"users": 7, "users.DQ": 1}}
+    assert response.json() == {
+        "queue": "users",
+        "failed_messages": 3,
+        "under_replicated": 3,
+        "lag": {"users": 7, "users.DQ": 1},
+    }
 
 
 def test_the_overview_answers_null_for_a_broker_that_cannot_be_inspected(client: TestClient) -> None:
@@ -100,6 +108,7 @@ def test_the_overview_answers_null_for_a_broker_that_cannot_be_inspected(client:
     assert response.json() == {
         "queue": "users",
         "failed_messages": None,
+        "under_replicated": None,
         "lag": {"users": None, "users.DQ": None},
     }
 

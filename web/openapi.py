@@ -262,10 +262,15 @@ _SCHEMAS: dict[str, Any] = {
     },
     "Overview": {
         "type": "object",
-        "required": ["queue", "failed_messages", "lag"],
+        "required": ["queue", "failed_messages", "under_replicated", "lag"],
         "properties": {
             "queue": {"type": "string"},
             "failed_messages": {"type": ["integer", "null"], "description": "On the failed-message topic."},
+            "under_replicated": {
+                "type": ["integer", "null"],
+                "description": "Partitions of the queue's topics with fewer in-sync replicas than replicas "
+                "(a Kafka node is away or behind); null when the broker cannot tell.",
+            },
             "lag": {
                 "type": "object",
                 "description": "Messages of each topic the workers have not acknowledged yet.",

@@ -61,10 +61,13 @@ def _inspect(broker: Any) -> dict[str, Any]:
     """Ask the broker (blocking) for the failed-message count and the lag of the queue and its delay queue."""
     failed_count = getattr(broker, "failed_count", None)
     lag = getattr(broker, "lag", None)
+    under_replicated = getattr(broker, "under_replicated", None)
     delay_queue = f"{QUEUE_NAME}.DQ"
     return {
         "queue": QUEUE_NAME,
         "failed_messages": None if failed_count is None else failed_count(QUEUE_NAME),
+        # Summed over the queue's topics: 0 means every replica is in sync (always, on one Kafka node).
+        "under_replicated": None if under_replicated is None else sum(under_replicated(QUEUE_NAME).values()),
         # lag() answers per partition; the page shows the sum (Kafka tools show the detail).
         "lag": {
             QUEUE_NAME: None if lag is None else sum(lag(QUEUE_NAME).values()),
@@ -74,7 +77,8 @@ def _inspect(broker: Any) -> dict[str, Any]:
 
 
 async def overview(request: Request) -> Response:
-    """``GET /api/overview``: ``{"queue", "failed_messages", "lag": {"users": n, "users.DQ": n}}``.
+    """``GET /api/overview``: ``{"queue", "failed_messages", "under_replicated", "lag": {"users": n,
+    "users.DQ": n}}``.
 
     ``lag`` counts the messages of each topic that the workers' consumer group has not acknowledged yet:
     work waiting for a worker.  503 ``kafka_unavailable`` when Kafka does not answer in time.

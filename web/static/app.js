@@ -275,9 +275,14 @@
       const failed = overview.failed_messages;
       if (failed === null || failed === undefined) badge("failed-messages", "n/a", "unknown");
       else badge("failed-messages", number.format(failed), failed > 0 ? "error" : "ok");
+      const under = overview.under_replicated;
+      if (under === null || under === undefined) badge("replicas", "n/a", "unknown");
+      else if (under === 0) badge("replicas", "in sync", "ok");
+      else badge("replicas", `${number.format(under)} under-replicated`, "busy");
     } catch (e) {
       badge("lag", "unavailable", "error");
       badge("failed-messages", "unavailable", "error");
+      badge("replicas", "unavailable", "error");
     }
     $("health-checked").textContent = `Checked ${new Date().toLocaleTimeString()}`;
   }
