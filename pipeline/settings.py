@@ -142,7 +142,7 @@ KAFKA_MIN_INSYNC_REPLICAS = _int("KAFKA_MIN_INSYNC_REPLICAS", 0, minimum=0)
 #: Retention of the failed-message (dead-letter) topics, in milliseconds (default 14 days).
 KAFKA_FAILED_RETENTION_MS = _int("KAFKA_FAILED_RETENTION_MS", 14 * 24 * 3600 * 1000, minimum=-1)
 #: How long ``enqueue`` waits for Kafka's acknowledgement before it raises, in milliseconds.
-KAFKA_SEND_TIMEOUT_MS = _int("KAFKA_SEND_TIMEOUT_MS", 15_000, minimum=1)
+KAFKA_SEND_TIMEOUT_MS = _int("KAFKA_SEND_TIMEOUT_MS", 20_000, minimum=1)
 #: ``PLAINTEXT``, ``SSL``, ``SASL_PLAINTEXT`` or ``SASL_SSL``.
 KAFKA_SECURITY_PROTOCOL = _kafka_security_protocol(_ENV)
 #: ``PLAIN``, ``SCRAM-SHA-256`` or ``SCRAM-SHA-512`` with a ``SASL_*`` protocol.

@@ -8,8 +8,8 @@ processes as everywhere else, given ``KAFKA_BOOTSTRAP_SERVERS`` with three addre
 A node is taken away twice: by SIGTERM, as a rolling restart does (a controlled shutdown hands its
 leaderships over first: nobody waits), and by ``kill -9``.  After a crash, the partitions it led have no
 leader, and those it followed cannot take an ``acks=all`` write, until the controller fences the dead node
-(``broker.session.timeout.ms``, 9 s) -- about 12 s here.  Requests in that window wait; the default
-``KAFKA_SEND_TIMEOUT_MS`` (15 s) is chosen to outlast it, so they are accepted late, not refused.
+(``broker.session.timeout.ms``, 9 s) -- 9 to 14 s here.  Requests in that window wait; the default
+``KAFKA_SEND_TIMEOUT_MS`` (20 s) is chosen to outlast it, so they are accepted late, not refused.
 """
 
 from __future__ import annotations
