@@ -248,7 +248,7 @@ class Knobs:
     linger_ms: int | None = None  # producer
     prefetch: int | None = None  # the Worker's queue prefetch, which is also our consumer's max_poll_records
     commit_interval_ms: int | None = None
-    poll_slice_ms: int | None = None  # pipeline.brokers.kafka._POLL_SLICE_MS
+    poll_slice_ms: int | None = None  # pipeline.brokers.kafka.consumer.POLL_SLICE_MS
     pure_python_crc: bool = False  # kafka-python's own CRC-32C even when the crc32c package is installed
 
 
@@ -265,7 +265,7 @@ def scenario_ours(
     import kafka.record.util as kafka_record_util
 
     from pipeline.broker import build_broker
-    from pipeline.brokers import kafka as ours
+    from pipeline.brokers.kafka import consumer as ours
 
     knobs = knobs or Knobs()
     overrides: dict[str, Any] = {}
@@ -273,10 +273,10 @@ def scenario_ours(
         overrides["producer_options"] = {"linger_ms": knobs.linger_ms}
     if knobs.commit_interval_ms is not None:
         overrides["commit_interval_ms"] = knobs.commit_interval_ms
-    saved_slice = ours._POLL_SLICE_MS
+    saved_slice = ours.POLL_SLICE_MS
     saved_crc = kafka_record_util.calc_crc32c.__defaults__
     if knobs.poll_slice_ms is not None:
-        ours._POLL_SLICE_MS = knobs.poll_slice_ms
+        ours.POLL_SLICE_MS = knobs.poll_slice_ms
     if knobs.pure_python_crc:
         kafka_record_util.calc_crc32c.__defaults__ = (kafka_record_util.crc32c_py,)
     broker = build_broker(
@@ -301,7 +301,7 @@ def scenario_ours(
         )
     finally:
         broker.close()
-        ours._POLL_SLICE_MS = saved_slice
+        ours.POLL_SLICE_MS = saved_slice
         kafka_record_util.calc_crc32c.__defaults__ = saved_crc
 
 
@@ -319,7 +319,7 @@ def scenario_ours_proc(ctx: Context, result: Result, *, batched: bool) -> None:
         partitions=PARTITIONS,
     )
     actor = dramatiq.actor(broker=broker, queue_name=QUEUE, actor_name=ACTOR)(lambda: None)
-    broker._ensure_topics(QUEUE)  # before the worker subscribes, so that its group gets partitions at once
+    broker.ensure_topics(QUEUE)  # before the worker subscribes, so that its group gets partitions at once
     env = {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": ",".join(ctx.kafka),

@@ -29,7 +29,7 @@ from dramatiq.middleware import (
 )
 
 from pipeline import logs, settings
-from pipeline.brokers.kafka import KafkaBroker
+from pipeline.brokers.kafka import KafkaBroker, compat
 
 #: The queue every actor of the service runs on.
 QUEUE = "users"
@@ -174,7 +174,7 @@ def serve_worker_metrics() -> int:
     server runs.
     """
     prometheus.HTTP_PORT = settings.WORKER_METRICS_PORT
-    return prometheus._run_exposition_server()
+    return compat.run_prometheus_exporter()
 
 
 class WorkerMetrics(prometheus.Prometheus):

@@ -51,17 +51,17 @@ def run(args: argparse.Namespace) -> int:
     """Carry out one ``dlq`` sub-command; returns the exit code."""
     broker.declare_queue(args.queue)
     if args.dlq_action == "count":
-        print(broker.failed_count(args.queue))
+        print(broker.admin.failed_count(args.queue))
     elif args.dlq_action == "list":
-        for failed in broker.failed_messages(args.queue, limit=args.limit):
+        for failed in broker.admin.failed_messages(args.queue, limit=args.limit):
             item = _as_dict(failed)
             actor = failed.message.actor_name if failed.message else "(not a Dramatiq message)"
             print(f"{item['partition']}/{item['offset']}  {item['failed_at']}  {actor}  {item['reason']}")
     elif args.dlq_action == "show":
-        for failed in broker.failed_messages(args.queue, limit=args.limit):
+        for failed in broker.admin.failed_messages(args.queue, limit=args.limit):
             print(json.dumps(_as_dict(failed), ensure_ascii=False, default=str))
     elif args.dlq_action == "replay":
-        replayed, left = broker.replay_failed(args.queue, limit=args.limit)
+        replayed, left = broker.admin.replay_failed(args.queue, limit=args.limit)
         print(
             f"replayed {replayed}; left {left} that are not Dramatiq messages (see `dlq show`, `dlq purge`)"
         )
@@ -72,5 +72,5 @@ def run(args: argparse.Namespace) -> int:
         ):
             print("nothing deleted")
             return 1
-        print(f"purged {broker.purge_failed(args.queue)}")
+        print(f"purged {broker.admin.purge_failed(args.queue)}")
     return 0

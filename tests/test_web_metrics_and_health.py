@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from dramatiq.brokers.stub import StubBroker
 from web_support import assert_error, make_client
 
@@ -33,7 +35,7 @@ def test_healthz_answers_ok(web_client):
 
 
 def make_ready_client(ping_error: Exception | None, database_error: Exception | None):
-    """An app whose broker has the ``ping`` a KafkaBroker has, and a database check; either may fail."""
+    """An app whose broker has the ``admin.ping`` a KafkaBroker has, and a database check; either may fail."""
     broker = StubBroker()
 
     def ping() -> None:
@@ -44,7 +46,7 @@ def make_ready_client(ping_error: Exception | None, database_error: Exception | 
         if database_error is not None:
             raise database_error
 
-    broker.ping = ping  # type: ignore[attr-defined]
+    broker.admin = SimpleNamespace(ping=ping)  # type: ignore[attr-defined]
     web_client = make_client(broker)
     web_client.app.state.database_check = database_check
     return web_client

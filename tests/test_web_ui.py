@@ -31,8 +31,8 @@ def client() -> Iterator[TestClient]:
         yield client
 
 
-class InspectableBroker(StubBroker):
-    """A StubBroker with the KafkaBroker's inspection methods, answering fixed numbers."""
+class _FixedAdmin:
+    """The KafkaBroker's ``admin`` operations, answering fixed numbers."""
 
     def failed_count(self, queue_name: str) -> int:
         return 3
@@ -44,8 +44,14 @@ class InspectableBroker(StubBroker):
         return {"users": 2, "users.DQ": 0, "users.XQ": 1}
 
 
-class UnreachableBroker(StubBroker):
-    """A StubBroker whose inspection fails as the KafkaBroker's does when Kafka is down."""
+class InspectableBroker(StubBroker):
+    """A StubBroker with the KafkaBroker's inspection operations (``admin``), answering fixed numbers."""
+
+    admin = _FixedAdmin()
+
+
+class _UnreachableAdmin:
+    """The KafkaBroker's ``admin`` operations, failing as they do when Kafka is down."""
 
     def failed_count(self, queue_name: str) -> int:
         from pipeline.brokers.kafka import KafkaConnectionError
@@ -54,6 +60,12 @@ class UnreachableBroker(StubBroker):
 
     def lag(self, queue_name: str) -> dict[int, int]:
         raise AssertionError("not reached")
+
+
+class UnreachableBroker(StubBroker):
+    """A StubBroker whose inspection fails as the KafkaBroker's does when Kafka is down."""
+
+    admin = _UnreachableAdmin()
 
 
 def test_the_page_and_its_assets_are_served(client: TestClient) -> None:

@@ -90,16 +90,17 @@ class Metrics:
         )
 
     def refresh_broker(self, broker: Any, queue: str) -> None:
-        """Read consumer lag and failed-message counts from a broker that can tell them (KafkaBroker)."""
-        if not (hasattr(broker, "lag") and hasattr(broker, "failed_count")):
+        """Read consumer lag and failed-message counts from a broker that can tell them (KafkaBroker's
+        ``admin``)."""
+        admin = getattr(broker, "admin", None)
+        if admin is None:
             return
         for name in (queue, f"{queue}.DQ"):
-            for partition, lag in broker.lag(name).items():
+            for partition, lag in admin.lag(name).items():
                 self.consumer_lag.labels(name, str(partition)).set(lag)
-        self.failed_messages.labels(queue).set(broker.failed_count(queue))
-        if hasattr(broker, "under_replicated"):
-            for name, count in broker.under_replicated(queue).items():
-                self.under_replicated.labels(name).set(count)
+        self.failed_messages.labels(queue).set(admin.failed_count(queue))
+        for name, count in admin.under_replicated(queue).items():
+            self.under_replicated.labels(name).set(count)
 
     def render(self) -> Response:
         """The ``/metrics`` answer."""

@@ -264,7 +264,7 @@ async def readyz(request: Request) -> Response:
     results: dict[str, str] = {}
 
     async def kafka() -> None:
-        ping = getattr(broker, "ping", None)
+        ping = getattr(getattr(broker, "admin", None), "ping", None)
         results["kafka"] = "unknown" if ping is None else await _check(ping)
 
     async def database() -> None:

@@ -59,9 +59,10 @@ async def index(request: Request) -> Response:
 
 def _inspect(broker: Any) -> dict[str, Any]:
     """Ask the broker (blocking) for the failed-message count and the lag of the queue and its delay queue."""
-    failed_count = getattr(broker, "failed_count", None)
-    lag = getattr(broker, "lag", None)
-    under_replicated = getattr(broker, "under_replicated", None)
+    admin = getattr(broker, "admin", None)  # KafkaBroker's operations; other brokers cannot tell
+    failed_count = getattr(admin, "failed_count", None)
+    lag = getattr(admin, "lag", None)
+    under_replicated = getattr(admin, "under_replicated", None)
     delay_queue = f"{QUEUE_NAME}.DQ"
     return {
         "queue": QUEUE_NAME,

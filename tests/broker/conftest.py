@@ -40,9 +40,9 @@ def make_kafka_broker(servers: str, prefix: str, **options: object) -> KafkaBrok
 def delete_topics(broker: KafkaBroker) -> None:
     """Remove the test's topics so that a long test run does not pile up partitions."""
     try:
-        names = [t for t in broker._admin_call("list_topics") if t.startswith(broker.topic_prefix)]
+        names = [t for t in broker.clients.admin_call("list_topics") if t.startswith(broker.topic_prefix)]
         if names:
-            broker._admin_call("delete_topics", names, raise_errors=False)
+            broker.clients.admin_call("delete_topics", names, raise_errors=False)
     except Exception:
         pass
 

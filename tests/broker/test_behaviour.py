@@ -22,7 +22,7 @@ def failed(broker: dramatiq.Broker, queue: str = "default") -> list[str]:
     """Names of the actors whose messages ended on the failed-message queue."""
     if isinstance(broker, StubBroker):
         return [m.actor_name for m in broker.dead_letters_by_queue[queue]]
-    return [f.message.actor_name for f in broker.failed_messages(queue) if f.message]
+    return [f.message.actor_name for f in broker.admin.failed_messages(queue) if f.message]
 
 
 def test_actors_run_every_message_sent(broker, worker):

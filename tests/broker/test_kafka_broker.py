@@ -21,7 +21,9 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.structs import OffsetAndMetadata
 
-from pipeline.brokers.kafka import KafkaBroker, _decode_acked, _encode_acked
+from pipeline.brokers.kafka import KafkaBroker
+from pipeline.brokers.kafka.clients import KafkaClients
+from pipeline.brokers.kafka.offsets import decode_acked, encode_acked
 from tests.broker.conftest import delete_topics, make_kafka_broker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,7 +119,7 @@ def test_two_worker_processes_share_the_queue_partitions(
         group = broker.group_for("default")
 
         def both_joined() -> bool:
-            described = broker._admin_call("describe_groups", [group]).get(group) or {}
+            described = broker.clients.admin_call("describe_groups", [group]).get(group) or {}
             return described.get("group_state") == "Stable" and len(described.get("members") or []) == 2
 
         wait_until(both_joined, timeout=120)
@@ -249,7 +251,8 @@ def test_delayed_messages_acked_behind_a_long_delay_are_not_run_again_after_a_re
         worker.start()
         # the new worker picks the long one up again (it was never acked)...
         wait_until(
-            lambda: sum(broker.lag("default.DQ").values()) == 1 and sum(broker.lag("default").values()) == 0
+            lambda: sum(broker.admin.lag("default.DQ").values()) == 1
+            and sum(broker.admin.lag("default").values()) == 0
         )
         time.sleep(1.0)
         worker.stop()
@@ -271,18 +274,18 @@ def test_a_record_that_is_not_a_dramatiq_message_goes_to_the_failed_topic(
     def fine(x: str) -> None:
         seen.append(x)
 
-    kafka_broker._ensure_topics("default")
+    kafka_broker.ensure_topics("default")
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap_servers)
     producer.send(kafka_broker.topic_for("default"), b"\xff not json").get(10)
     producer.close()
     fine.send("ok")
 
     # When the worker drains the queue
-    kafka_broker.join("default", timeout=60_000)
+    kafka_broker.join("default", timeout=60_000, fail_fast=False)
 
     # Then the real message ran and the garbage is on the failed topic with its reason
     assert seen == ["ok"]
-    failed = list(kafka_broker.failed_messages("default"))
+    failed = list(kafka_broker.admin.failed_messages("default"))
     assert [f.raw for f in failed] == [b"\xff not json"]
     assert failed[0].message is None and failed[0].reason.startswith("DecodeError")
 
@@ -300,19 +303,20 @@ def test_failed_messages_can_be_replayed_onto_their_queue(kafka_broker: KafkaBro
 
     for n in range(3):
         picky.send(n)
-    kafka_broker.join("default", timeout=60_000)
-    assert kafka_broker.failed_count("default") == 3
-    assert all(f.reason == "RuntimeError: not now" for f in kafka_broker.failed_messages("default"))
+    with pytest.raises(RuntimeError, match="not now"):  # join re-raises the actor's own exception
+        kafka_broker.join("default", timeout=60_000)
+    assert kafka_broker.admin.failed_count("default") == 3
+    assert all(f.reason == "RuntimeError: not now" for f in kafka_broker.admin.failed_messages("default"))
 
     # When the cause is fixed and the failed messages are replayed
     allowed.set()
-    replayed, left = kafka_broker.replay_failed("default")
+    replayed, left = kafka_broker.admin.replay_failed("default")
     kafka_broker.join("default", timeout=60_000)
 
     # Then they ran and the failed topic is empty
     assert (replayed, left) == (3, 0)
     assert sorted(done) == [0, 1, 2]
-    assert kafka_broker.failed_count("default") == 0
+    assert kafka_broker.admin.failed_count("default") == 0
 
 
 def test_enqueue_raises_a_broker_error_when_kafka_cannot_be_reached():
@@ -333,14 +337,14 @@ def test_enqueue_raises_a_broker_error_when_kafka_cannot_be_reached():
 def test_acked_offsets_survive_the_round_trip_through_commit_metadata(acked):
     # Given offsets acked above a commit point of 10
     # When they are encoded into commit metadata and decoded again
-    decoded = _decode_acked(10, _encode_acked(10, acked))
+    decoded = decode_acked(10, encode_acked(10, acked))
 
     # Then what fits comes back exactly, and what does not fit is left out (to be redelivered)
     assert decoded <= acked
     if len(acked) < 100:
         assert decoded == acked
     else:
-        assert len(_encode_acked(10, acked)) <= 4000 + len("acked:")
+        assert len(encode_acked(10, acked)) <= 4000 + len("acked:")
 
 
 def test_sends_inside_a_batch_block_are_all_acknowledged_when_it_ends(kafka_broker, kafka_worker):
@@ -398,11 +402,11 @@ def test_the_topics_a_broker_creates_carry_its_min_insync_replicas(kafka_bootstr
     try:
         broker.declare_queue("default")
         # When it creates the queue's topics
-        broker._ensure_topics("default")
+        broker.ensure_topics("default")
         # Then each of the three has it as a topic config of its own (not the brokers' default)
         for name in ("default", "default.DQ", "default.XQ"):
             topic = broker.topic_for(name)
-            described = broker._admin_call(
+            described = broker.clients.admin_call(
                 "describe_configs", [ConfigResource(ConfigResourceType.TOPIC, topic)]
             )
             entry = described["topic"][topic]["min.insync.replicas"]
@@ -443,16 +447,16 @@ class _FlakyAdmin:
 )
 def test_admin_calls_are_made_again_while_a_coordinator_or_leader_moves(monkeypatch, errors, calls, answers):
     # Given a broker whose admin client fails with these errors before it answers
-    monkeypatch.setattr("pipeline.brokers.kafka.ADMIN_RETRY_BACKOFF_S", 0)
+    monkeypatch.setattr("pipeline.brokers.kafka.clients.ADMIN_RETRY_BACKOFF_S", 0)
     broker = KafkaBroker(middleware=[])
     flaky = _FlakyAdmin(list(errors))
-    monkeypatch.setattr(KafkaBroker, "admin", property(lambda self: flaky))
+    monkeypatch.setattr(KafkaClients, "admin", property(lambda self: flaky))
     # When a call is made, Then it answers, or raises the broker's connection error, after so many calls
     if answers:
-        assert broker._admin_call("list_topics") == ["answered"]
+        assert broker.clients.admin_call("list_topics") == ["answered"]
     else:
         with pytest.raises(dramatiq.errors.BrokerConnectionError):
-            broker._admin_call("list_topics")
+            broker.clients.admin_call("list_topics")
     assert flaky.calls == calls
 
 
@@ -515,11 +519,11 @@ def test_an_ack_that_arrives_while_its_partition_is_away_is_committed_once_the_p
     broker = KafkaBroker(middleware=[], commit_interval_ms=0)
     broker.declare_queue("default")
     fake = _FakeKafkaConsumer()
-    monkeypatch.setattr(broker, "_new_consumer", lambda **options: fake)
-    monkeypatch.setattr(broker, "_ensure_topics", lambda queue_name: None)
+    monkeypatch.setattr(broker.clients, "new_consumer", lambda **options: fake)
+    monkeypatch.setattr(broker, "ensure_topics", lambda queue_name: None)
     consumer = broker.consume("default.DQ", prefetch=10, timeout=10)
     tp = TopicPartition(broker.topic_for("default.DQ"), 0)
-    asyncio.run(consumer.on_partitions_assigned([tp]))
+    asyncio.run(consumer.listener.on_partitions_assigned([tp]))
     message = dramatiq.Message(queue_name="default.DQ", actor_name="later", args=(), kwargs={}, options={})
     fake.records = {tp: [SimpleNamespace(offset=0, value=message.encode())]}
     held = next(consumer)
@@ -527,10 +531,10 @@ def test_an_ack_that_arrives_while_its_partition_is_away_is_committed_once_the_p
 
     # When a rebalance takes the partition away (its commit point, 0, is committed), the message is acked
     # meanwhile, and the rebalance gives the partition back unchanged
-    asyncio.run(consumer.on_partitions_revoked([tp]))
+    asyncio.run(consumer.listener.on_partitions_revoked([tp]))
     consumer.ack(held)
     assert next(consumer) is None  # (the consumer thread goes on polling while the group rejoins)
-    asyncio.run(consumer.on_partitions_assigned([tp]))
+    asyncio.run(consumer.listener.on_partitions_assigned([tp]))
     assert next(consumer) is None
 
     # Then the ack is committed: the partition's lag is 0, nothing would run again after a restart
@@ -541,12 +545,12 @@ def test_a_consumer_left_without_partitions_says_why_and_what_to_do(monkeypatch,
     # Given a consumer of a group that has more members than its topic has partitions
     broker = KafkaBroker(middleware=[])
     broker.declare_queue("default")
-    monkeypatch.setattr(broker, "_new_consumer", lambda **options: _FakeKafkaConsumer())
-    monkeypatch.setattr(broker, "_ensure_topics", lambda queue_name: None)
+    monkeypatch.setattr(broker.clients, "new_consumer", lambda **options: _FakeKafkaConsumer())
+    monkeypatch.setattr(broker, "ensure_topics", lambda queue_name: None)
     consumer = broker.consume("default", prefetch=10, timeout=10)
     # When the group's rebalance gives it no partition
     with caplog.at_level("WARNING"):
-        asyncio.run(consumer.on_partitions_assigned([]))
+        asyncio.run(consumer.listener.on_partitions_assigned([]))
     # Then it warns, naming the topic and the cure
     (warning,) = [r for r in caplog.records if r.levelname == "WARNING"]
     assert broker.topic_for("default") in warning.getMessage()
@@ -558,4 +562,4 @@ def test_a_single_node_has_no_under_replicated_partition(kafka_broker):
     # Given the queue's topics on a single node (one replica each, always in sync)
     kafka_broker.declare_queue("default")
     # When asked, Then every topic of the queue is named, with no partition under-replicated
-    assert kafka_broker.under_replicated("default") == {"default": 0, "default.DQ": 0, "default.XQ": 0}
+    assert kafka_broker.admin.under_replicated("default") == {"default": 0, "default.DQ": 0, "default.XQ": 0}

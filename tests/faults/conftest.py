@@ -131,7 +131,7 @@ class FaultStack(Stack):
 
     def drained(self) -> bool:
         """True when the queue and its delay queue hold no message that was not acked."""
-        return all(sum(self.broker.lag(name).values()) == 0 for name in (QUEUE, f"{QUEUE}.DQ", QUEUE))
+        return all(sum(self.broker.admin.lag(name).values()) == 0 for name in (QUEUE, f"{QUEUE}.DQ", QUEUE))
 
     def wait_consuming(self, workers: int, timeout: float = 60) -> None:
         """Wait until ``workers`` worker processes share the queue: its consumer group (and the delay
@@ -141,7 +141,7 @@ class FaultStack(Stack):
         groups = [self.broker.group_for(QUEUE), self.broker.group_for(f"{QUEUE}.DQ")]
         while True:
             try:
-                described = self.broker._admin_call("describe_groups", groups)
+                described = self.broker.clients.admin_call("describe_groups", groups)
             except KafkaConnectionError as error:  # (no coordinator yet: a new cluster's offsets topic)
                 states = [str(error)]
             else:
@@ -153,10 +153,10 @@ class FaultStack(Stack):
             time.sleep(0.2)
 
     def failed_count(self) -> int:
-        return self.broker.failed_count(QUEUE)
+        return self.broker.admin.failed_count(QUEUE)
 
     def failed_messages(self) -> list[Any]:
-        return list(self.broker.failed_messages(QUEUE))
+        return list(self.broker.admin.failed_messages(QUEUE))
 
     def cli(self, *args: str) -> str:
         """Run ``python -m pipeline ARGS`` with the stack's environment; returns its output."""

@@ -1,0 +1,49 @@
+"""A Dramatiq broker on Apache Kafka, built on kafka-python.  The only package that imports kafka-python;
+it knows nothing about users.
+
+Topics (``prefix`` is the broker's ``topic_prefix``)::
+
+    <prefix><queue>        the queue: one topic, ``partitions`` partitions
+    <prefix><queue>.DQ     its delay queue (Dramatiq's ``dq_name``): messages with an ``eta``
+    <prefix><queue>.XQ     its failed messages (Dramatiq's ``xq_name``), with the failure reason in headers
+
+Consumers join one consumer group per topic (``<prefix><group_id>.<topic>``), so that any number of worker
+processes on any number of hosts share a queue's partitions.
+
+The modules, by what they hold:
+
+* :mod:`.broker`: :class:`KafkaBroker`, the transport (declare, enqueue, consume, join, flush, close);
+* :mod:`.consumer`: the consumer of one topic; :mod:`.rebalance`: what it does when partitions move;
+* :mod:`.offsets`: per-partition ack bookkeeping and the acked offsets kept in commit metadata;
+* :mod:`.admin`: :class:`KafkaAdmin` (``broker.admin``): lag, replicas, failed messages and their replay;
+* :mod:`.deadletters`: the failed-message records; :mod:`.clients`: the kafka-python clients;
+* :mod:`.errors`: the error tree; :mod:`.compat`: every private kafka-python and Dramatiq name we use.
+"""
+
+from .admin import KafkaAdmin
+from .broker import (
+    DEFAULT_COMMIT_INTERVAL_MS,
+    DEFAULT_DEAD_LETTER_RETENTION_MS,
+    DEFAULT_PARTITIONS,
+    DEFAULT_REPLICATION_FACTOR,
+    DEFAULT_SEND_TIMEOUT_MS,
+    KafkaBroker,
+)
+from .deadletters import HEADER_ORIGIN, HEADER_QUEUE, HEADER_REASON, FailedMessage
+from .errors import KafkaConnectionError, MessageFailed
+
+__all__ = [
+    "DEFAULT_COMMIT_INTERVAL_MS",
+    "DEFAULT_DEAD_LETTER_RETENTION_MS",
+    "DEFAULT_PARTITIONS",
+    "DEFAULT_REPLICATION_FACTOR",
+    "DEFAULT_SEND_TIMEOUT_MS",
+    "HEADER_ORIGIN",
+    "HEADER_QUEUE",
+    "HEADER_REASON",
+    "FailedMessage",
+    "KafkaAdmin",
+    "KafkaBroker",
+    "KafkaConnectionError",
+    "MessageFailed",
+]

@@ -1,0 +1,205 @@
+"""Operations on a broker's topics and groups that are not the transport: lag, replicas, failed messages.
+
+The web's health and metrics, the ``dlq`` commands and ``KafkaBroker.join`` use them through
+``broker.admin``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from dramatiq.common import dq_name, q_name, xq_name
+from dramatiq.message import Message
+from kafka import TopicPartition
+from kafka.admin import OffsetSpec
+from kafka.errors import KafkaError
+
+from .deadletters import FailedMessage
+from .errors import KafkaConnectionError
+from .offsets import decode_acked
+
+if TYPE_CHECKING:
+    from .broker import KafkaBroker
+
+
+class KafkaAdmin:
+    """What an operator asks of a broker's queues.
+
+    Parameters:
+      broker(KafkaBroker): The broker whose queues, topics and clients these operations use.
+
+    >>> broker.admin.lag("users")
+    {0: 0, 1: 3, 2: 0}
+    """
+
+    def __init__(self, broker: KafkaBroker) -> None:
+        self.broker = broker
+        self.clients = broker.clients
+
+    # -- health -------------------------------------------------------------------------------------------
+    def ping(self) -> None:
+        """Raise :class:`KafkaConnectionError` unless Kafka answers a metadata request."""
+        self.clients.admin_call("list_topics")
+
+    def lag(self, queue_name: str) -> dict[int, int]:
+        """Messages of a queue (or ``.DQ``) not yet acked by its consumer group, per partition."""
+        starts, ends = self._bounds(self.broker.topic_for(queue_name))
+        group = self.broker.group_for(queue_name)
+        committed = self.clients.admin_call("list_group_offsets", {group: list(ends)}).get(group, {})
+        lags = {}
+        for tp, end in ends.items():
+            start = starts.get(tp, 0)
+            done = committed.get(tp)
+            if done is None or done.offset < 0:
+                lags[tp.partition] = max(0, end - start)
+                continue
+            position = max(done.offset, start)
+            acked_above = sum(1 for o in decode_acked(done.offset, done.metadata) if position <= o < end)
+            lags[tp.partition] = max(0, end - position - acked_above)
+        return lags
+
+    def under_replicated(self, queue_name: str) -> dict[str, int]:
+        """For the queue's three topics (queue, ``.DQ``, ``.XQ``), how many partitions have fewer in-sync
+        replicas than replicas: a Kafka node is away or behind, and one more loss could stop writes."""
+        canonical = q_name(queue_name)
+        self.broker.ensure_topics(canonical)
+        names = {self.broker.topic_for(n): n for n in (canonical, dq_name(canonical), xq_name(canonical))}
+        described = self.clients.admin_call("describe_topics", list(names))
+        return {
+            names[topic["name"]]: sum(
+                1 for p in topic["partitions"] if len(p["isr_nodes"]) < len(p["replica_nodes"])
+            )
+            for topic in described
+        }
+
+    def group_state(self, queue_name: str) -> str:
+        """Each topic's lag and its consumer group's state and members' partitions (for a timed-out join:
+        to tell work not done from work nobody was given)."""
+        parts = []
+        for name in (queue_name, dq_name(queue_name)):
+            try:
+                lag = self.lag(name)
+                group = self.broker.group_for(name)
+                described = self.clients.admin_call("describe_groups", [group]).get(group, {})
+                members = [
+                    sorted(
+                        p
+                        for assigned in (m.get("member_assignment") or {}).get("assigned_partitions", [])
+                        for p in assigned["partitions"]
+                    )
+                    for m in described.get("members", [])
+                ]
+                parts.append(f"{name}: lag {lag}, group {described.get('group_state')} members {members}")
+            except Exception as error:  # a diagnostic must not hide what it diagnoses
+                parts.append(f"{name}: cannot inspect ({type(error).__name__}: {error})")
+        return "; ".join(parts)
+
+    # -- failed messages ----------------------------------------------------------------------------------
+    def failed_count(self, queue_name: str) -> int:
+        """How many failed messages the queue's failed-message topic holds."""
+        self.broker.ensure_topics(queue_name)
+        starts, ends = self._bounds(self.broker.topic_for(xq_name(queue_name)))
+        return sum(end - starts.get(tp, 0) for tp, end in ends.items())
+
+    def failed_messages(self, queue_name: str, *, limit: int | None = None) -> Iterator[FailedMessage]:
+        """Read the queue's failed messages, oldest first per partition, without consuming them."""
+        self.broker.ensure_topics(queue_name)
+        topic = self.broker.topic_for(xq_name(queue_name))
+        starts, ends = self._bounds(topic)
+        remaining = {tp: end for tp, end in ends.items() if end > starts.get(tp, 0)}
+        if not remaining:
+            return
+        reader = self.clients.new_consumer(group_id=None, enable_auto_commit=False)
+        try:
+            reader.assign(list(remaining))
+            for tp in remaining:
+                reader.seek(tp, starts.get(tp, 0))
+            seen = 0
+            deadline = time.monotonic() + self.clients.timeout_ms / 1000
+            while remaining and time.monotonic() < deadline:
+                for tp, records in reader.poll(timeout_ms=200).items():
+                    for record in records:
+                        if tp not in remaining or record.offset >= remaining[tp]:
+                            continue
+                        yield FailedMessage.from_record(record)
+                        seen += 1
+                        if limit is not None and seen >= limit:
+                            return
+                        if record.offset + 1 >= remaining[tp]:
+                            del remaining[tp]
+        except KafkaError as e:
+            raise KafkaConnectionError(f"cannot read {topic!r}: {e}") from None
+        finally:
+            reader.close(autocommit=False)
+
+    def replay_failed(self, queue_name: str, *, limit: int | None = None) -> tuple[int, int]:
+        """Put failed messages back on their queue, with their retry count reset, and remove them.
+
+        Records that are not Dramatiq messages cannot be replayed: they stay (see ``purge_failed``), and so
+        does everything after them in their partition.  Returns (replayed, left).
+        """
+        replayable: dict[int, list[FailedMessage]] = defaultdict(list)
+        blocked: set[int] = set()
+        left = 0
+        for failed in self.failed_messages(queue_name, limit=limit):
+            if failed.message is None or failed.partition in blocked:
+                blocked.add(failed.partition)
+                left += 1
+                continue
+            replayable[failed.partition].append(failed)
+        fresh = [
+            _fresh_copy(item.message, queue_name)
+            for items in replayable.values()
+            for item in items
+            if item.message is not None
+        ]
+        if fresh:
+            self.broker.enqueue_many(fresh)
+            topic = self.broker.topic_for(xq_name(queue_name))
+            cut = {TopicPartition(topic, p): items[-1].offset + 1 for p, items in replayable.items()}
+            self.clients.admin_call("delete_records", cut, timeout_ms=self.clients.timeout_ms)
+            # Replayed, they are no longer failed: ``join`` stops re-raising their exceptions.
+            self.broker.failures_by_queue.pop(q_name(queue_name), None)
+        return len(fresh), left
+
+    def purge_failed(self, queue_name: str) -> int:
+        """Delete every failed message of a queue; returns how many there were."""
+        count = self.failed_count(queue_name)
+        self.broker.flush(xq_name(queue_name))
+        return count
+
+    # -- records ------------------------------------------------------------------------------------------
+    def delete_records(self, queue_name: str) -> None:
+        """Delete every record of a queue's (or ``.DQ``'s, ``.XQ``'s) topic, for every consumer group."""
+        self.broker.ensure_topics(queue_name)
+        ends = self._offsets_of(self._partitions(self.broker.topic_for(queue_name)), OffsetSpec.LATEST)
+        if ends:
+            self.clients.admin_call("delete_records", ends, timeout_ms=self.clients.timeout_ms)
+
+    def _partitions(self, topic: str) -> list[TopicPartition]:
+        described = self.clients.admin_call("describe_topics", [topic])
+        return [TopicPartition(topic, p["partition_index"]) for d in described for p in d["partitions"]]
+
+    def _offsets_of(self, partitions: list[TopicPartition], spec: OffsetSpec) -> dict[TopicPartition, int]:
+        if not partitions:
+            return {}
+        found = self.clients.admin_call("list_partition_offsets", dict.fromkeys(partitions, spec))
+        return {tp: value.offset for tp, value in found.items()}
+
+    def _bounds(self, topic: str) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
+        """(first offset, end offset) of every partition of ``topic``, describing the topic once."""
+        partitions = self._partitions(topic)
+        return self._offsets_of(partitions, OffsetSpec.EARLIEST), self._offsets_of(
+            partitions, OffsetSpec.LATEST
+        )
+
+
+def _fresh_copy(message: Message[Any], queue_name: str) -> Message[Any]:
+    """A failed message as it is replayed: on its queue, with its retries, traceback and eta dropped."""
+    dropped = {"retries", "traceback", "eta"}
+    options = {k: v for k, v in message.options.items() if k not in dropped}
+    return dataclasses.replace(message, queue_name=q_name(queue_name), options=options)

@@ -1,0 +1,391 @@
+"""The Kafka broker: Dramatiq's transport on Apache Kafka topics."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import dramatiq
+from dramatiq.broker import Broker, Consumer, MessageProxy
+from dramatiq.common import current_millis, dq_name, q_name, xq_name
+from dramatiq.errors import QueueJoinTimeout, QueueNotFound
+from dramatiq.message import Message
+from kafka.errors import KafkaError, MessageSizeTooLargeError
+
+from .admin import KafkaAdmin
+from .clients import KafkaClients
+from .consumer import _KafkaConsumer
+from .deadletters import failure_headers
+from .errors import KafkaConnectionError, MessageFailed
+
+#: Partitions of each topic the broker creates.
+DEFAULT_PARTITIONS = 6
+#: Replication factor of each topic the broker creates.
+DEFAULT_REPLICATION_FACTOR = 1
+#: How long ``enqueue`` waits for Kafka's acknowledgement before it raises, in milliseconds: longer than a
+#: Kafka cluster takes to move the partitions of a crashed node (its ``broker.session.timeout.ms``, then an
+#: election and a metadata refresh), so that losing one node of several delays writes but fails none.
+DEFAULT_SEND_TIMEOUT_MS = 20_000
+#: Most time between two offset commits of a busy consumer, in milliseconds.
+DEFAULT_COMMIT_INTERVAL_MS = 100
+#: Retention of the failed-message topics, in milliseconds (14 days).
+DEFAULT_DEAD_LETTER_RETENTION_MS = 14 * 24 * 3600 * 1000
+#: Most failures of one queue kept in memory for ``join(fail_fast=True)`` to re-raise.
+_KEPT_FAILURES = 16
+#: Kafka's error code for a topic that exists already.
+_TOPIC_ALREADY_EXISTS = 36
+#: How often ``join`` looks at the consumer groups' lag, in seconds.
+_JOIN_POLL_S = 0.05
+
+
+class KafkaBroker(Broker):
+    """A Dramatiq broker that carries messages on Apache Kafka.
+
+    Each queue is a topic, with a ``.DQ`` topic for delayed messages and an ``.XQ`` topic for failed ones
+    (Dramatiq's ``dq_name`` and ``xq_name``).  Delivery is at least once: ``enqueue`` returns once Kafka
+    has acknowledged the record (``acks=all``), and a consumer commits an offset only once its message
+    was acked.
+
+    Parameters:
+      bootstrap_servers(str | list[str]): Kafka's ``host:port`` addresses.
+      middleware(list[Middleware]): The middleware to add to this broker (Dramatiq's defaults when None).
+      topic_prefix(str): Put in front of every topic and consumer group name.
+      group_id(str): Base name of the consumer groups; one group per topic is derived from it.
+      client_id(str): Reported to Kafka by every client.
+      partitions(int): Partitions of the topics this broker creates.  Existing topics are used as they are.
+      replication_factor(int): Replication factor of the topics this broker creates.
+      min_insync_replicas(int | None): ``min.insync.replicas`` of the topics this broker creates: how many
+        replicas must have a message before Kafka acknowledges it.  None means 2 when the replication
+        factor is 3 or more (one node may go, and nothing acknowledged is on one node only), else the
+        Kafka brokers' own default.
+      dead_letter_retention_ms(int): ``retention.ms`` of the failed-message topics this broker creates.
+      send_timeout_ms(int): How long ``enqueue`` waits for Kafka's acknowledgement before raising.
+      commit_interval_ms(int): Most time between offset commits while messages are being acked.
+      fail_fast_default(bool): What ``join`` does when its ``fail_fast`` is None, as on ``StubBroker``.
+      client_options(dict): kafka-python options given to every client (security, timeouts...); each
+        client takes the ones it knows.
+      producer_options(dict), consumer_options(dict), admin_options(dict): Options for one kind of client.
+
+    Raises:
+      ValueError: If ``min_insync_replicas`` is one Kafka could never meet.
+
+    >>> from pipeline.brokers.kafka import KafkaBroker
+    >>> broker = KafkaBroker(bootstrap_servers="127.0.0.1:9092", topic_prefix="dev.")
+    >>> dramatiq.set_broker(broker)
+    """
+
+    def __init__(
+        self,
+        *,
+        bootstrap_servers: str | Sequence[str] = "127.0.0.1:9092",
+        middleware: list[dramatiq.Middleware] | None = None,
+        topic_prefix: str = "",
+        group_id: str = "dramatiq",
+        client_id: str = "dramatiq",
+        partitions: int = DEFAULT_PARTITIONS,
+        replication_factor: int = DEFAULT_REPLICATION_FACTOR,
+        min_insync_replicas: int | None = None,
+        dead_letter_retention_ms: int = DEFAULT_DEAD_LETTER_RETENTION_MS,
+        send_timeout_ms: int = DEFAULT_SEND_TIMEOUT_MS,
+        commit_interval_ms: int = DEFAULT_COMMIT_INTERVAL_MS,
+        fail_fast_default: bool = True,
+        client_options: dict[str, Any] | None = None,
+        producer_options: dict[str, Any] | None = None,
+        consumer_options: dict[str, Any] | None = None,
+        admin_options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(middleware=middleware)
+        if isinstance(bootstrap_servers, str):
+            bootstrap_servers = [s.strip() for s in bootstrap_servers.split(",") if s.strip()]
+        if min_insync_replicas is None and replication_factor >= 3:
+            min_insync_replicas = 2
+        if min_insync_replicas is not None and not 1 <= min_insync_replicas <= replication_factor:
+            raise ValueError(
+                f"min_insync_replicas must be from 1 to the replication factor ({replication_factor}), "
+                f"not {min_insync_replicas}: Kafka would refuse every write"
+            )
+        self.queues: set[str] = set()
+        self.topic_prefix = topic_prefix
+        self.group_id = group_id
+        self.partitions = partitions
+        self.replication_factor = replication_factor
+        self.min_insync_replicas = min_insync_replicas
+        self.dead_letter_retention_ms = dead_letter_retention_ms
+        self.send_timeout_ms = send_timeout_ms
+        self.commit_interval_ms = commit_interval_ms
+        self.fail_fast_default = fail_fast_default
+        self.clients = KafkaClients(
+            bootstrap_servers=bootstrap_servers,
+            client_id=client_id,
+            timeout_ms=send_timeout_ms,
+            client_options=client_options,
+            producer_options=producer_options,
+            consumer_options=consumer_options,
+            admin_options=admin_options,
+        )
+        self.admin = KafkaAdmin(self)
+        #: The exceptions of the messages of each queue that failed in this process (for ``join``).
+        self.failures_by_queue: defaultdict[str, list[BaseException | None]] = defaultdict(list)
+        self._ready_topics: set[str] = set()
+        self._scope = threading.local()
+
+    @property
+    def consumer_class(self) -> type[_KafkaConsumer]:
+        """The class of the consumers :meth:`consume` makes; a subclass may swap it."""
+        return _KafkaConsumer
+
+    def topic_for(self, queue_name: str) -> str:
+        """The Kafka topic that carries ``queue_name`` (a queue, ``.DQ`` or ``.XQ`` name)."""
+        return self.topic_prefix + queue_name
+
+    def group_for(self, queue_name: str) -> str:
+        """The consumer group that consumes ``queue_name``."""
+        return f"{self.topic_prefix}{self.group_id}.{queue_name}"
+
+    def close(self) -> None:
+        """Close the producer (after delivering what it holds) and the admin client."""
+        self.clients.close()
+
+    def declare_queue(self, queue_name: str) -> None:
+        """Declare a queue and its delay queue.  Topics are created on first use (enqueue, consume, join)."""
+        if queue_name in self.queues:
+            return
+        self.emit_before("declare_queue", queue_name)
+        self.queues.add(queue_name)
+        self.emit_after("declare_queue", queue_name)
+
+        delayed_name = dq_name(queue_name)
+        self.delay_queues.add(delayed_name)
+        self.emit_after("declare_delay_queue", delayed_name)
+
+    def get_declared_queues(self) -> set[str]:
+        """The names of the queues declared on this broker."""
+        return self.queues.copy()
+
+    def ensure_topics(self, queue_name: str) -> None:
+        """Create the queue's three topics unless they exist; existing topics are used as they are.
+
+        Raises:
+          QueueNotFound: If the queue hasn't been declared.
+          KafkaConnectionError: If Kafka cannot be reached or refuses to create a topic.
+        """
+        canonical = q_name(queue_name)
+        if canonical in self._ready_topics:
+            return
+        if canonical not in self.queues:
+            raise QueueNotFound(canonical)
+        configs = {}
+        if self.min_insync_replicas is not None:
+            configs["min.insync.replicas"] = str(self.min_insync_replicas)
+        base = {"num_partitions": self.partitions, "replication_factor": self.replication_factor}
+        retention = {"retention.ms": str(self.dead_letter_retention_ms)}
+        topics = {
+            self.topic_for(canonical): {**base, "configs": dict(configs)},
+            self.topic_for(dq_name(canonical)): {**base, "configs": dict(configs)},
+            self.topic_for(xq_name(canonical)): {**base, "configs": {**configs, **retention}},
+        }
+        result = self.clients.admin_call("create_topics", topics, raise_errors=False)
+        for topic in result.get("topics", []):
+            if topic["error_code"] not in (0, _TOPIC_ALREADY_EXISTS):
+                reason = topic.get("error_message") or topic["error_code"]
+                raise KafkaConnectionError(f"cannot create topic {topic['name']!r}: {reason}")
+        self.clients.admin_call("wait_for_topics", list(topics), timeout_ms=self.send_timeout_ms)
+        self._ready_topics.add(canonical)
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 1000) -> Consumer:
+        """Create a consumer for a queue (or a delay queue) that joins the queue's consumer group.
+
+        Parameters:
+          queue_name(str): The queue to consume.
+          prefetch(int): The most messages handed out and not yet acked.
+          timeout(int): How long ``__next__`` waits for a message before it returns None, in milliseconds.
+
+        Raises:
+          QueueNotFound: If the queue hasn't been declared.
+          KafkaConnectionError: If Kafka cannot be reached.
+        """
+        if q_name(queue_name) not in self.queues:
+            raise QueueNotFound(queue_name)
+        self.ensure_topics(queue_name)
+        return self.consumer_class(self, queue_name, prefetch, timeout)
+
+    def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
+        """Enqueue a message and return once Kafka has acknowledged it.
+
+        Parameters:
+          message(Message): The message to enqueue.  ``message.options["partition_key"]``, when set, is the
+            record key, so that messages with the same key keep their order.
+          delay(int): The minimum amount of time, in milliseconds, to delay the message by.
+
+        Raises:
+          QueueNotFound: If the queue hasn't been declared.
+          KafkaConnectionError: If Kafka did not acknowledge the message within ``send_timeout_ms``.
+        """
+        return self.enqueue_many([message], delay=delay)[0]
+
+    def enqueue_many(
+        self, messages: Iterable[Message[Any]], *, delay: int | None = None
+    ) -> list[Message[Any]]:
+        """Enqueue many messages with one wait: return once Kafka has acknowledged all of them.
+
+        If this raises, some of the messages may have been delivered and others not.
+
+        Raises:
+          QueueNotFound: If a message's queue hasn't been declared.
+          KafkaConnectionError: If Kafka did not acknowledge every message within ``send_timeout_ms``.
+        """
+        prepared: list[tuple[Message[Any], str]] = []
+        for message in messages:
+            queue_name = message.queue_name
+            if q_name(queue_name) not in self.queues:
+                raise QueueNotFound(queue_name)
+            if delay is not None:
+                queue_name = dq_name(queue_name)
+                message = message.copy(queue_name=queue_name, options={"eta": current_millis() + delay})
+            self.ensure_topics(queue_name)
+            prepared.append((message, self.topic_for(queue_name)))
+
+        for message, _ in prepared:
+            self.emit_before("enqueue", message, delay)
+        futures = [self._send(topic, m.encode(), m.options.get("partition_key")) for m, topic in prepared]
+        pending = getattr(self._scope, "pending", None)
+        if pending is not None:
+            # Inside ``batch()``: the block's end waits for these acks (and emits after_enqueue).
+            pending.extend((f, message, delay) for f, (message, _) in zip(futures, prepared, strict=True))
+            return [message for message, _ in prepared]
+        self._wait(futures)
+        for message, _ in prepared:
+            self.emit_after("enqueue", message, delay)
+        return [message for message, _ in prepared]
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Send what this thread enqueues inside the block, and wait for all the acks once, at its end.
+
+        ``actor.send()`` inside the block returns as soon as the record is handed to the producer; leaving the
+        block returns only once Kafka has acknowledged all of them.  Blocks nest (the outermost waits).
+
+        Raises:
+          KafkaConnectionError: At the block's end, if Kafka did not acknowledge every message.
+
+        >>> with broker.batch():
+        ...     for user in users:
+        ...         process_user.send(user)
+        """
+        if getattr(self._scope, "pending", None) is not None:
+            yield
+            return
+        pending: list[tuple[Any, Message[Any], int | None]] = []
+        self._scope.pending = pending
+        try:
+            yield
+        finally:
+            self._scope.pending = None
+        self._wait([future for future, _, _ in pending])
+        for _, message, delay in pending:
+            self.emit_after("enqueue", message, delay)
+
+    def flush(self, queue_name: str) -> None:
+        """Drop every message of a queue (or delay queue) that has not been consumed yet.
+
+        Kafka cannot remove single records: this deletes the topic's records up to its end for every
+        consumer group, as a ``DEL`` of a Redis list would.
+        """
+        self.admin.delete_records(queue_name)
+        self.failures_by_queue.pop(q_name(queue_name), None)
+
+    def flush_all(self) -> None:
+        """Drop every pending message of every declared queue, its delay queue and its failed messages."""
+        for queue_name in list(self.queues):
+            for name in (queue_name, dq_name(queue_name), xq_name(queue_name)):
+                self.flush(name)
+
+    def join(self, queue_name: str, *, timeout: int | None = None, fail_fast: bool | None = None) -> None:
+        """Wait until every message enqueued so far on a queue and its delay queue has been acked.
+
+        That is, until the consumer groups of both topics have committed every partition up to its end.
+        Meant for tests, as ``StubBroker.join`` is.
+
+        Parameters:
+          queue_name(str): The queue to wait on.
+          timeout(int | None): The most time to wait, in milliseconds.
+          fail_fast(bool | None): Whether to raise when messages of the queue failed.  None means
+            ``fail_fast_default`` (True, as on ``StubBroker``).  A message that failed in this process
+            (a worker in the test's own process) re-raises the actor's own exception, as ``StubBroker.join``
+            does, until the queue is flushed; one that reached the failed-message topic from another process
+            during the join raises :class:`MessageFailed` with its exception's type name and message.
+
+        Raises:
+          QueueJoinTimeout: When ``timeout`` milliseconds elapse first.
+          QueueNotFound: If the queue hasn't been declared.
+        """
+        if queue_name not in self.queues:
+            raise QueueNotFound(queue_name)
+        if fail_fast is None:
+            fail_fast = self.fail_fast_default
+        self.ensure_topics(queue_name)
+        failed_before = self.admin.failed_count(queue_name) if fail_fast else 0
+        deadline = None if timeout is None else time.monotonic() + timeout / 1000
+        # Queue, then delay queue, then queue again: a retry is put on the delay queue before the original
+        # is acked, and a delayed message is put back on the queue before it is acked.
+        order = (queue_name, dq_name(queue_name), queue_name)
+        while not all(sum(self.admin.lag(name).values()) == 0 for name in order):
+            if deadline is not None and time.monotonic() >= deadline:
+                self.logger.warning("join(%r) timed out: %s", queue_name, self.admin.group_state(queue_name))
+                raise QueueJoinTimeout(queue_name)
+            time.sleep(_JOIN_POLL_S)
+        if fail_fast:
+            self._raise_failure(queue_name, failed_before)
+
+    def _raise_failure(self, queue_name: str, failed_before: int) -> None:
+        for exception in self.failures_by_queue.get(queue_name, ()):
+            raise (exception or MessageFailed("", "a message failed")) from None
+        failed_now = self.admin.failed_count(queue_name)
+        if failed_now > failed_before:
+            *_, last = self.admin.failed_messages(queue_name)
+            raise MessageFailed.from_reason(last.reason)
+
+    def dead_letter(self, message: MessageProxy, reason: str, *, origin: str = "") -> None:
+        """Write a failed message to its queue's failed-message topic and wait for Kafka's acknowledgement.
+
+        Raises:
+          KafkaConnectionError: If Kafka did not acknowledge it.
+        """
+        canonical = q_name(message.queue_name)
+        self.ensure_topics(canonical)
+        self.dead_letter_raw(canonical, message._message.encode(), reason, origin)
+        kept = self.failures_by_queue[canonical]
+        if len(kept) < _KEPT_FAILURES:
+            kept.append(message._exception)
+
+    def dead_letter_raw(self, queue_name: str, value: bytes, reason: str, origin: str) -> None:
+        """Write a record to a queue's failed-message topic (for records that are not Dramatiq messages)."""
+        headers = failure_headers(queue_name, reason, origin)
+        self._wait([self._send(self.topic_for(xq_name(queue_name)), value, None, headers)])
+
+    def _send(
+        self, topic: str, value: bytes, key: Any = None, headers: list[tuple[str, bytes]] | None = None
+    ) -> Any:
+        encoded_key = None if key is None else str(key).encode("utf-8")
+        producer = self.clients.producer
+        try:
+            return producer.send(topic, value=value, key=encoded_key, headers=headers or [])
+        except KafkaError as e:
+            if not isinstance(e, MessageSizeTooLargeError):
+                self.clients.discard("_producer", producer)
+            raise KafkaConnectionError(f"cannot send to {topic!r}: {e}") from None
+
+    def _wait(self, futures: list[Any]) -> None:
+        deadline = time.monotonic() + self.send_timeout_ms / 1000
+        producer = self.clients._producer
+        for future in futures:
+            try:
+                future.get(timeout=max(0.0, deadline - time.monotonic()))
+            except KafkaError as e:
+                if not isinstance(e, MessageSizeTooLargeError):
+                    self.clients.discard("_producer", producer)
+                raise KafkaConnectionError(f"Kafka did not acknowledge a message: {e}") from None

@@ -1,0 +1,207 @@
+"""The kafka-python clients a broker shares: one producer and one admin client, made on first use and
+replaced after a failure, and consumers made on demand."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from dramatiq.logging import get_logger
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.errors import (
+    CoordinatorLoadInProgressError,
+    CoordinatorNotAvailableError,
+    KafkaError,
+    LeaderNotAvailableError,
+    NotCoordinatorError,
+    NotLeaderForPartitionError,
+)
+
+from .errors import KafkaConnectionError
+
+#: Time after which a silent consumer is dropped from its group, in milliseconds.
+DEFAULT_SESSION_TIMEOUT_MS = 10_000
+#: Attempts of an admin call that fails because a group coordinator or a partition leader is on the move
+#: (:data:`_MOVING`).
+ADMIN_ATTEMPTS = 3
+#: The pause before the second attempt, in seconds; it grows with each attempt.
+ADMIN_RETRY_BACKOFF_S = 0.5
+#: The errors of a node that is not (or not yet) the one in charge: asking again, after a fresh metadata
+#: lookup, reaches the one that is.
+_MOVING = (
+    NotCoordinatorError,
+    CoordinatorNotAvailableError,
+    CoordinatorLoadInProgressError,
+    NotLeaderForPartitionError,
+    LeaderNotAvailableError,
+)
+
+
+class KafkaClients:
+    """The clients of one broker.
+
+    Parameters:
+      bootstrap_servers(list[str]): Kafka's ``host:port`` addresses.
+      client_id(str): Reported to Kafka by every client.
+      timeout_ms(int): How long a request may take before the client gives up, in milliseconds.
+      client_options(dict): kafka-python options for every client; each client takes the ones it knows.
+      producer_options(dict), consumer_options(dict), admin_options(dict): Options for one kind of client.
+    """
+
+    def __init__(
+        self,
+        *,
+        bootstrap_servers: Sequence[str],
+        client_id: str,
+        timeout_ms: int,
+        client_options: dict[str, Any] | None = None,
+        producer_options: dict[str, Any] | None = None,
+        consumer_options: dict[str, Any] | None = None,
+        admin_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.logger = get_logger(__name__, type(self))
+        self.bootstrap_servers = list(bootstrap_servers)
+        self.client_id = client_id
+        self.timeout_ms = timeout_ms
+        self.client_options = dict(client_options or {})
+        self.producer_options = dict(producer_options or {})
+        self.consumer_options = dict(consumer_options or {})
+        self.admin_options = dict(admin_options or {})
+        self._lock = threading.Lock()
+        self._admin_lock = threading.Lock()
+        self._producer: KafkaProducer | None = None
+        self._admin: KafkaAdminClient | None = None
+
+    def options(self, client: type, specific: dict[str, Any]) -> dict[str, Any]:
+        """The options for a client of this kind: the common ones it knows, then ``specific``."""
+        known = client.DEFAULT_CONFIG  # type: ignore[attr-defined]
+        options = {k: v for k, v in self.client_options.items() if k in known}
+        options.update(specific)
+        options.setdefault("bootstrap_servers", self.bootstrap_servers)
+        options.setdefault("client_id", self.client_id)
+        # A client that cannot reach Kafka gives up after the timeout, not kafka-python's 30 s.
+        if "bootstrap_timeout_ms" in known:
+            options.setdefault("bootstrap_timeout_ms", self.timeout_ms)
+        return options
+
+    @property
+    def producer(self) -> KafkaProducer:
+        """The shared producer (kafka-python's producer is thread-safe).
+
+        Raises:
+          KafkaConnectionError: If Kafka cannot be reached.
+        """
+        if self._producer is None:
+            with self._lock:
+                if self._producer is None:
+                    request_timeout = min(30_000, self.timeout_ms)
+                    options = self.options(
+                        KafkaProducer,
+                        {
+                            "acks": "all",
+                            "enable_idempotence": True,
+                            "linger_ms": 0,  # a send waits for its ack: lingering only adds latency
+                            "max_block_ms": self.timeout_ms,
+                            "request_timeout_ms": request_timeout,
+                            "delivery_timeout_ms": self.timeout_ms + request_timeout,
+                            **self.producer_options,
+                        },
+                    )
+                    try:
+                        self._producer = KafkaProducer(**options)
+                    except KafkaError as e:
+                        raise KafkaConnectionError(str(e)) from None
+        return self._producer
+
+    @property
+    def admin(self) -> KafkaAdminClient:
+        """The shared admin client.
+
+        Raises:
+          KafkaConnectionError: If Kafka cannot be reached.
+        """
+        if self._admin is None:
+            with self._lock:
+                if self._admin is None:
+                    options = self.options(
+                        KafkaAdminClient, {"request_timeout_ms": self.timeout_ms, **self.admin_options}
+                    )
+                    try:
+                        self._admin = KafkaAdminClient(**options)
+                    except KafkaError as e:
+                        raise KafkaConnectionError(str(e)) from None
+        return self._admin
+
+    def admin_call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Call an admin client method.
+
+        A client that failed is replaced; a call that failed because a group coordinator or a partition
+        leader is moving to another node (one node of a cluster went away) is made again on the fresh
+        client, up to :data:`ADMIN_ATTEMPTS` times.  Kafka being unreachable is not retried here: callers
+        such as ``/readyz`` want to know at once.
+
+        Raises:
+          KafkaConnectionError: If the call failed.
+        """
+        for attempt in range(1, ADMIN_ATTEMPTS + 1):
+            try:
+                with self._admin_lock:
+                    return getattr(self.admin, name)(*args, **kwargs)
+            except KafkaError as e:
+                self.discard("_admin", self._admin)
+                if not isinstance(e, _MOVING) or attempt == ADMIN_ATTEMPTS:
+                    raise KafkaConnectionError(f"{name}: {e}") from None
+                self.logger.debug("%s failed (%s); trying again", name, e)
+                time.sleep(ADMIN_RETRY_BACKOFF_S * attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def discard(self, attribute: str, failed: Any = None) -> None:
+        """Drop the producer (``"_producer"``) or admin client (``"_admin"``) after a failure.
+
+        kafka-python 3.0.12's clients do not always recover by themselves once Kafka has restarted (a
+        metadata refresh can wait forever), so a client that failed is replaced rather than trusted.  With
+        ``failed``, only that client is dropped (not a fresh one another thread built meanwhile).
+        """
+        with self._lock:
+            client = getattr(self, attribute)
+            if client is None or (failed is not None and client is not failed):
+                return
+            setattr(self, attribute, None)
+        try:
+            client.close(timeout=0) if attribute == "_producer" else client.close()
+        except Exception as e:  # a broken client may fail to close; it is dropped all the same
+            self.logger.debug("Closing a failed Kafka client: %s", e)
+
+    def new_consumer(self, *topics: str, **specific: Any) -> KafkaConsumer:
+        """A new consumer; ``specific`` options override the broker's.
+
+        Raises:
+          KafkaConnectionError: If Kafka cannot be reached.
+        """
+        options = self.options(
+            KafkaConsumer,
+            {
+                "enable_auto_commit": False,
+                "auto_offset_reset": "earliest",
+                "session_timeout_ms": DEFAULT_SESSION_TIMEOUT_MS,
+                "heartbeat_interval_ms": DEFAULT_SESSION_TIMEOUT_MS // 4,
+                **self.consumer_options,
+                **specific,
+            },
+        )
+        try:
+            return KafkaConsumer(*topics, **options)
+        except KafkaError as e:
+            raise KafkaConnectionError(str(e)) from None
+
+    def close(self) -> None:
+        """Close the producer (after delivering what it holds) and the admin client."""
+        with self._lock:
+            producer, self._producer = self._producer, None
+            admin, self._admin = self._admin, None
+        if producer is not None:
+            producer.close(timeout=self.timeout_ms / 1000)
+        if admin is not None:
+            admin.close()

@@ -1,0 +1,71 @@
+"""Every private name of kafka-python and Dramatiq that the project uses, and nothing else.
+
+Each one was read from the versions pinned in ``pyproject.toml`` (kafka-python 3.0.12, Dramatiq 2.2.1) and
+has no public equivalent there.  ``tests/broker/test_compat.py`` fails loudly when an upgrade removes one;
+then read the new version and mend the function here, nowhere else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kafka import KafkaConsumer
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+#: What this module reaches into, as (object path, attribute): the compatibility test checks each.
+PRIVATE_NAMES = (
+    ("kafka.KafkaConsumer", "_coordinator"),  # an instance attribute, set in __init__
+    ("kafka.coordinator.consumer.ConsumerCoordinator", "_commit_offsets_sync_async"),
+    ("kafka.coordinator.consumer.ConsumerCoordinator", "fetch_committed_offsets_async"),
+    ("kafka.coordinator.base.BaseCoordinator", "rejoining"),  # instance attributes, set in __init__
+    ("kafka.coordinator.base.BaseCoordinator", "rejoin_needed"),
+    ("dramatiq.middleware.prometheus", "_run_exposition_server"),
+)
+
+
+async def commit_offsets(
+    consumer: KafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata], timeout_ms: int
+) -> None:
+    """Commit from inside a rebalance listener.
+
+    The listener runs on kafka-python's IO loop, where the blocking ``KafkaConsumer.commit`` would wait
+    for the very loop it blocks; the coordinator's coroutine is the only way to commit there.
+    """
+    await consumer._coordinator._commit_offsets_sync_async(offsets, timeout_ms=timeout_ms)
+
+
+async def committed_offsets(
+    consumer: KafkaConsumer, partitions: list[TopicPartition]
+) -> dict[TopicPartition, OffsetAndMetadata | None]:
+    """The group's committed offsets (with their metadata), from inside a rebalance listener (see above)."""
+    result: dict[
+        TopicPartition, OffsetAndMetadata | None
+    ] = await consumer._coordinator.fetch_committed_offsets_async(partitions)
+    return result
+
+
+def rebalance_under_way(consumer: KafkaConsumer) -> bool:
+    """Whether the consumer is (re)joining its group.
+
+    Also raises the coordinator's own "rejoin needed" flag while a join runs: kafka-python 3.0.12 loses a
+    rebalance when ``poll`` times out while its JoinGroup/SyncGroup task runs (the assignment is never
+    applied and the consumer sits in the group with no partitions for good); with the flag up, the next
+    ``poll`` finishes it, at worst with one more join.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is None:
+        return False
+    rejoining = bool(getattr(coordinator, "rejoining", False))
+    if rejoining:
+        coordinator.rejoin_needed = True
+    return rejoining or bool(getattr(coordinator, "rejoin_needed", False))
+
+
+def run_prometheus_exporter() -> Any:
+    """Dramatiq's Prometheus exporter server (the body of the process Dramatiq forks for it).
+
+    Dramatiq names it only privately; ``pipeline.broker.serve_worker_metrics`` runs it on our port.
+    """
+    from dramatiq.middleware import prometheus
+
+    return prometheus._run_exposition_server()

@@ -1,0 +1,259 @@
+"""The consumer of one queue's topic in its consumer group."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from queue import Empty, SimpleQueue
+from typing import TYPE_CHECKING, Any
+
+from dramatiq.broker import Consumer, MessageProxy
+from dramatiq.common import q_name
+from dramatiq.errors import DecodeError
+from dramatiq.logging import get_logger
+from dramatiq.message import Message
+from kafka import TopicPartition
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from . import compat
+from .clients import DEFAULT_SESSION_TIMEOUT_MS
+from .deadletters import failure_reason
+from .errors import KafkaConnectionError
+from .offsets import PartitionState, encode_acked
+from .rebalance import _RebalanceListener
+
+if TYPE_CHECKING:
+    from .broker import KafkaBroker
+
+#: Longest slice of a single ``poll``, in milliseconds, so that acks are committed while idle.
+POLL_SLICE_MS = 50
+#: Longest a consumer may spend rejoining its group before it gives up and the worker makes a new one, in
+#: seconds.
+REJOIN_PATIENCE_S = 3 * DEFAULT_SESSION_TIMEOUT_MS / 1000
+
+
+class _KafkaMessageProxy(MessageProxy):
+    """A message, with where it came from so that its ack reaches the right partition state."""
+
+    def __init__(self, message: Message[Any], partition: TopicPartition, offset: int, epoch: int) -> None:
+        super().__init__(message)
+        self.partition = partition
+        self.offset = offset
+        self.epoch = epoch
+
+
+class _KafkaConsumer(Consumer):
+    """Consumes one topic in its consumer group.
+
+    ``__next__`` and ``close`` run on the worker's consumer thread, the only one that touches the
+    kafka-python consumer (which is not thread-safe); ``ack`` and ``nack`` run on worker threads and only
+    put the acked offset on a queue that ``__next__`` reads.  A partition is committed up to its lowest
+    unacked offset, with the acked ones above it in the commit's metadata (:mod:`.offsets`).
+    """
+
+    def __init__(self, broker: KafkaBroker, queue_name: str, prefetch: int, timeout: int) -> None:
+        self.logger = get_logger(__name__, type(self))
+        self.broker = broker
+        self.queue_name = queue_name
+        self.prefetch = max(1, prefetch)
+        self.timeout = timeout
+        self.topic = broker.topic_for(queue_name)
+        self.states: dict[TopicPartition, PartitionState] = {}
+        self.revoked: dict[TopicPartition, PartitionState] = {}
+        self.buffer: deque[_KafkaMessageProxy] = deque()
+        self.epoch = 0
+        self.dirty = False
+        self.paused = False
+        self._acks: SimpleQueue[tuple[TopicPartition, int, int]] = SimpleQueue()
+        self._acked_event = threading.Event()
+        self._last_commit = time.monotonic()
+        self._settled_at = time.monotonic()
+        self.kafka = broker.clients.new_consumer(
+            group_id=broker.group_for(queue_name), max_poll_records=min(500, self.prefetch)
+        )
+        try:
+            # Know the topic's partitions before joining: a group leader without them assigns nothing
+            # until its next metadata refresh, minutes later.
+            self.kafka.partitions_for_topic(self.topic)
+        except KafkaError as e:
+            self.kafka.close(autocommit=False)
+            raise KafkaConnectionError(f"no metadata for {self.topic!r}: {e}") from None
+        self.listener = _RebalanceListener(self)
+        self.kafka.subscribe([self.topic], listener=self.listener)
+
+    def ack(self, message: MessageProxy) -> None:
+        assert isinstance(message, _KafkaMessageProxy)
+        self._acks.put((message.partition, message.offset, message.epoch))
+        self._acked_event.set()
+
+    def nack(self, message: MessageProxy) -> None:
+        """Move the message to its queue's failed-message topic, then ack it."""
+        assert isinstance(message, _KafkaMessageProxy)
+        origin = f"{message.partition.topic}:{message.partition.partition}:{message.offset}"
+        self.broker.dead_letter(message, failure_reason(message._exception), origin=origin)
+        self.ack(message)
+
+    def requeue(self, messages: Iterable[MessageProxy]) -> None:
+        """Nothing to do: messages that were not acked are not committed, so their partition's next
+        owner (this process after a restart, or another) receives them again."""
+
+    def __next__(self) -> MessageProxy | None:
+        deadline = time.monotonic() + self.timeout / 1000
+        try:
+            while True:
+                self.drain_acks()
+                if (
+                    self.dirty
+                    and (time.monotonic() - self._last_commit) * 1000 >= self.broker.commit_interval_ms
+                ):
+                    self._commit()
+                if self.buffer:
+                    return self.buffer.popleft()
+
+                remaining_ms = int((deadline - time.monotonic()) * 1000)
+                room = self.prefetch - self._outstanding()
+                if room <= 0:
+                    self._pause()
+                    # Keeps the group membership alive; a rebalance may hand us new, unpaused partitions.
+                    self._take(self._poll(0))
+                    if remaining_ms <= 0:
+                        return None
+                    self._acked_event.wait(min(POLL_SLICE_MS, remaining_ms) / 1000)
+                    self._acked_event.clear()
+                    continue
+
+                self._resume()
+                batch = self._poll(max(0, min(POLL_SLICE_MS, remaining_ms)), room)
+                if batch:
+                    self._take(batch)
+                    continue
+                if self.dirty:
+                    self._commit()
+                if remaining_ms <= 0:
+                    return None
+        except KafkaError as e:
+            raise KafkaConnectionError(f"consuming {self.topic!r}: {e}") from None
+
+    def close(self) -> None:
+        """Commit what was acked and leave the group; what was not acked is delivered again."""
+        try:
+            self.drain_acks()
+            self._commit(force=True)
+            self.kafka.close(autocommit=False)
+        except KafkaError as e:
+            self.logger.warning("Closing the consumer of %s: %s", self.topic, e)
+
+    # -- shared with the rebalance listener ----------------------------------------------------------------
+    def drain_acks(self) -> None:
+        """Record the acks that worker threads queued."""
+        while True:
+            try:
+                tp, offset, epoch = self._acks.get_nowait()
+            except Empty:
+                return
+            state = self.states.get(tp) or self.revoked.get(tp)
+            if state is None or state.epoch != epoch:
+                continue  # the partition was revoked since: its new owner has the message again
+            state.acked.add(offset)
+            state.outstanding -= 1
+            self.dirty = True
+
+    def offsets_to_commit(
+        self, partitions: Iterable[TopicPartition]
+    ) -> dict[TopicPartition, OffsetAndMetadata]:
+        """The commit of each partition that moved on since its last one."""
+        offsets = {}
+        for tp in partitions:
+            state = self.states[tp]
+            point = state.commit_point()
+            if point is not None and (point != state.committed or state.acked):
+                offsets[tp] = OffsetAndMetadata(point, encode_acked(point, state.acked), -1)
+        return offsets
+
+    def committed(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        """Note that ``offsets`` were committed."""
+        for tp, done in offsets.items():
+            if tp in self.states:
+                self.states[tp].committed = done.offset
+
+    # -- internals ----------------------------------------------------------------------------------------
+    def _poll(self, timeout_ms: int, max_records: int | None = None) -> dict[TopicPartition, list[Any]]:
+        now = time.monotonic()
+        if not compat.rebalance_under_way(self.kafka):
+            self._settled_at = now
+        else:
+            # A join needs time to finish: never poll for nothing while one is under way.
+            timeout_ms = max(timeout_ms, POLL_SLICE_MS)
+            # After a Kafka restart kafka-python 3.0.12 can keep "rejoining" for good (the group waits for a
+            # JoinGroup that never comes).  A consumer that has not settled in this long is replaced: the
+            # worker restarts it, and what it held un-acked is delivered again.
+            if now - self._settled_at > REJOIN_PATIENCE_S:
+                raise KafkaConnectionError(
+                    f"the consumer of {self.topic!r} has not rejoined its group in {REJOIN_PATIENCE_S:.0f} s"
+                )
+        return self.kafka.poll(timeout_ms=timeout_ms, max_records=max_records)
+
+    def _outstanding(self) -> int:
+        return len(self.buffer) + sum(state.outstanding for state in self.states.values())
+
+    def _take(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        for tp, records in batch.items():
+            state = self.states.get(tp)
+            if state is None:
+                continue
+            for record in records:
+                state.position = record.offset + 1
+                state.pending.append(record.offset)
+                if record.offset in state.skip:
+                    # Acked by this partition's previous owner after its last commit point.
+                    state.skip.discard(record.offset)
+                    state.acked.add(record.offset)
+                    self.dirty = True
+                    continue
+                try:
+                    message = Message.decode(record.value)
+                except DecodeError as e:
+                    self._reject_undecodable(tp, record, e)
+                    state.acked.add(record.offset)
+                    self.dirty = True
+                    continue
+                state.outstanding += 1
+                self.buffer.append(_KafkaMessageProxy(message, tp, record.offset, state.epoch))
+
+    def _reject_undecodable(self, tp: TopicPartition, record: Any, error: Exception) -> None:
+        origin = f"{tp.topic}:{tp.partition}:{record.offset}"
+        self.logger.error("Record %s is not a Dramatiq message; moving it to the failed topic.", origin)
+        self.broker.dead_letter_raw(
+            q_name(self.queue_name), record.value or b"", f"DecodeError: {error}", origin
+        )
+
+    def _commit(self, *, force: bool = False) -> None:
+        """Commit every partition up to its lowest unacked offset (with the acked ones above it)."""
+        if not (self.dirty or force):
+            return
+        offsets = self.offsets_to_commit(list(self.states))
+        self.dirty = False
+        if not offsets:
+            return
+        try:
+            # Bounded: during a Kafka outage the consumer thread must give up and let the worker restart it.
+            self.kafka.commit(offsets=offsets, timeout_ms=self.broker.send_timeout_ms)
+        except CommitFailedError as e:
+            self.dirty = True
+            self.logger.warning("Commit on %s failed (a rebalance is under way): %s", self.topic, e)
+            return
+        self._last_commit = time.monotonic()
+        self.committed(offsets)
+
+    def _pause(self) -> None:
+        if not self.paused:
+            self.kafka.pause(*self.kafka.assignment())
+            self.paused = True
+
+    def _resume(self) -> None:
+        if self.paused:
+            self.kafka.resume(*self.kafka.paused())
+            self.paused = False

@@ -1,0 +1,43 @@
+"""The broker's errors, on top of Dramatiq's own tree::
+
+    DramatiqError
+     +-- BrokerError
+     |    +-- ConnectionError (``BrokerConnectionError``)
+     |         +-- KafkaConnectionError      Kafka unreachable, or no acknowledgement in time
+     +-- MessageFailed                       ``join(fail_fast=True)``: a message failed in another process
+
+kafka-python's errors are translated into these once, where a client is called.
+"""
+
+from __future__ import annotations
+
+from dramatiq.errors import BrokerConnectionError, DramatiqError
+
+
+class KafkaConnectionError(BrokerConnectionError):
+    """Kafka could not be reached, or did not acknowledge a request in time."""
+
+
+class MessageFailed(DramatiqError):
+    """Raised by ``join(..., fail_fast=True)`` when a message of the queue failed in another process.
+
+    A failure in the joining process re-raises the actor's own exception instead, as ``StubBroker.join``
+    does; from another process only its type name and message are known, and are carried here.
+
+    Attributes:
+      exception_type(str): The name of the exception's type (``"ValueError"``), or ``""`` when unknown.
+      reason(str): The exception's message.
+    """
+
+    def __init__(self, exception_type: str, reason: str) -> None:
+        super().__init__(f"{exception_type}: {reason}" if exception_type else reason)
+        self.exception_type = exception_type
+        self.reason = reason
+
+    @classmethod
+    def from_reason(cls, reason: str) -> MessageFailed:
+        """From a failed-message record's reason header (``"<Type>: <message>"``)."""
+        head, sep, tail = reason.partition(": ")
+        if sep and head.isidentifier():
+            return cls(head, tail)
+        return cls("", reason)
