@@ -78,6 +78,8 @@ rabbitmq_env() {
     export RABBITMQ_MNESIA_BASE=$STATE/rabbitmq/mnesia
     export RABBITMQ_LOG_BASE=$STATE/rabbitmq/log
     export RABBITMQ_PID_FILE=$STATE/rabbitmq/rabbitmq.pid
+    # Erlang writes erl_crash.dump into the working directory when the node stops: keep it with the state.
+    export ERL_CRASH_DUMP=$STATE/rabbitmq/erl_crash.dump
     export RABBITMQ_ENABLED_PLUGINS_FILE=$STATE/rabbitmq/enabled_plugins
     export RABBITMQ_CONFIG_FILE=$STATE/rabbitmq/rabbitmq
     export RABBITMQ_CONF_ENV_FILE=$STATE/rabbitmq/rabbitmq-env.conf
