@@ -24,6 +24,17 @@ VARIANTS: dict[str, tuple[str, bool, Knobs] | tuple[str, bool, Knobs, int]] = {
     "send": ("send(), broker defaults", False, Knobs()),
     "send-linger0": ("send(), linger_ms=0", False, Knobs(linger_ms=0)),
     "send-linger2": ("send(), linger_ms=2", False, Knobs(linger_ms=2)),
+    "send-noconfirm": ("send(), confirm_delivery off", False, Knobs(confirm_delivery=False)),
+    "send-noconfirm-linger2": (
+        "send(), confirm_delivery off, linger_ms=2",
+        False,
+        Knobs(confirm_delivery=False, linger_ms=2),
+    ),
+    "send-noconfirm-linger5": (
+        "send(), confirm_delivery off, linger_ms=5",
+        False,
+        Knobs(confirm_delivery=False, linger_ms=5),
+    ),
     "send8t": ("send() from 8 threads, broker defaults", False, Knobs(), 8),
     "send8t-linger0": ("send() from 8 threads, linger_ms=0", False, Knobs(linger_ms=0), 8),
     "send8t-linger2": ("send() from 8 threads, linger_ms=2", False, Knobs(linger_ms=2), 8),

@@ -8,8 +8,10 @@ import time
 import dramatiq
 import pytest
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.errors import QueueJoinTimeout
-from dramatiq.middleware import TimeLimitExceeded
+from dramatiq.errors import ActorNotFound, QueueJoinTimeout, RateLimitExceeded
+from dramatiq.middleware import SkipMessage, TimeLimitExceeded
+from dramatiq.results import Results
+from dramatiq.results.backends import StubBackend
 
 JOIN_MS = 60_000
 
@@ -236,3 +238,214 @@ def test_flush_drops_pending_messages(broker):
 
     # Then only the message sent after the flush ran
     assert seen == [99]
+
+
+# -- Dramatiq 2.x's contract, as users' tests written for StubBroker rely on it ---------------------------
+# These call ``broker.join`` with its defaults: ``fail_fast`` is the broker's ``fail_fast_default`` (True),
+# and a message that failed re-raises the actor's own exception.
+
+
+def test_join_re_raises_the_actors_own_exception_by_default(broker, worker):
+    # Given an actor that fails for good
+    @dramatiq.actor(max_retries=0)
+    def refuses() -> None:
+        raise ValueError("refused")
+
+    # When I send it and join its queue with join's defaults
+    refuses.send()
+
+    # Then join raises the actor's exception itself
+    with pytest.raises(ValueError, match="refused"):
+        broker.join("default", timeout=JOIN_MS)
+
+
+def test_join_re_raises_time_limit_exceeded(broker, worker):
+    # Given an actor that runs past its time limit
+    @dramatiq.actor(time_limit=100, max_retries=0)
+    def overruns() -> None:
+        for _ in range(300):
+            time.sleep(0.01)
+
+    # When I send it, Then join raises TimeLimitExceeded
+    overruns.send()
+    with pytest.raises(TimeLimitExceeded):
+        broker.join("default", timeout=JOIN_MS)
+
+
+def test_join_raises_skip_message_for_a_message_older_than_its_max_age(broker, worker):
+    # Given an actor whose messages may be at most 20 ms old, and a message of it 100 ms old
+    ran: list[int] = []
+
+    @dramatiq.actor(max_age=20)
+    def perishable() -> None:
+        ran.append(1)
+
+    message = perishable.message()
+    time.sleep(0.1)
+
+    # When it is enqueued, Then it is skipped, not run, and join raises SkipMessage
+    broker.enqueue(message)
+    with pytest.raises(SkipMessage):
+        broker.join("default", timeout=JOIN_MS)
+    assert ran == []
+
+
+def test_a_fresh_actor_on_a_running_worker_runs_its_first_message_within_its_max_age(broker, worker):
+    # Given an actor declared while the worker runs, whose messages may be at most 5 s old
+    ran: list[int] = []
+
+    @dramatiq.actor(queue_name="fresh", max_age=5_000)
+    def prompt() -> None:
+        ran.append(1)
+
+    # When I send it its first message
+    prompt.send()
+    broker.join("fresh", timeout=JOIN_MS)
+
+    # Then it ran (its queue was live at once: the message was not skipped as too old)
+    assert ran == [1]
+
+
+def test_a_zero_backoff_retry_runs_again_without_a_delay(broker, worker):
+    # Given a fresh actor that fails once, retried with no backoff at all
+    attempts: list[float] = []
+
+    @dramatiq.actor(queue_name="again", max_retries=1, min_backoff=0, max_backoff=0)
+    def fails_once() -> None:
+        attempts.append(time.monotonic())
+        if len(attempts) == 1:
+            raise RuntimeError("once")
+
+    # When I send it
+    fails_once.send()
+    broker.join("again", timeout=JOIN_MS)
+
+    # Then it ran twice, and nothing failed for good
+    assert len(attempts) == 2
+    assert failed(broker, "again") == []
+
+
+def test_an_actor_raising_retry_is_retried_after_its_delay_without_an_error_log(broker, worker, caplog):
+    # Given an actor that asks to be retried in 200 ms once
+    attempts: list[float] = []
+
+    @dramatiq.actor(max_retries=3)
+    def later_please() -> None:
+        attempts.append(time.monotonic())
+        if len(attempts) == 1:
+            raise dramatiq.Retry("not yet", delay=200)
+
+    # When I send it
+    with caplog.at_level("INFO"):
+        later_please.send()
+        broker.join("default", timeout=JOIN_MS)
+
+    # Then it ran again no earlier than the delay asked for, and nothing was logged as an error
+    assert len(attempts) == 2
+    assert attempts[1] - attempts[0] >= 0.2
+    assert [r for r in caplog.records if r.levelname == "ERROR"] == []
+
+
+def test_a_rate_limited_actor_is_retried_and_logged_at_debug_as_dramatiq_does(broker, worker, caplog):
+    # Given an actor that exceeds a rate limit once
+    attempts: list[int] = []
+
+    @dramatiq.actor(max_retries=3, min_backoff=10, max_backoff=20)
+    def limited() -> None:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise RateLimitExceeded("too many")
+
+    # When I send it
+    with caplog.at_level("DEBUG", logger="dramatiq.worker"):
+        limited.send()
+        broker.join("default", timeout=JOIN_MS)
+
+    # Then it was retried, and the worker logged the rate limit at DEBUG, not as a failure
+    assert len(attempts) == 2
+    rate_limited = [r for r in caplog.records if "Rate limit exceeded" in r.getMessage()]
+    assert [r.levelname for r in rate_limited] == ["DEBUG"]
+    assert not any("unhandled exception" in r.getMessage() for r in caplog.records)
+
+
+def test_a_message_for_an_unknown_actor_is_rejected_to_the_failed_queue(broker, worker):
+    # Given a queue with an actor, and a message for an actor nobody declared
+    @dramatiq.actor
+    def known() -> None:
+        pass
+
+    stray = dramatiq.Message(queue_name="default", actor_name="nobody", args=(), kwargs={}, options={})
+
+    # When it is enqueued, Then join raises ActorNotFound and the message is on the failed queue
+    broker.enqueue(stray)
+    with pytest.raises(ActorNotFound):
+        broker.join("default", timeout=JOIN_MS)
+    assert failed(broker) == ["nobody"]
+
+
+@pytest.mark.parametrize("eta", ["soon", None])
+def test_a_message_whose_eta_is_not_a_number_still_runs(broker, worker, eta):
+    # Given an actor, and a message of it whose eta is not a number (or null)
+    ran: list[int] = []
+
+    @dramatiq.actor
+    def punctual() -> None:
+        ran.append(1)
+
+    message = punctual.message_with_options(eta=eta)
+
+    # When it is enqueued
+    broker.enqueue(message)
+    broker.join("default", timeout=JOIN_MS)
+
+    # Then the worker ran it
+    assert ran == [1]
+
+
+def test_a_delayed_message_without_an_eta_runs_at_once(broker, worker):
+    # Given a message put on the delay queue with no eta at all
+    ran: list[int] = []
+
+    @dramatiq.actor
+    def undated() -> None:
+        ran.append(1)
+
+    message = undated.message().copy(queue_name="default.DQ")
+
+    # When it is enqueued, Then it runs
+    broker.enqueue(message)
+    broker.join("default", timeout=JOIN_MS)
+    assert ran == [1]
+
+
+def test_a_group_can_be_waited_for_and_its_results_read(broker, worker):
+    # Given a results backend, and an actor that stores its results
+    broker.add_middleware(Results(backend=StubBackend()))
+
+    @dramatiq.actor(store_results=True)
+    def square(n: int) -> int:
+        return n * n
+
+    # When a group of five runs and I wait for it
+    jobs = dramatiq.group([square.message(n) for n in range(5)]).run()
+    jobs.wait(timeout=JOIN_MS)
+
+    # Then every result is there, in order
+    assert list(jobs.get_results(block=True, timeout=JOIN_MS)) == [0, 1, 4, 9, 16]
+
+
+def test_a_pipeline_result_can_be_read_from_its_last_stage(broker, worker):
+    # Given a results backend and two actors that store their results
+    broker.add_middleware(Results(backend=StubBackend()))
+
+    @dramatiq.actor(store_results=True)
+    def double(n: int) -> int:
+        return 2 * n
+
+    @dramatiq.actor(store_results=True)
+    def increment(n: int) -> int:
+        return n + 1
+
+    # When a pipeline runs, Then its result is the last stage's
+    chain = dramatiq.pipeline([double.message(20), increment.message()]).run()
+    assert chain.get_result(block=True, timeout=JOIN_MS) == 41

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from types import SimpleNamespace
 
 import dramatiq
 import kafka.errors
+import prometheus_client
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
@@ -23,7 +25,7 @@ from kafka.structs import OffsetAndMetadata
 
 from pipeline.brokers.kafka import KafkaBroker
 from pipeline.brokers.kafka.clients import KafkaClients
-from pipeline.brokers.kafka.offsets import decode_acked, encode_acked
+from pipeline.brokers.kafka.metrics import DELIVERY_ERRORS_METRIC
 from tests.broker.conftest import delete_topics, make_kafka_broker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -251,8 +253,10 @@ def test_delayed_messages_acked_behind_a_long_delay_are_not_run_again_after_a_re
         worker.start()
         # the new worker picks the long one up again (it was never acked)...
         wait_until(
-            lambda: sum(broker.admin.lag("default.DQ").values()) == 1
-            and sum(broker.admin.lag("default").values()) == 0
+            lambda: (
+                sum(broker.admin.lag("default.DQ").values()) == 1
+                and sum(broker.admin.lag("default").values()) == 0
+            )
         )
         time.sleep(1.0)
         worker.stop()
@@ -330,23 +334,6 @@ def test_enqueue_raises_a_broker_error_when_kafka_cannot_be_reached():
         broker.enqueue(message)
 
 
-@pytest.mark.parametrize(
-    "acked",
-    [set(), {11}, {11, 12, 13, 20}, set(range(101, 5000, 2))],
-)
-def test_acked_offsets_survive_the_round_trip_through_commit_metadata(acked):
-    # Given offsets acked above a commit point of 10
-    # When they are encoded into commit metadata and decoded again
-    decoded = decode_acked(10, encode_acked(10, acked))
-
-    # Then what fits comes back exactly, and what does not fit is left out (to be redelivered)
-    assert decoded <= acked
-    if len(acked) < 100:
-        assert decoded == acked
-    else:
-        assert len(encode_acked(10, acked)) <= 4000 + len("acked:")
-
-
 def test_sends_inside_a_batch_block_are_all_acknowledged_when_it_ends(kafka_broker, kafka_worker):
     # Given an actor
     seen: list[int] = []
@@ -375,6 +362,122 @@ def test_a_batch_block_raises_when_kafka_cannot_take_its_messages():
     # When messages are sent in a batch block, Then the block fails with a Dramatiq connection error
     with pytest.raises(dramatiq.errors.BrokerConnectionError), broker.batch():
         broker.enqueue(message)
+
+
+@pytest.fixture
+def unconfirmed_broker(kafka_bootstrap_servers: str, topic_prefix: str):
+    """A broker with ``confirm_delivery`` off whose producer holds records for 5 s (``linger_ms``): they stay
+    in flight until something flushes them."""
+    broker = make_kafka_broker(
+        kafka_bootstrap_servers,
+        topic_prefix,
+        confirm_delivery=False,
+        producer_options={"linger_ms": 5_000},
+    )
+    broker.emit_after("process_boot")
+    dramatiq.set_broker(broker)
+    yield broker
+    delete_topics(broker)
+    broker.close()
+
+
+def delivery_errors_counted(queue_name: str, actor_name: str) -> float:
+    labels = {"queue_name": queue_name, "actor_name": actor_name}
+    return prometheus_client.REGISTRY.get_sample_value(DELIVERY_ERRORS_METRIC, labels) or 0.0
+
+
+def test_without_confirm_delivery_a_send_loop_returns_before_kafka_acks_and_join_waits_for_them(
+    unconfirmed_broker: KafkaBroker,
+):
+    # Given a broker with confirm_delivery off, its topics, and a worker
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    @dramatiq.actor
+    def counted(n: int) -> None:
+        with lock:
+            seen.append(n)
+
+    unconfirmed_broker.ensure_topics("default")
+    worker = dramatiq.Worker(unconfirmed_broker, worker_timeout=100, worker_threads=4)
+    worker.start()
+    try:
+        # When 300 messages are sent with a plain send() loop
+        for n in range(300):
+            counted.send(n)
+
+        # Then the loop returned with records still in the producer's buffer (no send waited for its ack)
+        assert unconfirmed_broker.clients.producer._accumulator.has_incomplete
+        # ...and join waits for them to reach Kafka, then to run: each runs once
+        unconfirmed_broker.join("default", timeout=60_000)
+        assert sorted(seen) == list(range(300))
+    finally:
+        worker.stop()
+
+
+def test_without_confirm_delivery_a_message_kafka_refuses_is_logged_and_counted(
+    unconfirmed_broker: KafkaBroker, caplog
+):
+    # Given a broker with confirm_delivery off, and a queue topic that takes records of up to 1 kB only
+    unconfirmed_broker.clients.admin_call(
+        "create_topics",
+        {
+            unconfirmed_broker.topic_for("default"): {
+                "num_partitions": 1,
+                "replication_factor": 1,
+                "configs": {"max.message.bytes": "1024"},
+            }
+        },
+    )
+
+    @dramatiq.actor
+    def sized(text: str) -> None:
+        pass
+
+    unconfirmed_broker.ensure_topics("default")
+    before = delivery_errors_counted("default", "sized")
+
+    # When a message of 10 kB is sent (send() does not raise: Kafka refuses it later)
+    with caplog.at_level(logging.ERROR):
+        big = sized.send("x" * 10_000)
+        unconfirmed_broker.join("default", timeout=60_000)  # waits until Kafka has taken or refused it
+
+    # Then the refused message is logged with its id and the error, and counted once
+    refused = [r for r in caplog.records if "Kafka did not take message" in r.getMessage()]
+    assert len(refused) == 1 and big.message_id in refused[0].getMessage()
+    assert "MessageSizeTooLarge" in refused[0].getMessage()
+    assert delivery_errors_counted("default", "sized") == before + 1
+    assert sum(unconfirmed_broker.admin.lag("default").values()) == 0
+    # ...and the broker's next message reaches Kafka (its failed producer was replaced)
+    with unconfirmed_broker.batch():  # which waits for the ack even with confirm_delivery off
+        sized.send("small")
+    assert sum(unconfirmed_broker.admin.lag("default").values()) == 1
+    assert delivery_errors_counted("default", "sized") == before + 1
+
+
+def test_without_confirm_delivery_close_delivers_what_the_producer_still_holds(
+    kafka_bootstrap_servers, topic_prefix, unconfirmed_broker: KafkaBroker
+):
+    # Given a broker with confirm_delivery off holding 50 sent messages in its producer's buffer
+    @dramatiq.actor
+    def held(n: int) -> None:
+        pass
+
+    unconfirmed_broker.ensure_topics("default")
+    for n in range(50):
+        held.send(n)
+    assert unconfirmed_broker.clients.producer._accumulator.has_incomplete
+
+    # When the broker is closed
+    unconfirmed_broker.close()
+
+    # Then all 50 are in Kafka, waiting for a worker
+    reader = make_kafka_broker(kafka_bootstrap_servers, topic_prefix)
+    try:
+        reader.declare_queue("default")
+        assert sum(reader.admin.lag("default").values()) == 50
+    finally:
+        reader.close()
 
 
 @pytest.mark.parametrize(
@@ -468,6 +571,7 @@ class _FakeKafkaConsumer:
         self.records: dict[TopicPartition, list[SimpleNamespace]] = {}
         self.committed: dict[TopicPartition, OffsetAndMetadata] = {}
         self.commits: list[dict[TopicPartition, OffsetAndMetadata]] = []
+        self._cluster = SimpleNamespace(config={})
         self._coordinator = SimpleNamespace(
             rejoining=False,
             rejoin_needed=False,

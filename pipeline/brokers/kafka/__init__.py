@@ -17,7 +17,8 @@ The modules, by what they hold:
 * :mod:`.offsets`: per-partition ack bookkeeping and the acked offsets kept in commit metadata;
 * :mod:`.admin`: :class:`KafkaAdmin` (``broker.admin``): lag, replicas, failed messages and their replay;
 * :mod:`.deadletters`: the failed-message records; :mod:`.clients`: the kafka-python clients;
-* :mod:`.errors`: the error tree; :mod:`.compat`: every private kafka-python and Dramatiq name we use.
+* :mod:`.errors`: the error tree; :mod:`.metrics`: the delivery-error counter of ``confirm_delivery=False``;
+* :mod:`.compat`: every private kafka-python and Dramatiq name we use.
 """
 
 from .admin import KafkaAdmin

@@ -158,7 +158,10 @@ class KafkaAdmin:
             if item.message is not None
         ]
         if fresh:
-            self.broker.enqueue_many(fresh)
+            # In a batch() block, which waits for their acks even with confirm_delivery off: the failed
+            # records are removed next.
+            with self.broker.batch():
+                self.broker.enqueue_many(fresh)
             topic = self.broker.topic_for(xq_name(queue_name))
             cut = {TopicPartition(topic, p): items[-1].offset + 1 for p, items in replayable.items()}
             self.clients.admin_call("delete_records", cut, timeout_ms=self.clients.timeout_ms)

@@ -14,13 +14,14 @@ from dramatiq.broker import Broker, Consumer, MessageProxy
 from dramatiq.common import current_millis, dq_name, q_name, xq_name
 from dramatiq.errors import QueueJoinTimeout, QueueNotFound
 from dramatiq.message import Message
-from kafka.errors import KafkaError, MessageSizeTooLargeError
+from kafka.errors import KafkaError, MessageSizeTooLargeError, UnknownError
 
 from .admin import KafkaAdmin
 from .clients import KafkaClients
 from .consumer import _KafkaConsumer
 from .deadletters import failure_headers
 from .errors import KafkaConnectionError, MessageFailed
+from .metrics import delivery_errors
 
 #: Partitions of each topic the broker creates.
 DEFAULT_PARTITIONS = 6
@@ -47,8 +48,8 @@ class KafkaBroker(Broker):
 
     Each queue is a topic, with a ``.DQ`` topic for delayed messages and an ``.XQ`` topic for failed ones
     (Dramatiq's ``dq_name`` and ``xq_name``).  Delivery is at least once: ``enqueue`` returns once Kafka
-    has acknowledged the record (``acks=all``), and a consumer commits an offset only once its message
-    was acked.
+    has acknowledged the record (``acks=all``; unless ``confirm_delivery`` is off), and a consumer commits
+    an offset only once its message was acked.
 
     Parameters:
       bootstrap_servers(str | list[str]): Kafka's ``host:port`` addresses.
@@ -64,6 +65,13 @@ class KafkaBroker(Broker):
         Kafka brokers' own default.
       dead_letter_retention_ms(int): ``retention.ms`` of the failed-message topics this broker creates.
       send_timeout_ms(int): How long ``enqueue`` waits for Kafka's acknowledgement before raising.
+      confirm_delivery(bool): Whether ``enqueue`` waits for Kafka's acknowledgement (``acks=all``), as
+        Dramatiq's ``RabbitmqBroker`` option of this name waits for RabbitMQ's.  On by default: a message
+        ``enqueue`` returned is durable.  Off, ``enqueue`` returns once the record is in the producer's
+        buffer, and a message Kafka then refuses is lost: it is logged and counted
+        (``dramatiq_kafka_delivery_errors_total``), not raised.  ``join``, ``flush`` and ``close`` first
+        wait for the records in flight; a ``batch()`` block still waits for its messages' acks at its end.
+        A worker's own hand-offs (retries, delayed messages, pipeline stages) are then not durable either.
       commit_interval_ms(int): Most time between offset commits while messages are being acked.
       fail_fast_default(bool): What ``join`` does when its ``fail_fast`` is None, as on ``StubBroker``.
       client_options(dict): kafka-python options given to every client (security, timeouts...); each
@@ -91,6 +99,7 @@ class KafkaBroker(Broker):
         min_insync_replicas: int | None = None,
         dead_letter_retention_ms: int = DEFAULT_DEAD_LETTER_RETENTION_MS,
         send_timeout_ms: int = DEFAULT_SEND_TIMEOUT_MS,
+        confirm_delivery: bool = True,
         commit_interval_ms: int = DEFAULT_COMMIT_INTERVAL_MS,
         fail_fast_default: bool = True,
         client_options: dict[str, Any] | None = None,
@@ -116,6 +125,7 @@ class KafkaBroker(Broker):
         self.min_insync_replicas = min_insync_replicas
         self.dead_letter_retention_ms = dead_letter_retention_ms
         self.send_timeout_ms = send_timeout_ms
+        self.confirm_delivery = confirm_delivery
         self.commit_interval_ms = commit_interval_ms
         self.fail_fast_default = fail_fast_default
         self.clients = KafkaClients(
@@ -132,6 +142,9 @@ class KafkaBroker(Broker):
         self.failures_by_queue: defaultdict[str, list[BaseException | None]] = defaultdict(list)
         self._ready_topics: set[str] = set()
         self._scope = threading.local()
+        # A producer that failed a record nobody waited for (confirm_delivery off): its errback runs on the
+        # producer's own thread, which cannot close it, so the next send replaces it.
+        self._failed_producer: Any = None
 
     @property
     def consumer_class(self) -> type[_KafkaConsumer]:
@@ -148,14 +161,26 @@ class KafkaBroker(Broker):
 
     def close(self) -> None:
         """Close the producer (after delivering what it holds) and the admin client."""
+        with contextlib.suppress(KafkaConnectionError):  # what is still undelivered is failed by the close
+            self._flush_in_flight(self.send_timeout_ms / 1000)
         self.clients.close()
 
     def declare_queue(self, queue_name: str) -> None:
-        """Declare a queue and its delay queue.  Topics are created on first use (enqueue, consume, join)."""
+        """Declare a queue and its delay queue.
+
+        A broker that already talks to Kafka (a running worker or web process) creates the queue's topics
+        at once, before a worker's consumers subscribe to them, so that a fresh queue is live as soon as it
+        is declared; otherwise (at import time) they are created on first use, and declaring needs no Kafka.
+        """
         if queue_name in self.queues:
             return
         self.emit_before("declare_queue", queue_name)
         self.queues.add(queue_name)
+        if self.clients.connected:
+            try:
+                self.ensure_topics(queue_name)
+            except KafkaConnectionError as e:
+                self.logger.warning("Topics of %r not created yet (created on first use): %s", queue_name, e)
         self.emit_after("declare_queue", queue_name)
 
         delayed_name = dq_name(queue_name)
@@ -214,12 +239,15 @@ class KafkaBroker(Broker):
         return self.consumer_class(self, queue_name, prefetch, timeout)
 
     def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
-        """Enqueue a message and return once Kafka has acknowledged it.
+        """Enqueue a message and return once Kafka has acknowledged it (with ``confirm_delivery`` off, once
+        the producer has it).
 
         Parameters:
           message(Message): The message to enqueue.  ``message.options["partition_key"]``, when set, is the
             record key, so that messages with the same key keep their order.
-          delay(int): The minimum amount of time, in milliseconds, to delay the message by.
+          delay(int): The minimum amount of time, in milliseconds, to delay the message by.  A message
+            with a delay goes to the delay queue with an ``eta``, except one with a delay of 0 or less, which
+            is due now and goes to the queue itself.
 
         Raises:
           QueueNotFound: If the queue hasn't been declared.
@@ -230,7 +258,8 @@ class KafkaBroker(Broker):
     def enqueue_many(
         self, messages: Iterable[Message[Any]], *, delay: int | None = None
     ) -> list[Message[Any]]:
-        """Enqueue many messages with one wait: return once Kafka has acknowledged all of them.
+        """Enqueue many messages with one wait: return once Kafka has acknowledged all of them (with
+        ``confirm_delivery`` off, at once).
 
         If this raises, some of the messages may have been delivered and others not.
 
@@ -243,7 +272,9 @@ class KafkaBroker(Broker):
             queue_name = message.queue_name
             if q_name(queue_name) not in self.queues:
                 raise QueueNotFound(queue_name)
-            if delay is not None:
+            # A message due now skips the delay queue: a zero-backoff retry runs at once, and does not
+            # wait for a fresh queue's delay consumer to join its group.
+            if delay is not None and delay > 0:
                 queue_name = dq_name(queue_name)
                 message = message.copy(queue_name=queue_name, options={"eta": current_millis() + delay})
             self.ensure_topics(queue_name)
@@ -257,6 +288,13 @@ class KafkaBroker(Broker):
             # Inside ``batch()``: the block's end waits for these acks (and emits after_enqueue).
             pending.extend((f, message, delay) for f, (message, _) in zip(futures, prepared, strict=True))
             return [message for message, _ in prepared]
+        if not self.confirm_delivery:
+            # Nobody waits: a record Kafka refuses is logged and counted by its errback (producer's thread).
+            producer = self.clients._producer
+            for future, (message, _) in zip(futures, prepared, strict=True):
+                future.add_errback(self._delivery_failed, message, producer)
+                self.emit_after("enqueue", message, delay)
+            return [message for message, _ in prepared]
         self._wait(futures)
         for message, _ in prepared:
             self.emit_after("enqueue", message, delay)
@@ -268,6 +306,7 @@ class KafkaBroker(Broker):
 
         ``actor.send()`` inside the block returns as soon as the record is handed to the producer; leaving the
         block returns only once Kafka has acknowledged all of them.  Blocks nest (the outermost waits).
+        The block waits even with ``confirm_delivery`` off: it is how to confirm a group of messages then.
 
         Raises:
           KafkaConnectionError: At the block's end, if Kafka did not acknowledge every message.
@@ -293,8 +332,10 @@ class KafkaBroker(Broker):
         """Drop every message of a queue (or delay queue) that has not been consumed yet.
 
         Kafka cannot remove single records: this deletes the topic's records up to its end for every
-        consumer group, as a ``DEL`` of a Redis list would.
+        consumer group, as a ``DEL`` of a Redis list would.  With ``confirm_delivery`` off, the records in
+        flight are delivered first, so that they are dropped too.
         """
+        self._flush_in_flight()
         self.admin.delete_records(queue_name)
         self.failures_by_queue.pop(q_name(queue_name), None)
 
@@ -319,9 +360,13 @@ class KafkaBroker(Broker):
             does, until the queue is flushed; one that reached the failed-message topic from another process
             during the join raises :class:`MessageFailed` with its exception's type name and message.
 
+        With ``confirm_delivery`` off, it first waits for the records in flight (a message Kafka refuses
+        then is logged and counted, and not waited for).
+
         Raises:
           QueueJoinTimeout: When ``timeout`` milliseconds elapse first.
           QueueNotFound: If the queue hasn't been declared.
+          KafkaConnectionError: With ``confirm_delivery`` off, if the producer could not deliver its records.
         """
         if queue_name not in self.queues:
             raise QueueNotFound(queue_name)
@@ -330,6 +375,12 @@ class KafkaBroker(Broker):
         self.ensure_topics(queue_name)
         failed_before = self.admin.failed_count(queue_name) if fail_fast else 0
         deadline = None if timeout is None else time.monotonic() + timeout / 1000
+        try:
+            self._flush_in_flight(None if deadline is None else deadline - time.monotonic())
+        except KafkaConnectionError:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise QueueJoinTimeout(queue_name) from None
+            raise
         # Queue, then delay queue, then queue again: a retry is put on the delay queue before the original
         # is acked, and a delayed message is put back on the queue before it is acked.
         order = (queue_name, dq_name(queue_name), queue_name)
@@ -371,6 +422,9 @@ class KafkaBroker(Broker):
         self, topic: str, value: bytes, key: Any = None, headers: list[tuple[str, bytes]] | None = None
     ) -> Any:
         encoded_key = None if key is None else str(key).encode("utf-8")
+        failed, self._failed_producer = self._failed_producer, None
+        if failed is not None:
+            self.clients.discard("_producer", failed)
         producer = self.clients.producer
         try:
             return producer.send(topic, value=value, key=encoded_key, headers=headers or [])
@@ -386,6 +440,46 @@ class KafkaBroker(Broker):
             try:
                 future.get(timeout=max(0.0, deadline - time.monotonic()))
             except KafkaError as e:
-                if not isinstance(e, MessageSizeTooLargeError):
-                    self.clients.discard("_producer", producer)
+                # Even a record Kafka refused as too large: the idempotent producer then fails all it holds.
+                self.clients.discard("_producer", producer)
                 raise KafkaConnectionError(f"Kafka did not acknowledge a message: {e}") from None
+
+    def _delivery_failed(self, message: Message[Any], producer: Any, error: BaseException) -> None:
+        """The errback of a message enqueued with ``confirm_delivery`` off that Kafka did not take."""
+        self.logger.error(
+            "Kafka did not take message %s (%s on %r), which is lost: %s",
+            message.message_id,
+            message.actor_name,
+            message.queue_name,
+            error,
+        )
+        delivery_errors().labels(message.queue_name, message.actor_name).inc()
+        # Replaced whatever the error: kafka-python's idempotent producer takes even a record Kafka found too
+        # large as fatal, and fails every later send.
+        self._failed_producer = producer
+
+    def _flush_in_flight(self, timeout_s: float | None = None) -> None:
+        """With ``confirm_delivery`` off, wait until Kafka has taken (or refused) every record handed to the
+        producer; by default for as long as the producer may take to deliver one.
+
+        Raises:
+          KafkaConnectionError: If that takes longer than ``timeout_s``.
+        """
+        producer = self.clients._producer
+        if self.confirm_delivery or producer is None:
+            return
+        if timeout_s is None:
+            timeout_s = producer.config["delivery_timeout_ms"] / 1000
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                producer.flush(timeout=max(0.0, deadline - time.monotonic()))
+                return
+            except UnknownError:
+                # kafka-python 3.0.12's flush gives up with "Future not done" when Kafka refused a batch as
+                # too large and the producer split it to send again: flushing again waits for the halves.
+                if time.monotonic() >= deadline:
+                    raise KafkaConnectionError("Kafka did not take the messages in flight in time") from None
+                time.sleep(_JOIN_POLL_S / 5)
+            except KafkaError as e:
+                raise KafkaConnectionError(f"Kafka did not take the messages in flight: {e}") from None

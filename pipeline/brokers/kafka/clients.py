@@ -19,10 +19,14 @@ from kafka.errors import (
     NotLeaderForPartitionError,
 )
 
+from . import compat
 from .errors import KafkaConnectionError
 
 #: Time after which a silent consumer is dropped from its group, in milliseconds.
 DEFAULT_SESSION_TIMEOUT_MS = 10_000
+#: Least time between two metadata requests of a consumer or the producer, in milliseconds: short, so that
+#: a fresh queue's topic is found at once (while Kafka is unreachable, connection backoff spaces them out).
+METADATA_BACKOFF_MS = 10
 #: Attempts of an admin call that fails because a group coordinator or a partition leader is on the move
 #: (:data:`_MOVING`).
 ADMIN_ATTEMPTS = 3
@@ -87,6 +91,11 @@ class KafkaClients:
         return options
 
     @property
+    def connected(self) -> bool:
+        """Whether a producer or an admin client has been made (this process talks to Kafka already)."""
+        return self._producer is not None or self._admin is not None
+
+    @property
     def producer(self) -> KafkaProducer:
         """The shared producer (kafka-python's producer is thread-safe).
 
@@ -110,9 +119,11 @@ class KafkaClients:
                         },
                     )
                     try:
-                        self._producer = KafkaProducer(**options)
+                        producer = KafkaProducer(**options)
                     except KafkaError as e:
                         raise KafkaConnectionError(str(e)) from None
+                    compat.set_metadata_backoff(producer, METADATA_BACKOFF_MS)
+                    self._producer = producer
         return self._producer
 
     @property

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 #: What this module reaches into, as (object path, attribute): the compatibility test checks each.
@@ -19,6 +19,9 @@ PRIVATE_NAMES = (
     ("kafka.coordinator.consumer.ConsumerCoordinator", "fetch_committed_offsets_async"),
     ("kafka.coordinator.base.BaseCoordinator", "rejoining"),  # instance attributes, set in __init__
     ("kafka.coordinator.base.BaseCoordinator", "rejoin_needed"),
+    ("kafka.KafkaConsumer", "_cluster"),  # an instance attribute, set in __init__
+    ("kafka.KafkaProducer", "_metadata"),  # an instance attribute, set in __init__
+    ("kafka.cluster.ClusterMetadata", "config"),  # an instance attribute, set in __init__
     ("dramatiq.middleware.prometheus", "_run_exposition_server"),
 )
 
@@ -42,6 +45,17 @@ async def committed_offsets(
         TopicPartition, OffsetAndMetadata | None
     ] = await consumer._coordinator.fetch_committed_offsets_async(partitions)
     return result
+
+
+def set_metadata_backoff(client: KafkaConsumer | KafkaProducer, backoff_ms: int) -> None:
+    """Set the least time between two metadata requests of a consumer or producer.
+
+    kafka-python 3.0.12 builds a client's metadata without the client's ``retry_backoff_ms``, so a new
+    client always waits its default, 100 ms, between the bootstrap's metadata request and the one that
+    finds its topic: the first message of a fresh queue is sent, and starts, that much later.
+    """
+    metadata = client._metadata if isinstance(client, KafkaProducer) else client._cluster
+    metadata.config["retry_backoff_ms"] = backoff_ms
 
 
 def rebalance_under_way(consumer: KafkaConsumer) -> bool:
