@@ -10,7 +10,7 @@ The records are made so that the outcomes are known in advance: every tenth one 
 invalid), every tenth one repeats the unique key (name, age) of an earlier one (so one of them is stored
 and the other a duplicate, whichever comes first), the rest are new users.
 
-:class:`Ledger` waits until the system has settled and checks the promises of the README's "Guarantees":
+:class:`Ledger` waits until the system has settled and checks the promises of docs/guarantees.md:
 every accepted id has exactly one terminal outcome, over HTTP and in the tables; one user row per unique
 key; ``count(users)`` equals the ``stored`` outcomes; the counts add up.
 """
@@ -38,7 +38,7 @@ RETRY_PAUSE_S = 0.2
 
 @dataclasses.dataclass
 class Figures:
-    """What one test sent and saw, for the summary of the run and the README."""
+    """What one test sent and saw, for the summary of the run and docs/benchmarks.md."""
 
     test: str
     sent: int = 0  # submissions accepted with a 202 (singles + batch records)

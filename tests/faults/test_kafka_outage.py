@@ -1,6 +1,6 @@
 """Kafka goes away for a while and comes back, under load.
 
-Promise 1 and 3 of the README's "Guarantees": while Kafka is down the API answers ``503
+Promise 1 and 3 of docs/guarantees.md: while Kafka is down the API answers ``503
 queue_unavailable`` (never a 500, never a 202 that is then lost); once it is back, the web's producer and
 the workers' consumers carry on without being restarted, and everything accepted reaches its outcome.
 """

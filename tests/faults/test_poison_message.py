@@ -1,6 +1,6 @@
 """A poison message: one specific record that makes the actor fail, every time.
 
-Promise 3 of the README's "Guarantees": it is retried, then it is on the failed-message topic with its
+Promise 3 of docs/guarantees.md: it is retried, then it is on the failed-message topic with its
 reason and its submission is ``failed``, while the rest of its batch and the rest of the queue go on.
 
 No client input can make ``persist_users`` fail: the validator refuses every value PostgreSQL would

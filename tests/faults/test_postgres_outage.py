@@ -1,6 +1,6 @@
 """PostgreSQL goes away under load: briefly (within the retry budget), then for longer than it.
 
-Promise 3 of the README's "Guarantees": an outage the retries outlast only delays work; one that outlasts
+Promise 3 of docs/guarantees.md: an outage the retries outlast only delays work; one that outlasts
 the retries ends as ``failed``, on the failed-message topic, and ``python -m pipeline dlq replay`` after
 recovery turns it into the outcome it should have had.  Promise 2 holds throughout: no row twice.
 """

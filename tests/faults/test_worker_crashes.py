@@ -1,6 +1,6 @@
 """Worker processes die mid-stream: ``kill -9`` (a crash) and ``SIGTERM`` (a graceful shutdown).
 
-Promise 1 and 2 of the README's "Guarantees": a crash delays work but loses none, and what a crash makes
+Promise 1 and 2 of docs/guarantees.md: a crash delays work but loses none, and what a crash makes
 Kafka deliver again is never written twice; a graceful shutdown finishes what it started, so nothing is
 even processed twice.
 """
