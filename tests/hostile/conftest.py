@@ -3,7 +3,7 @@
 The suite throws generated and hand-picked garbage at the API (in process, on Dramatiq's StubBroker) and
 at the workers (through the real stack of ``tests/e2e``).  Every answer it gets is checked the same way
 (:func:`check_answer`) and counted in :data:`TALLY`, whose figures (cases sent, 5xx seen) are printed at
-the end of the run for docs/guarantees.md.
+the end of the run for docs/benchmarks.md.
 """
 
 from __future__ import annotations
