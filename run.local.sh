@@ -10,6 +10,11 @@
 # LOCAL_KAFKA_NODES=3 ./run.local.sh ... runs a Kafka cluster of three nodes instead of one (topics then get
 # three replicas); the application needs nothing else.
 #
+# LOCAL_KAFKA_SECURITY=managed ./run.local.sh runs Kafka secured as Heroku Kafka's multi-tenant plans are (TLS
+# with client certificates, ACLs, a prefix, no right to create topics; see scripts/kafka.sh), and the web and
+# worker get nothing but Heroku's variables (KAFKA_URL, KAFKA_TRUSTED_CERT, KAFKA_CLIENT_CERT,
+# KAFKA_CLIENT_CERT_KEY, KAFKA_PREFIX), which .local/env then carries too.
+#
 # Every step is a small script of its own under scripts/ (venv.sh, kafka.sh, postgres.sh) that can be run
 # alone; their variables (ports, ...) are listed at the top of scripts/lib.sh. All state lives in .local/:
 # `./run.local.sh services down && rm -rf .local` starts afresh.
@@ -41,11 +46,22 @@ local_replication_factor() {
     fi
 }
 
+# True when this checkout runs its own Kafka in LOCAL_KAFKA_SECURITY=managed mode.
+kafka_is_managed() { [ "$LOCAL_KAFKA_SECURITY" = managed ] && ! kafka_is_external; }
+
 write_env() {
     mkdir -p "$LOCAL_DIR"
     {
         echo "# Written by ./run.local.sh services up: the addresses of the services this checkout uses."
-        printf 'export KAFKA_BOOTSTRAP_SERVERS=%q\n' "${KAFKA_BOOTSTRAP_SERVERS:-$LOCAL_KAFKA_BOOTSTRAP_SERVERS}"
+        if kafka_is_managed; then
+            echo "# LOCAL_KAFKA_SECURITY=managed: Heroku Kafka's variables for the local TLS listener (those of the"
+            echo "# SASL_SSL listener are in $LOCAL_KAFKA_SASL_ENV; the operator's listener is $LOCAL_KAFKA_BOOTSTRAP_SERVERS)."
+            grep -v '^#' "$LOCAL_KAFKA_HEROKU_ENV"
+            printf 'export LOCAL_KAFKA_SECURITY=managed LOCAL_KAFKA_PORT=%q LOCAL_KAFKA_DIR=%q\n' \
+                "$LOCAL_KAFKA_PORT" "$LOCAL_KAFKA_DIR"
+        else
+            printf 'export KAFKA_BOOTSTRAP_SERVERS=%q\n' "${KAFKA_BOOTSTRAP_SERVERS:-$LOCAL_KAFKA_BOOTSTRAP_SERVERS}"
+        fi
         printf 'export DATABASE_URL=%q\n' "${DATABASE_URL:-$LOCAL_DATABASE_URL}"
         if [ -n "$(local_replication_factor)" ]; then
             # (with these, scripts/kafka.sh and ./run.local.sh know the cluster for theirs)
@@ -101,6 +117,12 @@ prepare() {
 case "${1:-}" in
     "")
         prepare
+        if kafka_is_managed; then
+            # The app as a platform runs it: Heroku's variables only, and no plaintext address to fall back on.
+            unset KAFKA_BOOTSTRAP_SERVERS
+            . "$LOCAL_KAFKA_HEROKU_ENV"
+            say "LOCAL_KAFKA_SECURITY=managed: web and worker get Heroku's variables only (KAFKA_URL=$KAFKA_URL, KAFKA_PREFIX=$KAFKA_PREFIX)"
+        fi
         export PATH="$VENV/bin:$PATH" PORT="${PORT:-8000}"
         say "starting web (http://127.0.0.1:$PORT) and worker; Ctrl-C stops them"
         exec "$VENV/bin/honcho" start -f Procfile web worker

@@ -25,10 +25,24 @@ import dramatiq
 import peewee
 import psycopg2
 
-from pipeline import settings
-from pipeline.broker import QUEUE
+from pipeline import persist_plan, settings
+from pipeline.contract import (
+    PERSIST_USERS,
+    PROCESS_USER,
+    PROCESS_USERS,
+    QUEUE,
+    RECORD_FAILURE,
+    REGISTER_BATCH,
+    VALIDATE_USERS,
+    BatchRecord,
+    ChunkPayload,
+    Status,
+    SubmissionPayload,
+    ValidatedRecord,
+)
 from pipeline.db import database, reset_connection
 from pipeline.models import Batch, Submission, User, unique_columns
+from pipeline.persist_plan import Key
 from pipeline.validation import validate_record
 
 logger = logging.getLogger("pipeline.actors")
@@ -56,23 +70,33 @@ _persisting = {
     "retry_when": _retry_transient,
     "min_backoff": settings.MIN_BACKOFF_MS,
     "max_backoff": settings.MAX_BACKOFF_MS,
-    "on_retry_exhausted": "record_failure",
+    "on_retry_exhausted": RECORD_FAILURE,
 }
 
 
-def _records_of(submission: dict[str, Any]) -> list[dict[str, Any]]:
+def _records_of(submission: SubmissionPayload) -> list[BatchRecord]:
     return [{"id": submission["id"], "row": None, "data": submission.get("data"), "errors": []}]
 
 
-@dramatiq.actor(queue_name=QUEUE, max_retries=settings.MAX_RETRIES, on_retry_exhausted="record_failure")
-def process_user(submission: dict[str, Any]) -> None:
+@dramatiq.actor(
+    actor_name=PROCESS_USER,
+    queue_name=QUEUE,
+    max_retries=settings.MAX_RETRIES,
+    on_retry_exhausted=RECORD_FAILURE,
+)
+def process_user(submission: SubmissionPayload) -> None:
     """One submitted record ``{"id", "data"}``: validate, then dedupe and persist."""
     records = _records_of(submission)
     dramatiq.pipeline([validate_users.message(records, None, "json"), persist_users.message()]).run()
 
 
-@dramatiq.actor(queue_name=QUEUE, max_retries=settings.MAX_RETRIES, on_retry_exhausted="record_failure")
-def process_users(chunk: dict[str, Any]) -> None:
+@dramatiq.actor(
+    actor_name=PROCESS_USERS,
+    queue_name=QUEUE,
+    max_retries=settings.MAX_RETRIES,
+    on_retry_exhausted=RECORD_FAILURE,
+)
+def process_users(chunk: ChunkPayload) -> None:
     """A chunk of a batch ``{"batch_id", "source", "records": [{"id", "row", "data", "errors"}]}``."""
     dramatiq.pipeline(
         [
@@ -82,10 +106,10 @@ def process_users(chunk: dict[str, Any]) -> None:
     ).run()
 
 
-@dramatiq.actor(queue_name=QUEUE, max_retries=0, on_retry_exhausted="record_failure")
-def validate_users(records: list[dict[str, Any]], batch_id: str | None, source: str) -> list[dict[str, Any]]:
+@dramatiq.actor(actor_name=VALIDATE_USERS, queue_name=QUEUE, max_retries=0, on_retry_exhausted=RECORD_FAILURE)
+def validate_users(records: list[BatchRecord], batch_id: str | None, source: str) -> list[ValidatedRecord]:
     """Validate every record with Cerberus; the result lists each record's user or all of its errors."""
-    results = []
+    results: list[ValidatedRecord] = []
     for record in records:
         user, errors = validate_record(
             record.get("data"), source=source, parse_errors=record.get("errors") or ()
@@ -102,8 +126,8 @@ def validate_users(records: list[dict[str, Any]], batch_id: str | None, source: 
     return results
 
 
-@dramatiq.actor(**_persisting, max_retries=settings.MAX_RETRIES)
-def persist_users(results: list[dict[str, Any]]) -> dict[str, int]:
+@dramatiq.actor(actor_name=PERSIST_USERS, **_persisting, max_retries=settings.MAX_RETRIES)
+def persist_users(results: list[ValidatedRecord]) -> dict[str, int]:
     """Store the valid users (``ON CONFLICT DO NOTHING``) and every outcome, in one transaction.
 
     When the chunk fails as a whole, its records are tried one by one: if some of them succeed, the chunk
@@ -123,18 +147,18 @@ def persist_users(results: list[dict[str, Any]]) -> dict[str, int]:
     logger.info(
         "persisted %s stored=%d duplicate=%d invalid=%d skipped=%d",
         f"batch={batch}" if batch else f"id={results[0]['id'] if results else '-'}",
-        counts["stored"],
-        counts["duplicate"],
-        counts["invalid"],
+        counts[Status.STORED],
+        counts[Status.DUPLICATE],
+        counts[Status.INVALID],
         counts["skipped"],
     )
     return counts
 
 
-def _persist_one_by_one(results: list[dict[str, Any]]) -> dict[str, int]:
+def _persist_one_by_one(results: list[ValidatedRecord]) -> dict[str, int]:
     """Persist each record in its own transaction; send the ones that fail on as messages of their own."""
-    counts = {"stored": 0, "duplicate": 0, "invalid": 0, "skipped": 0}
-    failing: list[dict[str, Any]] = []
+    counts = persist_plan.empty_counts()
+    failing: list[ValidatedRecord] = []
     last_error: Exception | None = None
     for result in results:
         try:
@@ -153,11 +177,7 @@ def _persist_one_by_one(results: list[dict[str, Any]]) -> dict[str, int]:
     return counts
 
 
-def _key(user: dict[str, Any], columns: list[str]) -> tuple[Any, ...]:
-    return tuple(user.get(c) for c in columns)
-
-
-def _matches(columns: list[str], key: tuple[Any, ...]) -> peewee.Expression:
+def _matches(columns: list[str], key: Key) -> peewee.Expression:
     condition = None
     for column, value in zip(columns, key, strict=True):
         field = getattr(User, column)
@@ -166,91 +186,79 @@ def _matches(columns: list[str], key: tuple[Any, ...]) -> peewee.Expression:
     return condition
 
 
-def _persist(results: list[dict[str, Any]]) -> dict[str, int]:
+def _done_ids(ids: list[str]) -> set[str]:
+    """The submissions among ``ids`` that already have an outcome (``failed`` ones may get another)."""
+    query = Submission.select(Submission.id).where(
+        Submission.id.in_(ids) & (Submission.status != Status.FAILED)
+    )
+    return {s.id for s in query}
+
+
+def _insert_users(users: list[dict[str, Any]], columns: list[str]) -> dict[Key, int]:
+    """Insert the users whose key is not stored yet; the ids of those inserted, by key."""
+    key_fields = [getattr(User, c) for c in columns]
+    stored_ids: dict[Key, int] = {}
+    for start in range(0, len(users), INSERT_CHUNK):
+        inserted = (
+            User.insert_many(users[start : start + INSERT_CHUNK])
+            .on_conflict_ignore()
+            .returning(User.id, *key_fields)
+            .tuples()
+            .execute()
+        )
+        for row in inserted:
+            stored_ids[tuple(row[1:])] = row[0]
+    return stored_ids
+
+
+def _existing_ids(keys: list[Key], columns: list[str]) -> dict[Key, int]:
+    """The ids of the users already stored under ``keys``."""
+    existing: dict[Key, int] = {}
+    for start in range(0, len(keys), INSERT_CHUNK):
+        condition = None
+        for key in keys[start : start + INSERT_CHUNK]:
+            match = _matches(columns, key)
+            condition = match if condition is None else condition | match
+        for row in User.select(User.id, *[getattr(User, c) for c in columns]).where(condition).tuples():
+            existing[tuple(row[1:])] = row[0]
+    return existing
+
+
+def _upsert_outcomes(rows: list[dict[str, Any]]) -> None:
+    """Write the outcomes; an existing row is replaced only when it is ``failed`` (a replay)."""
+    for start in range(0, len(rows), INSERT_CHUNK):
+        (
+            Submission.insert_many(rows[start : start + INSERT_CHUNK])
+            .on_conflict(
+                conflict_target=[Submission.id],
+                update={
+                    Submission.status: peewee.EXCLUDED.status,
+                    Submission.errors: peewee.EXCLUDED.errors,
+                    Submission.user: peewee.EXCLUDED.user_id,
+                    Submission.updated_at: peewee.EXCLUDED.updated_at,
+                },
+                where=(Submission.status == Status.FAILED),
+            )
+            .execute()
+        )
+
+
+def _persist(results: list[ValidatedRecord]) -> dict[str, int]:
+    """Persist a chunk in one transaction (the decisions are :mod:`pipeline.persist_plan`'s)."""
     columns = unique_columns(settings.UNIQUE_FIELDS)
-    counts = {"stored": 0, "duplicate": 0, "invalid": 0, "skipped": 0}
     now = datetime.datetime.now(datetime.UTC)
     with database.connection_context(), database.atomic():
-        ids = [r["id"] for r in results]
-        done = {
-            s.id
-            for s in Submission.select(Submission.id).where(
-                Submission.id.in_(ids) & (Submission.status != "failed")
-            )
-        }
-        todo = [r for r in results if r["id"] not in done]
-        counts["skipped"] = len(results) - len(todo)
-
-        # First occurrence of a key within the chunk is the one inserted; later ones are its duplicates.
-        first: dict[tuple[Any, ...], dict[str, Any]] = {}
-        for r in todo:
-            if r["user"] is not None:
-                first.setdefault(_key(r["user"], columns), r)
-        stored_ids: dict[tuple[Any, ...], int] = {}
-        rows = [r["user"] for r in first.values()]
-        for start in range(0, len(rows), INSERT_CHUNK):
-            inserted = (
-                User.insert_many(rows[start : start + INSERT_CHUNK])
-                .on_conflict_ignore()
-                .returning(User.id, *[getattr(User, c) for c in columns])
-                .tuples()
-                .execute()
-            )
-            for row in inserted:
-                stored_ids[tuple(row[1:])] = row[0]
-        missing = [k for k in first if k not in stored_ids]
-        existing: dict[tuple[Any, ...], int] = {}
-        for start in range(0, len(missing), INSERT_CHUNK):
-            condition = None
-            for key in missing[start : start + INSERT_CHUNK]:
-                match = _matches(columns, key)
-                condition = match if condition is None else condition | match
-            for row in User.select(User.id, *[getattr(User, c) for c in columns]).where(condition).tuples():
-                existing[tuple(row[1:])] = row[0]
-
-        outcomes = []
-        for r in todo:
-            user_id = None
-            if r["user"] is None:
-                status = "invalid"
-            else:
-                key = _key(r["user"], columns)
-                if first[key] is r and key in stored_ids:
-                    status, user_id = "stored", stored_ids[key]
-                else:
-                    status, user_id = "duplicate", stored_ids.get(key) or existing.get(key)
-            counts[status] += 1
-            outcomes.append(
-                {
-                    "id": r["id"],
-                    "batch_id": r.get("batch_id"),
-                    "row": r.get("row"),
-                    "status": status,
-                    "errors": r["errors"] if status == "invalid" else [],
-                    "user": user_id,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-            )
-        for start in range(0, len(outcomes), INSERT_CHUNK):
-            (
-                Submission.insert_many(outcomes[start : start + INSERT_CHUNK])
-                .on_conflict(
-                    conflict_target=[Submission.id],
-                    update={
-                        Submission.status: peewee.EXCLUDED.status,
-                        Submission.errors: peewee.EXCLUDED.errors,
-                        Submission.user: peewee.EXCLUDED.user_id,
-                        Submission.updated_at: peewee.EXCLUDED.updated_at,
-                    },
-                    where=(Submission.status == "failed"),
-                )
-                .execute()
-            )
+        chunk = persist_plan.plan(results, _done_ids([r["id"] for r in results]), columns)
+        stored_ids = _insert_users(chunk.users, columns)
+        existing = _existing_ids(chunk.missing(stored_ids), columns)
+        rows, counts = persist_plan.outcomes(chunk, stored_ids, existing, now)
+        _upsert_outcomes(rows)
     return counts
 
 
-@dramatiq.actor(queue_name=QUEUE, max_retries=settings.MAX_RETRIES, retry_when=_retry_transient)
+@dramatiq.actor(
+    actor_name=REGISTER_BATCH, queue_name=QUEUE, max_retries=settings.MAX_RETRIES, retry_when=_retry_transient
+)
 def register_batch(batch_id: str, count: int, source: str | None = None) -> None:
     """Record a batch's size once all of its chunks are in Kafka (the batch report needs it)."""
     try:
@@ -266,19 +274,19 @@ def _submission_records(message: dict[str, Any]) -> list[dict[str, Any]]:
     """The submissions a failed message was carrying, whichever actor of the pipeline it was for."""
     args = message.get("args") or []
     actor = message.get("actor_name")
-    if actor == "process_user" and args:
+    if actor == PROCESS_USER and args:
         return [{"id": args[0]["id"], "row": None, "batch_id": None}]
-    if actor == "process_users" and args:
+    if actor == PROCESS_USERS and args:
         return [
             {"id": r["id"], "row": r.get("row"), "batch_id": args[0].get("batch_id")}
             for r in args[0]["records"]
         ]
-    if actor == "validate_users" and args:
+    if actor == VALIDATE_USERS and args:
         return [
             {"id": r["id"], "row": r.get("row"), "batch_id": args[1] if len(args) > 1 else None}
             for r in args[0]
         ]
-    if actor == "persist_users" and args:
+    if actor == PERSIST_USERS and args:
         return [{"id": r["id"], "row": r.get("row"), "batch_id": r.get("batch_id")} for r in args[0]]
     return []
 
@@ -312,7 +320,7 @@ def _reason(message: dict[str, Any]) -> str:
     return "unknown error: the retries ran out"
 
 
-@dramatiq.actor(queue_name=QUEUE, retry_when=_retry_record_failure)
+@dramatiq.actor(actor_name=RECORD_FAILURE, queue_name=QUEUE, retry_when=_retry_record_failure)
 def record_failure(message: dict[str, Any], retries: dict[str, Any] | None = None) -> None:
     """``on_retry_exhausted`` callback: mark the message's submissions ``failed`` with the reason.
 
@@ -330,7 +338,7 @@ def record_failure(message: dict[str, Any], retries: dict[str, Any] | None = Non
             "id": r["id"],
             "batch_id": r["batch_id"],
             "row": r["row"],
-            "status": "failed",
+            "status": Status.FAILED,
             "errors": [{"field": "_system", "message": reason}],
             "created_at": now,
             "updated_at": now,

@@ -1,7 +1,8 @@
-"""Builds the service's Dramatiq broker from settings and makes it Dramatiq's global broker.
+"""Builds the service's Dramatiq broker from settings: :func:`build_broker`, used by the web and the worker.
 
+Importing this module builds nothing (``pipeline.worker`` builds the worker's broker, ``web.app`` its own).
 The broker is a :class:`~pipeline.brokers.kafka.KafkaBroker`; it opens no connection until the first
-enqueue, consume or inspection, so importing this module is cheap and works while Kafka is down.
+enqueue, consume or inspection, so building one is cheap and works while Kafka is down.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import time
 from typing import Any
 
 import dramatiq
+from dramatiq.errors import BrokerConnectionError
+from dramatiq.logging import get_logger
 from dramatiq.middleware import (
     AgeLimit,
     Callbacks,
@@ -29,42 +32,84 @@ from dramatiq.middleware import (
 )
 
 from pipeline import logs, settings
-from pipeline.brokers.kafka import KafkaBroker, compat
+from pipeline.brokers.kafka import KafkaBroker, RecordTooLarge, compat
 
-#: The queue every actor of the service runs on.
-QUEUE = "users"
+_logger = get_logger(__name__)
 
 
 class _FailWhenHandOffFails:
-    """Fails a message whose after-processing hand-off (next pipeline stage, retry) could not be enqueued.
+    """Fails a message whose after-processing hand-off (next pipeline stage, retry) could not be enqueued;
+    waits for Kafka instead when Kafka is what could not be reached.
 
     Dramatiq logs and swallows errors of ``after_process_message`` hooks, so such a message would be acked
     with its next stage or its retry never enqueued: an accepted submission lost.  Failed instead, it is
     nacked onto the failed-message topic (where it can be replayed) and its ``on_retry_exhausted`` callback
     is told, as if its retries had run out.
+
+    Kafka being unreachable -- a ``BrokerConnectionError`` raised by the hand-off, or by the actor itself
+    (``process_user`` enqueues its pipeline) -- is no fault of the message: retrying it spends, within
+    seconds, the retries that exist for bad data and a broken database, then fails a message that would have
+    succeeded.  So it spends no retry and fails nothing: the message is left un-acked, its consumer makes
+    way for a new one, and that one delivers the message again once Kafka answers (the worker's consumer
+    thread waits for Kafka between attempts).  A record Kafka refuses as too large is refused every time:
+    that message fails.  A broker that cannot redeliver a message so (``StubBroker``) keeps the behaviour
+    above.
     """
 
     def after_process_message(
         self, broker: dramatiq.Broker, message: Any, *, result: Any = None, exception: Any = None
     ) -> None:
+        failed_before = message.failed
+        if _kafka_away(exception) and not failed_before and _redeliver_later(message):
+            return
         try:
             super().after_process_message(  # type: ignore[misc]
                 broker, message, result=result, exception=exception
             )
-        except Exception as error:
-            already_failed = message.failed
-            message.stuff_exception(error)
-            message.fail()
-            callback = message.options.get("on_retry_exhausted") or broker.get_actor(
-                message.actor_name
-            ).options.get("on_retry_exhausted")
-            if callback and not already_failed:
-                data = message.asdict()
-                data["options"] = {**data["options"], "traceback": f"{type(error).__name__}: {error}"}
-                # Best effort: Kafka may be what failed; the failed topic keeps the message anyway.
-                with contextlib.suppress(Exception):
-                    broker.get_actor(callback).send(data, {"retries": None, "max_retries": None})
+        except BrokerConnectionError as error:
+            if _kafka_away(error) and not failed_before and _redeliver_later(message):
+                # Whatever the hook had decided (Retries may have failed the message before its
+                # on_retry_exhausted could be sent) is decided again when the message runs again.
+                message.failed = False
+                _logger.warning("%s waits for Kafka, un-acked: %s", message, error)
+                return
+            self._fail(broker, message, error, failed_before)
             raise
+        except Exception as error:
+            self._fail(broker, message, error, failed_before)
+            raise
+
+    @staticmethod
+    def _fail(broker: dramatiq.Broker, message: Any, error: Exception, already_failed: bool) -> None:
+        message.stuff_exception(error)
+        message.fail()
+        callback = message.options.get("on_retry_exhausted") or broker.get_actor(
+            message.actor_name
+        ).options.get("on_retry_exhausted")
+        if callback and not already_failed:
+            data = message.asdict()
+            data["options"] = {**data["options"], "traceback": f"{type(error).__name__}: {error}"}
+            # Best effort: Kafka may be what failed; the failed topic keeps the message anyway.
+            with contextlib.suppress(Exception):
+                broker.get_actor(callback).send(data, {"retries": None, "max_retries": None})
+
+
+def _kafka_away(error: BaseException | None) -> bool:
+    """Whether ``error`` says Kafka could not be reached (or acknowledge in time): a pause, not a fault.
+
+    Not a record Kafka refuses as too large, which it refuses every time: that message fails.
+    """
+    return isinstance(error, BrokerConnectionError) and not isinstance(error, RecordTooLarge)
+
+
+def _redeliver_later(message: Any) -> bool:
+    """Leave ``message`` un-acked, to be delivered again once Kafka answers; False when its broker cannot."""
+    # (a Dramatiq MessageProxy hands unknown attributes to its Message, which has none of this name)
+    redeliver = getattr(message, "redeliver_later", None)
+    if redeliver is None:
+        return False
+    redeliver()
+    return True
 
 
 class OneSigterm(dramatiq.Middleware):
@@ -193,6 +238,7 @@ def build_broker(**overrides: Any) -> KafkaBroker:
         "topic_prefix": settings.KAFKA_TOPIC_PREFIX,
         "group_id": settings.KAFKA_GROUP_ID,
         "client_id": settings.KAFKA_CLIENT_ID,
+        "create_topics": settings.KAFKA_CREATE_TOPICS,
         "partitions": settings.KAFKA_PARTITIONS,
         "replication_factor": settings.KAFKA_REPLICATION_FACTOR,
         "min_insync_replicas": settings.KAFKA_MIN_INSYNC_REPLICAS or None,
@@ -202,7 +248,3 @@ def build_broker(**overrides: Any) -> KafkaBroker:
     }
     parameters.update(overrides)
     return KafkaBroker(**parameters)
-
-
-broker = build_broker()
-dramatiq.set_broker(broker)

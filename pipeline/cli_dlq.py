@@ -11,8 +11,9 @@ import json
 import time
 from typing import Any
 
-from pipeline.broker import QUEUE, broker
-from pipeline.brokers.kafka import FailedMessage
+from pipeline.broker import build_broker
+from pipeline.brokers.kafka import FailedMessage, KafkaBroker
+from pipeline.contract import QUEUE
 
 
 def register(subparsers: Any) -> None:
@@ -48,7 +49,16 @@ def _as_dict(failed: FailedMessage) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Carry out one ``dlq`` sub-command; returns the exit code."""
+    """Carry out one ``dlq`` sub-command on the service's broker; returns the exit code."""
+    # No actors needed: failed messages are read and replayed as they are, by queue name.
+    broker = build_broker()
+    try:
+        return _run(broker, args)
+    finally:
+        broker.close()
+
+
+def _run(broker: KafkaBroker, args: argparse.Namespace) -> int:
     broker.declare_queue(args.queue)
     if args.dlq_action == "count":
         print(broker.admin.failed_count(args.queue))

@@ -26,6 +26,7 @@ from typing import Any, TextIO
 import httpx
 
 from pipeline import settings
+from pipeline.contract import OUTCOMES, REJECTED
 
 EXIT_OK = 0
 EXIT_REJECTED_RECORDS = 1
@@ -46,8 +47,6 @@ DEFAULT_POLL_SECONDS = 0.5
 MAX_RETRY_WAIT_SECONDS = 5.0
 #: Invalid rows printed at the end unless ``--show`` says otherwise.
 DEFAULT_SHOWN_ROWS = 10
-#: Outcomes of a record, in the order the summary prints them.
-OUTCOMES = ("stored", "duplicate", "invalid", "failed")
 
 
 class UploadError(Exception):
@@ -253,6 +252,11 @@ def follow_batch(
     return final
 
 
+def _rejected(counts: dict[str, Any]) -> int:
+    """Records of the batch that are ``invalid`` or ``failed``."""
+    return sum(int(counts.get(outcome) or 0) for outcome in REJECTED)
+
+
 def print_summary(report: dict[str, Any], *, out: TextIO, shown_rows: int) -> None:
     """The counts per outcome, then the first invalid/failed rows with each of their errors."""
     counts = report.get("counts") or {}
@@ -260,7 +264,7 @@ def print_summary(report: dict[str, Any], *, out: TextIO, shown_rows: int) -> No
     out.write(f"batch {report.get('batch_id')}: {report.get('state')}, {total} records\n")
     for outcome in OUTCOMES:
         out.write(f"  {outcome:<10} {int(counts.get(outcome) or 0):>9}\n")
-    rejected = int(counts.get("invalid") or 0) + int(counts.get("failed") or 0)
+    rejected = _rejected(counts)
     items = (report.get("items") or [])[:shown_rows]
     if not rejected or not items:
         return
@@ -323,8 +327,7 @@ def upload(
         err.write("\ninterrupted (a batch already accepted is processed all the same)\n")
         return EXIT_INTERRUPTED
     print_summary(report, out=out, shown_rows=shown_rows)
-    counts = report.get("counts") or {}
-    rejected = int(counts.get("invalid") or 0) + int(counts.get("failed") or 0)
+    rejected = _rejected(report.get("counts") or {})
     return EXIT_REJECTED_RECORDS if rejected else EXIT_OK
 
 

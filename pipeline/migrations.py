@@ -72,11 +72,21 @@ def _0003_timestamptz_and_defaults(migrator: PostgresqlMigrator) -> None:
     )
 
 
+def _0004_submission_status_check(migrator: PostgresqlMigrator) -> None:
+    # submissions.status admits only the outcomes of contract.OUTCOMES.  Frozen, like every migration: a
+    # later status comes with a migration of its own that replaces this constraint.
+    database.execute_sql(
+        "ALTER TABLE submissions ADD CONSTRAINT submissions_status_check "
+        "CHECK (status IN ('stored', 'duplicate', 'invalid', 'failed'))"
+    )
+
+
 #: Every migration, in order; append only.
 MIGRATIONS: list[tuple[str, Callable[[PostgresqlMigrator], None]]] = [
     ("0001_initial", _0001_initial),
     ("0002_users_name_index", _0002_users_name_index),
     ("0003_timestamptz_and_defaults", _0003_timestamptz_and_defaults),
+    ("0004_submission_status_check", _0004_submission_status_check),
 ]
 
 

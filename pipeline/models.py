@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
 from peewee import (
     BigAutoField,
     CharField,
+    Check,
     ForeignKeyField,
     IntegerField,
     Model,
@@ -14,6 +16,7 @@ from peewee import (
 )
 from playhouse.postgres_ext import BinaryJSONField, DateTimeTZField
 
+from pipeline.contract import OUTCOMES, Status
 from pipeline.db import database
 
 
@@ -42,13 +45,31 @@ class User(_Base):
         table_name = "users"
 
 
+class StatusField(CharField):
+    """A submission's :class:`~pipeline.contract.Status`: its string in the database, the enum in Python.
+
+    The column admits only the outcomes (``CHECK``, migration ``0004_submission_status_check``).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        values = ", ".join(f"'{status}'" for status in OUTCOMES)
+        kwargs.setdefault("constraints", [Check(f"status IN ({values})")])
+        super().__init__(max_length=16, **kwargs)
+
+    def db_value(self, value: Any) -> str | None:
+        return None if value is None else str(value)  # the plain string, whatever the driver makes of enums
+
+    def python_value(self, value: Any) -> Status | None:
+        return None if value is None else Status(value)
+
+
 class Submission(_Base):
-    """The outcome of one submitted record: ``stored``, ``duplicate``, ``invalid`` or ``failed``."""
+    """The outcome of one submitted record: one of ``contract.OUTCOMES``."""
 
     id = CharField(primary_key=True, max_length=128)
     batch_id = CharField(null=True, max_length=128)
     row = IntegerField(null=True)
-    status = CharField(max_length=16)
+    status = StatusField()
     errors = BinaryJSONField(default=list, index=False)
     user = ForeignKeyField(User, null=True, column_name="user_id", on_delete="SET NULL")
     created_at = DateTimeTZField(default=_now)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -132,6 +133,10 @@ KAFKA_TOPIC_PREFIX = _str("KAFKA_TOPIC_PREFIX", _str("KAFKA_PREFIX", ""))
 KAFKA_GROUP_ID = _str("KAFKA_GROUP_ID", "bup-workers")
 #: Client id reported to Kafka.
 KAFKA_CLIENT_ID = _str("KAFKA_CLIENT_ID", "batch-user-processing")
+#: Whether the app creates the topics it needs.  False when the Kafka service's operator makes them (Heroku's
+#: multi-tenant plans): the topics are then looked up, and a missing one is named with how to make it.  Even
+#: when true, a Kafka that refuses for want of rights is taken the same way.
+KAFKA_CREATE_TOPICS = _bool("KAFKA_CREATE_TOPICS", True)
 #: Partitions of each topic the broker creates (existing topics are used as they are).
 KAFKA_PARTITIONS = _int("KAFKA_PARTITIONS", 6, minimum=1)
 #: Replication factor of each topic the broker creates.
@@ -172,3 +177,27 @@ WORKER_METRICS_PORT = _int("WORKER_METRICS_PORT", 9191, minimum=0)
 # --- Logging -----------------------------------------------------------------------------------------------
 #: Python logging level name.
 LOG_LEVEL = _str("LOG_LEVEL", "INFO").upper()
+
+
+# --- The web's view --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WebSettings:
+    """What the web process reads, as one object (``web.app.create_app(config=...)``).
+
+    Every default is a value read above, so :data:`WEB` is the environment's; tests build their own with
+    ``dataclasses.replace(WEB, max_body_bytes=...)`` or by naming the fields.
+    """
+
+    api_token: str = API_TOKEN
+    id_secret: str = ID_SECRET
+    max_body_bytes: int = MAX_BODY_BYTES
+    max_batch_bytes: int = MAX_BATCH_BYTES
+    max_batch_records: int = MAX_BATCH_RECORDS
+    batch_chunk_size: int = BATCH_CHUNK_SIZE
+    retry_after_seconds: int = RETRY_AFTER_SECONDS
+    #: Longest wait for one broker call before answering 503, in seconds: Kafka's send timeout plus slack.
+    enqueue_timeout_seconds: float = KAFKA_SEND_TIMEOUT_MS / 1000 + 2
+
+
+#: The web's settings, built once from the environment.
+WEB = WebSettings()

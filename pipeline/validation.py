@@ -41,6 +41,7 @@ import cerberus
 from cerberus import errors as cerberus_errors
 
 from pipeline import settings
+from pipeline.contract import FieldError
 
 #: Most fields of a nested ``name`` or ``address`` object checked one by one; a larger one is one error.
 MAX_NESTED_KEYS = 20
@@ -75,7 +76,7 @@ _WHITESPACE_RUN = re.compile(r"\s+")
 _CSV_INTEGER = re.compile(r"\s*[+-]?[0-9]{1,20}\s*")
 
 #: Outcome of :func:`validate_record`: the normalised user (or None) and every error.
-ErrorList = list[dict[str, str]]
+ErrorList = list[FieldError]
 
 #: An error of our own rule ``storable``; its info is the dotted path, inside the record, of the value.
 _UNSTORABLE = cerberus_errors.ErrorDefinition(0x7E, "storable")  # below 0x80: not a group error
@@ -311,14 +312,14 @@ def _flatten(errors: Iterable[cerberus_errors.ValidationError]) -> Iterable[cerb
             yield error
 
 
-def _field_order(item: dict[str, str]) -> tuple[int, str]:
+def _field_order(item: FieldError) -> tuple[int, str]:
     top = item["field"].split(".", 1)[0]
     order = (*KNOWN_FIELDS, ADDITIONAL_INFO)
     return (order.index(top) if top in order else len(order), item["field"])
 
 
 def _errors_of(validator: UserValidator) -> ErrorList:
-    found = []
+    found: ErrorList = []
     for error in _flatten(validator._errors):
         path = [str(part) for part in error.document_path]
         if error.rule == _UNSTORABLE.rule:
@@ -360,7 +361,7 @@ def _user_from(document: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def validate_record(
-    data: Any, *, source: str = "json", parse_errors: Iterable[Mapping[str, str]] = ()
+    data: Any, *, source: str = "json", parse_errors: Iterable[Mapping[str, Any]] = ()
 ) -> tuple[dict[str, Any] | None, ErrorList]:
     """Validate one record; return ``(user, [])`` when valid, else ``(None, every error)``.
 
@@ -399,7 +400,7 @@ def validate_record(
     found = errors + _storable_errors(_errors_of(checker))
     if len(found) > MAX_ERRORS:
         # Every error is kept up to a bound, so that one record cannot outgrow a Kafka message.
-        more = {"field": ROOT_FIELD, "message": f"and {len(found) - MAX_ERRORS + 1} more errors"}
+        more: FieldError = {"field": ROOT_FIELD, "message": f"and {len(found) - MAX_ERRORS + 1} more errors"}
         found = [*found[: MAX_ERRORS - 1], more]
     return None, found
 

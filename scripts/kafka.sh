@@ -12,6 +12,12 @@
 # Node i keeps its data, log and pid file in $LOCAL_KAFKA_DIR/node-i/ (`kill -9 $(cat .../kafka.pid)` then
 # `up` is how the tests take one node of a cluster away and bring it back).
 # With KAFKA_BOOTSTRAP_SERVERS naming another Kafka, nothing is started or stopped (see scripts/lib.sh).
+#
+# LOCAL_KAFKA_SECURITY=managed: one node secured the way managed services run it (tools/kafka/managed.properties):
+# certificates made with openssl in $LOCAL_KAFKA_DIR/certs (once), a TLS listener that requires a client
+# certificate (Heroku) and a SASL_SSL/SCRAM-SHA-512 one, ACLs for the tenant LOCAL_KAFKA_PREFIX without the
+# right to create topics, and the tenant's topics made as an operator would (scripts/kafka_tenant.py); `up`
+# then writes the app's variables to $LOCAL_KAFKA_DIR/heroku.env and sasl.env.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -27,6 +33,7 @@ STOP_TIMEOUT=${LOCAL_KAFKA_STOP_TIMEOUT:-60}
 # One replica per node, up to three; with three, acks=all means two copies at least.
 REPLICATION_FACTOR=$((NODES < 3 ? NODES : 3))
 MIN_ISR=$((REPLICATION_FACTOR >= 3 ? 2 : 1))
+CERT_DIR=$KAFKA_DIR/certs
 
 node_dir() { echo "$KAFKA_DIR/node-$1"; }
 node_conf() { echo "$(node_dir "$1")/server.properties"; }
@@ -89,7 +96,64 @@ render_config() {
     text=${text//@DATA_DIR@/$(node_dir "$node")/data}
     text=${text//@REPLICATION_FACTOR@/$REPLICATION_FACTOR}
     text=${text//@MIN_ISR@/$MIN_ISR}
+    if [ "$LOCAL_KAFKA_SECURITY" = managed ]; then
+        local managed
+        managed=$(<"$ROOT/tools/kafka/managed.properties")
+        managed=${managed//@KAFKA_PORT@/$port}
+        managed=${managed//@CONTROLLER_PORT@/$((port + 1))}
+        managed=${managed//@SSL_PORT@/$LOCAL_KAFKA_SSL_PORT}
+        managed=${managed//@SASL_PORT@/$LOCAL_KAFKA_SASL_PORT}
+        managed=${managed//@CERT_DIR@/$CERT_DIR}
+        text+=$'\n\n'$managed
+    fi
     printf '%s\n' "$text" >"$(node_conf "$node")"
+}
+
+# LOCAL_KAFKA_SECURITY=managed: a CA, the servers' certificates (the SSL listener's names no host, as
+# Heroku's; the SASL_SSL listener's names 127.0.0.1, as public services' name theirs) and the app's client
+# certificate (subject CN=app, its principal User:CN=app), made once. Kafka reads PEM: each key store is an
+# unencrypted PKCS#8 key followed by its certificate.
+ensure_certs() {
+    [ -f "$CERT_DIR/client.key" ] && return 0
+    command -v openssl >/dev/null || apt_install openssl
+    say "making the managed Kafka's certificates with openssl in $CERT_DIR"
+    rm -rf "$CERT_DIR.tmp"
+    mkdir -p "$CERT_DIR.tmp"
+    (
+        cd "$CERT_DIR.tmp"
+        local name subject
+        openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=bup-local-kafka-ca" \
+            -keyout ca.key -out ca.pem 2>/dev/null
+        for name in heroku sasl client; do
+            case $name in
+                heroku) subject=/CN=kafka-broker ;;
+                sasl) subject=/CN=127.0.0.1 ;;
+                client) subject=/CN=app ;;
+            esac
+            openssl req -newkey rsa:2048 -nodes -subj "$subject" -keyout "$name.key" -out "$name.csr" 2>/dev/null
+            if [ "$name" = sasl ]; then
+                printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$name.ext"
+            else
+                : >"$name.ext"
+            fi
+            openssl x509 -req -in "$name.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+                -extfile "$name.ext" -out "$name.crt" 2>/dev/null
+        done
+        for name in heroku sasl; do
+            { openssl pkcs8 -topk8 -nocrypt -in "$name.key"; cat "$name.crt"; } >"server-$name.pem"
+        done
+        chmod 600 ./*.key ./*.pem
+    ) || die "openssl could not make the certificates"
+    rm -rf "$CERT_DIR"
+    mv "$CERT_DIR.tmp" "$CERT_DIR"
+}
+
+# LOCAL_KAFKA_SECURITY=managed: the tenant's users, ACLs and topics, and the app's variables (idempotent).
+setup_tenant() {
+    say "setting up tenant '$LOCAL_KAFKA_PREFIX' (ACLs without topic creation, SCRAM user, topics); app variables in $LOCAL_KAFKA_HEROKU_ENV and $LOCAL_KAFKA_SASL_ENV"
+    "$PY" "$ROOT/scripts/kafka_tenant.py" "$LOCAL_KAFKA_BOOTSTRAP_SERVERS" "$CERT_DIR" "$KAFKA_DIR" \
+        --prefix "$LOCAL_KAFKA_PREFIX" --ssl-port "$LOCAL_KAFKA_SSL_PORT" --sasl-port "$LOCAL_KAFKA_SASL_PORT" ||
+        die "could not set up the tenant on the managed Kafka"
 }
 
 # The pid of node $1's running broker, or nothing (a stale pid file, left by kill -9 or a reboot, is removed).
@@ -199,8 +263,12 @@ cmd_up() {
         if [ -n "$pid" ] && ! grep -q "^listeners=PLAINTEXT://$(node_address "$node")," "$(node_conf "$node")"; then
             die "our Kafka node $node runs with other ports than LOCAL_KAFKA_PORT=$LOCAL_KAFKA_PORT gives; run 'scripts/kafka.sh down' first"
         fi
+        if [ -n "$pid" ] && [ "$(grep -c '^listeners=.*SASL_SSL://' "$(node_conf "$node")")" != "$([ "$LOCAL_KAFKA_SECURITY" = managed ] && echo 1 || echo 0)" ]; then
+            die "our Kafka node $node runs in another mode than LOCAL_KAFKA_SECURITY=$LOCAL_KAFKA_SECURITY; run 'scripts/kafka.sh down' first"
+        fi
         if [ -z "$pid" ]; then
             cmd_install
+            [ "$LOCAL_KAFKA_SECURITY" != managed ] || ensure_certs
             start_node "$node"
             pid=$(cat "$(node_pidfile "$node")")
         fi
@@ -219,6 +287,10 @@ cmd_up() {
             die "Kafka (pids ${pids[*]}) did not answer with $NODES broker(s) within ${LOCAL_START_TIMEOUT}s; see $KAFKA_DIR/node-*/logs/"
     done
     say "Kafka answers on $LOCAL_KAFKA_BOOTSTRAP_SERVERS (pids ${pids[*]})"
+    if [ "$LOCAL_KAFKA_SECURITY" = managed ]; then
+        setup_tenant
+        say "managed listeners: SSL with client certificates on 127.0.0.1:$LOCAL_KAFKA_SSL_PORT, SASL_SSL (SCRAM-SHA-512) on 127.0.0.1:$LOCAL_KAFKA_SASL_PORT"
+    fi
 }
 
 cmd_down() {

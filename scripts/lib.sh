@@ -9,6 +9,11 @@
 #   LOCAL_KAFKA_DIR              where the nodes keep their data, logs and pid files (default .local/kafka)
 #   LOCAL_KAFKA_HEAP             each Kafka node's JVM heap, as -Xmx takes it (default 512m)
 #   LOCAL_KAFKA_STOP_TIMEOUT     seconds `down` waits for Kafka's controlled shutdown before a SIGKILL (60)
+#   LOCAL_KAFKA_SECURITY         plaintext (default) or managed: one node secured as managed services run it,
+#                                a TLS listener with client certificates (Heroku) on LOCAL_KAFKA_PORT + 2 and
+#                                SASL_SSL/SCRAM-SHA-512 on LOCAL_KAFKA_PORT + 3, ACLs for a tenant without the
+#                                right to create topics; LOCAL_KAFKA_PORT stays the operator's plaintext listener
+#   LOCAL_KAFKA_PREFIX           the managed tenant's prefix of topics and groups (default tenant-1234.)
 #   LOCAL_PG_PORT                PostgreSQL's port on 127.0.0.1 (default 55432)
 #   LOCAL_PG_USER                system user that runs PostgreSQL when we are root (default postgres)
 #   LOCAL_START_TIMEOUT          seconds to wait for a service to accept connections (default 120)
@@ -26,6 +31,8 @@ LOCAL_KAFKA_NODES=${LOCAL_KAFKA_NODES:-1}
 LOCAL_KAFKA_PORT=${LOCAL_KAFKA_PORT:-19092}
 LOCAL_KAFKA_DIR=${LOCAL_KAFKA_DIR:-$LOCAL_DIR/kafka}
 LOCAL_KAFKA_HEAP=${LOCAL_KAFKA_HEAP:-512m}
+LOCAL_KAFKA_SECURITY=${LOCAL_KAFKA_SECURITY:-plaintext}
+LOCAL_KAFKA_PREFIX=${LOCAL_KAFKA_PREFIX:-tenant-1234.}
 LOCAL_PG_PORT=${LOCAL_PG_PORT:-55432}
 LOCAL_PG_USER=${LOCAL_PG_USER:-postgres}
 LOCAL_START_TIMEOUT=${LOCAL_START_TIMEOUT:-120}
@@ -37,6 +44,11 @@ case $LOCAL_KAFKA_NODES in
     [1-9]) ;;
     *) die "LOCAL_KAFKA_NODES must be a number from 1 to 9, not '$LOCAL_KAFKA_NODES'" ;;
 esac
+case $LOCAL_KAFKA_SECURITY in
+    plaintext) ;;
+    managed) [ "$LOCAL_KAFKA_NODES" = 1 ] || die "LOCAL_KAFKA_SECURITY=managed runs one node, not LOCAL_KAFKA_NODES=$LOCAL_KAFKA_NODES" ;;
+    *) die "LOCAL_KAFKA_SECURITY must be plaintext or managed, not '$LOCAL_KAFKA_SECURITY'" ;;
+esac
 # Node $1's client port (its controller listens on the next port).
 kafka_node_port() { echo $((LOCAL_KAFKA_PORT + 2 * ($1 - 1))); }
 
@@ -47,6 +59,11 @@ for ((_node = 2; _node <= LOCAL_KAFKA_NODES; _node++)); do
 done
 unset _node
 LOCAL_DATABASE_URL=postgresql://bup@127.0.0.1:$LOCAL_PG_PORT/bup
+# LOCAL_KAFKA_SECURITY=managed: the secured listeners, and the app's variables for each (scripts/kafka_tenant.py).
+LOCAL_KAFKA_SSL_PORT=$((LOCAL_KAFKA_PORT + 2))
+LOCAL_KAFKA_SASL_PORT=$((LOCAL_KAFKA_PORT + 3))
+LOCAL_KAFKA_HEROKU_ENV=$LOCAL_KAFKA_DIR/heroku.env
+LOCAL_KAFKA_SASL_ENV=$LOCAL_KAFKA_DIR/sasl.env
 
 is_root() { [ "$(id -u)" = 0 ]; }
 

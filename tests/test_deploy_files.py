@@ -364,10 +364,13 @@ def load_settings(env: Mapping[str, str]) -> tuple[ModuleType, set[str]]:
     module = importlib.util.module_from_spec(spec)
     saved = os.environ
     os.environ = recorder  # type: ignore[assignment]
+    # Registered while it runs, as importlib's recipe does: its dataclass looks its module up there.
+    sys.modules[spec.name] = module
     try:
         spec.loader.exec_module(module)
     finally:
         os.environ = saved
+        del sys.modules[spec.name]
     return module, recorder.read
 
 
@@ -735,6 +738,8 @@ def test_the_wheel_of_the_copied_sources_keeps_the_operator_page_assets(tmp_path
     assert {"web/static/index.html", "web/static/app.js"} <= set(static)
     missing = sorted(set(static) - names)
     assert missing == [], f"the wheel (so the image's `pip install --no-deps .`) loses {missing}"
+    # ... and the API's description, which web/openapi.py reads at start-up.
+    assert "web/openapi.yaml" in names, "the wheel loses web/openapi.yaml (pyproject's package-data)"
     modules = {name for name in copied if name.endswith(".py")}
     assert modules and modules <= names, sorted(modules - names)
     # Setuptools' deprecations become errors on their deadline, and the image builds with the newest one.

@@ -9,9 +9,13 @@ import peewee
 import pytest
 
 from pipeline import migrations, settings
-from pipeline.actors import persist_users
+from pipeline.contract import OUTCOMES, Status
+from pipeline.models import Submission
 from pipeline.reports import age_distribution
 from pipeline.validation import validate_record
+from pipeline.worker import actors
+
+persist_users = actors.persist_users
 
 pytestmark = pytest.mark.postgres
 
@@ -295,6 +299,22 @@ def test_the_tables_have_the_contract_s_time_zones_and_defaults(sql):
 def test_the_unique_index_is_on_the_configured_fields(sql):
     definition = unique_index_columns(sql)
     assert "UNIQUE" in definition and "(name, age)" in definition
+
+
+def test_a_submission_status_is_one_of_the_outcomes(sql, clean_database):
+    # Given every outcome stored, through the model
+    with clean_database.connection_context():
+        for status in OUTCOMES:
+            Submission.create(id=f"s-{status}", status=status, errors=[])
+        read_back = {s.id: s.status for s in Submission.select()}
+    assert sql("SELECT id, status FROM submissions ORDER BY id") == sorted(
+        (f"s-{status}", str(status)) for status in OUTCOMES
+    )
+    assert all(type(status) is Status for status in read_back.values())
+    # When anything else is written, even the API's "queued", the database refuses it
+    for other in (Status.QUEUED, "stored ", "bogus"):
+        with pytest.raises(peewee.IntegrityError, match="submissions_status_check"):
+            sql("INSERT INTO submissions (id, status) VALUES ('x', %s)", str(other))
 
 
 @pytest.fixture

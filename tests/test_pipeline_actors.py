@@ -1,14 +1,13 @@
 """The actors, run by a Dramatiq Worker on a StubBroker (with the service's middleware), on real PostgreSQL.
 
-The actors are declared on the service's broker when ``pipeline`` is imported; the ``stub`` fixture moves
-them onto a StubBroker for the test (and back), so nothing here needs Kafka.  A database outage is a real
-one: the test database stops accepting connections (``ALLOW_CONNECTIONS false``) and its sessions are
+The actors are declared on the service's broker when ``pipeline.worker`` is imported; the ``stub`` fixture
+moves them onto a StubBroker for the test (and back), so nothing here needs Kafka.  A database outage is a
+real one: the test database stops accepting connections (``ALLOW_CONNECTIONS false``) and its sessions are
 terminated, then it is let back in.
 """
 
 from __future__ import annotations
 
-import importlib
 import threading
 from contextlib import contextmanager
 
@@ -19,6 +18,7 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import prometheus
 
 from pipeline import settings
+from pipeline.broker import middleware as service_middleware
 
 pytestmark = pytest.mark.postgres
 
@@ -52,8 +52,8 @@ class Observer(dramatiq.Middleware):
 
 @pytest.fixture
 def actors():
-    """``pipeline.actors``, imported the way the worker imports it."""
-    from pipeline import actors as module
+    """``pipeline.actors``, imported the way the worker imports it (after the global broker is set)."""
+    from pipeline.worker import actors as module
 
     return module
 
@@ -61,10 +61,8 @@ def actors():
 @pytest.fixture
 def stub(actors, clean_database, monkeypatch):
     """A StubBroker with the service's middleware (no Prometheus) carrying every actor, and a worker on it."""
-    # ``pipeline.broker`` the attribute is the broker object; the module is what builds the middleware.
-    service = importlib.import_module("pipeline.broker")
     observer = Observer()
-    middleware = [m for m in service.middleware() if not isinstance(m, prometheus.Prometheus)]
+    middleware = [m for m in service_middleware() if not isinstance(m, prometheus.Prometheus)]
     broker = StubBroker(middleware=[*middleware, observer])
     broker.observer = observer
     declared = [value for value in vars(actors).values() if isinstance(value, dramatiq.Actor)]

@@ -13,7 +13,8 @@ import dramatiq
 from dramatiq.brokers.stub import StubBroker
 from starlette.testclient import TestClient
 
-from web.app import WebSettings, create_app
+from pipeline.settings import WebSettings
+from web.app import create_app
 
 #: Small limits, so that the tests can cross them cheaply.
 TEST_SETTINGS = WebSettings(

@@ -3,7 +3,7 @@
 ``app`` is the uvicorn target (``uvicorn web.app:app``); tests build their own with :func:`create_app`,
 giving it a broker (Dramatiq's ``StubBroker``) and settings of their choosing.
 
-Routes (see ``web/openapi.py`` for the full description):
+Routes (see ``web/openapi.yaml`` for the full description):
 
 =======  ==============================  ===============================================================
 POST     /api/user                        one JSON object -> 202 ``{"id", "status": "queued"}``
@@ -23,7 +23,6 @@ import contextlib
 import io
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import dramatiq
@@ -37,10 +36,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from pipeline import logs, settings
+from pipeline.broker import build_broker
+from pipeline.contract import QUEUE, Status
+from pipeline.settings import WebSettings
 from web import reads, ui
 from web.auth import BearerTokenMiddleware
-from web.batches import BodyChunks, accept_records, file_chunks
-from web.enqueue import QUEUE_NAME, Enqueuer, submission_message
+from web.batches import accept_records
+from web.bodies import BodyChunks, ByteLimit, body_stream, file_chunks, read_body
+from web.enqueue import Enqueuer, submission_message
 from web.errors import EXCEPTION_HANDLERS, InvalidBody, Malformed, PayloadTooLarge, UnsupportedMediaType
 from web.ids import IdSigner
 from web.metrics import Metrics, MetricsMiddleware, metrics_endpoint
@@ -65,21 +68,6 @@ UPLOAD_FIELD = "file"
 _INLINE_PARSE_BYTES = 64 * 1024
 
 
-@dataclass(frozen=True)
-class WebSettings:
-    """The settings the web reads; defaults come from ``pipeline.settings`` (tests override them)."""
-
-    api_token: str = field(default_factory=lambda: settings.API_TOKEN)
-    id_secret: str = field(default_factory=lambda: settings.ID_SECRET)
-    max_body_bytes: int = field(default_factory=lambda: settings.MAX_BODY_BYTES)
-    max_batch_bytes: int = field(default_factory=lambda: settings.MAX_BATCH_BYTES)
-    max_batch_records: int = field(default_factory=lambda: settings.MAX_BATCH_RECORDS)
-    batch_chunk_size: int = field(default_factory=lambda: settings.BATCH_CHUNK_SIZE)
-    retry_after_seconds: int = field(default_factory=lambda: settings.RETRY_AFTER_SECONDS)
-    #: Longest wait for one broker call before answering 503: the broker's own send timeout, plus slack.
-    enqueue_timeout_seconds: float = field(default_factory=lambda: settings.KAFKA_SEND_TIMEOUT_MS / 1000 + 2)
-
-
 def _media_type(request: Request) -> str:
     """The media type of the body, lower case, without parameters; 415 for a charset other than UTF-8."""
     raw = request.headers.get("content-type", "")
@@ -91,33 +79,14 @@ def _media_type(request: Request) -> str:
     return media.strip().lower()
 
 
-def _check_declared_length(request: Request, limit: int) -> None:
-    """413 at once when ``Content-Length`` announces more than ``limit`` bytes (the body is not read)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the body is larger than {limit} bytes")
-
-
-async def _read_limited(request: Request, limit: int) -> bytes:
-    """The whole body, refusing (413) as soon as more than ``limit`` bytes have arrived."""
-    parts: list[bytes] = []
-    received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > limit:
-            raise PayloadTooLarge(f"the body is larger than {limit} bytes")
-        parts.append(chunk)
-    return b"".join(parts)
-
-
 async def post_user(request: Request) -> Response:
     """``POST /api/user``: one JSON object; 202 once it is durable in Kafka."""
     config: WebSettings = request.app.state.settings
     media = _media_type(request)
     if media != "application/json":
         raise UnsupportedMediaType(f"send the user as application/json, not {media or 'no content type'}")
-    _check_declared_length(request, config.max_body_bytes)
-    body = await _read_limited(request, config.max_body_bytes)
+    ByteLimit(config.max_body_bytes).check_declared(request)
+    body = await read_body(request, config.max_body_bytes)
     data = (
         parse_object(body)
         if len(body) <= _INLINE_PARSE_BYTES
@@ -128,7 +97,7 @@ async def post_user(request: Request) -> Response:
     request.app.state.metrics.accepted.labels("single").inc()
     logger.info("accepted submission %s", submission_id)
     return JSONResponse(
-        {"id": submission_id, "status": "queued"},
+        {"id": submission_id, "status": Status.QUEUED},
         status_code=202,
         headers={"Location": f"/api/submissions/{submission_id}"},
     )
@@ -153,20 +122,9 @@ async def _receive_upload(request: Request, limit: int, max_field: int) -> tuple
     A file part is spooled to a temporary file by Starlette (not kept in memory); a plain field named
     ``file`` (no file name) is taken as CSV text, up to ``max_field`` bytes.
     """
-    received = 0
-
-    async def limited() -> Any:
-        nonlocal received
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > limit:
-                raise PayloadTooLarge(f"the body is larger than {limit} bytes")
-            yield chunk
-
+    stream = body_stream(request, limit)
     try:
-        parser = MultiPartParser(
-            request.headers, limited(), max_files=1, max_fields=16, max_part_size=max_field
-        )
+        parser = MultiPartParser(request.headers, stream, max_files=1, max_fields=16, max_part_size=max_field)
         form = await parser.parse()
     except MultiPartException as exc:
         if exc.message.startswith("Part exceeded"):  # Starlette's words for a field over max_part_size
@@ -176,6 +134,8 @@ async def _receive_upload(request: Request, limit: int, max_field: int) -> tuple
         ) from None
     except (ValueError, LookupError) as exc:  # python-multipart's own errors on a broken header or boundary
         raise Malformed(f"the multipart body cannot be parsed: {exc}", code="malformed_multipart") from None
+    finally:
+        await stream.aclose()
     upload = form.get(UPLOAD_FIELD)
     if isinstance(upload, UploadFile):
         return form, _upload_source(upload), upload.file
@@ -195,7 +155,7 @@ async def post_users(request: Request) -> Response:
             "send a batch as application/json (array), application/x-ndjson, text/csv or "
             f"multipart/form-data, not {media or 'no content type'}"
         )
-    _check_declared_length(request, config.max_batch_bytes)
+    ByteLimit(config.max_batch_bytes).check_declared(request)
     batch_id = state.signer.new_batch_id()
     options = {
         "batch_id": batch_id,
@@ -213,9 +173,9 @@ async def post_users(request: Request) -> Response:
             await form.close()
     else:
         source = BATCH_MEDIA_TYPES[media]
-        stream = request.stream()
+        stream = body_stream(request, config.max_batch_bytes)
         try:
-            chunks = BodyChunks(stream, limit=config.max_batch_bytes)
+            chunks = BodyChunks(stream)
             count = await run_in_threadpool(accept_records, chunks, source=source, **options)
         finally:
             await stream.aclose()
@@ -248,19 +208,14 @@ def create_app(
     """Build the application.
 
     Parameters:
-      broker(dramatiq.Broker): Where submissions go; the service's Kafka broker (``pipeline.broker``)
-        when None.  Nothing connects until the first request.
-      config(WebSettings): Limits, token and secret; from ``pipeline.settings`` when None.
+      broker(dramatiq.Broker): Where submissions go.  When None, the lifespan builds the service's Kafka
+        broker (:func:`pipeline.broker.build_broker`, as the worker does) and closes it at shutdown;
+        nothing connects until the first request.
+      config(WebSettings): Limits, token and secret; ``pipeline.settings.WEB`` when None.
       database_check(callable): Raises when PostgreSQL cannot be reached (``/readyz``); the default runs
         ``SELECT 1`` on the pipeline's database.
     """
-    if broker is None:
-        from pipeline.broker import broker as service_broker
-
-        broker = service_broker
-    config = config or WebSettings()
-    # Declaring is local bookkeeping (no connection); it lets the web enqueue before the actors exist.
-    broker.declare_queue(QUEUE_NAME)
+    config = config or settings.WEB
     metrics = Metrics()
     routes = [
         Route("/api/user", post_user, methods=["POST"]),
@@ -276,17 +231,16 @@ def create_app(
         # The operator page at "/" and its two reads (web/ui.py).
         *ui.routes,
     ]
-    enqueuer = Enqueuer(
-        broker,
-        retry_after=config.retry_after_seconds,
-        timeout=config.enqueue_timeout_seconds,
-        metrics=metrics,
-    )
+    own_broker = broker is None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if own_broker:  # built here, not at import: importing web.app builds no broker
+            _send_with(app, build_broker())
         yield
-        enqueuer.close()
+        app.state.enqueuer.close()
+        if own_broker:
+            app.state.broker.close()
 
     app = Starlette(
         lifespan=lifespan,
@@ -298,14 +252,28 @@ def create_app(
         exception_handlers=EXCEPTION_HANDLERS,
     )
     app.state.settings = config
-    app.state.broker = broker
     app.state.metrics = metrics
     app.state.signer = IdSigner(config.id_secret)
-    app.state.enqueuer = enqueuer
+    if broker is not None:
+        _send_with(app, broker)
     app.state.database_check = database_check or reads.ping_database
     if config.id_secret == "change-me-in-production":  # noqa: S105  (the default of settings, to warn about)
         logger.warning("ID_SECRET is the default value; set it so that ids cannot be forged")
     return app
+
+
+def _send_with(app: Starlette, broker: dramatiq.Broker) -> None:
+    """Make ``broker`` the application's: the one its Enqueuer sends with, the one its reads inspect."""
+    config: WebSettings = app.state.settings
+    # Declaring is local bookkeeping (no connection); the web sends by actor name, the actors live elsewhere.
+    broker.declare_queue(QUEUE)
+    app.state.broker = broker
+    app.state.enqueuer = Enqueuer(
+        broker,
+        retry_after=config.retry_after_seconds,
+        timeout=config.enqueue_timeout_seconds,
+        metrics=app.state.metrics,
+    )
 
 
 def configure_logging() -> None:

@@ -2,8 +2,8 @@
 
 The request body is read on the event loop, but parsing and sending (``broker.enqueue`` blocks until Kafka
 acknowledges) are synchronous, so the whole of :func:`accept_records` runs in a worker thread that pulls
-the body's chunks from the event loop one at a time (:class:`BodyChunks`).  Memory stays bounded by one
-group of chunks whatever the size of the body.
+the body's chunks from the event loop one at a time (:class:`web.bodies.BodyChunks`).  Memory stays bounded
+by one group of chunks whatever the size of the body.
 
 Records are sent :data:`GROUP_CHUNKS` chunks at a time, and only once a group is full: a small batch with
 a syntax error halfway is refused (400) before anything is sent.  A larger one may have had groups sent
@@ -16,10 +16,8 @@ only then is the batch answered ``202``.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
-
-import anyio.from_thread
 
 from web import parsing
 from web.enqueue import Enqueuer, chunk_message, register_batch_message
@@ -30,8 +28,6 @@ logger = logging.getLogger(__name__)
 
 #: Chunks handed to the broker in one ``enqueue_many`` call (one wait for Kafka's acknowledgements).
 GROUP_CHUNKS = 16
-#: Bytes read at a time from a spooled upload.
-READ_SIZE = 64 * 1024
 
 Parser = Callable[..., Iterator[parsing.ParsedRecord]]
 
@@ -41,44 +37,6 @@ PARSERS: dict[str, Parser] = {
     "ndjson": parsing.iter_ndjson,
     "csv": parsing.iter_csv,
 }
-
-
-class BodyChunks:
-    """A request body as a *synchronous* iterable of byte chunks, for code running in a worker thread.
-
-    Each chunk is fetched from the event loop with ``anyio.from_thread.run``; more than ``limit`` bytes in
-    all raise ``PayloadTooLarge`` before the rest is read.
-    """
-
-    def __init__(self, stream: AsyncIterator[bytes], *, limit: int) -> None:
-        self._stream = stream
-        self._limit = limit
-        self.received = 0
-
-    async def _next(self) -> bytes:
-        return await self._stream.__anext__()
-
-    def __iter__(self) -> Iterator[bytes]:
-        while True:
-            try:
-                chunk = anyio.from_thread.run(self._next)
-            except StopAsyncIteration:
-                return
-            self.received += len(chunk)
-            if self.received > self._limit:
-                raise PayloadTooLarge(f"the body is larger than {self._limit} bytes")
-            if chunk:
-                yield chunk
-
-
-def file_chunks(file: Any, *, limit: int) -> Iterator[bytes]:
-    """A (spooled) file read in pieces, with the same limit as :class:`BodyChunks`."""
-    received = 0
-    while chunk := file.read(READ_SIZE):
-        received += len(chunk)
-        if received > limit:
-            raise PayloadTooLarge(f"the uploaded file is larger than {limit} bytes")
-        yield chunk
 
 
 def accept_records(

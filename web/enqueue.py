@@ -1,8 +1,8 @@
 """The only place the web process sends messages.
 
-Messages are built by actor *name* (``dramatiq.Message``), so the web never imports the actors and does
-not depend on the order in which ``pipeline`` declares them.  The names and payloads are the contract
-with ``pipeline/actors.py``:
+Messages are built by actor *name* (``dramatiq.Message``), so the web never imports the actors (nor
+builds the worker's broker).  The queue, the names and the payloads are :mod:`pipeline.contract`, which
+``pipeline/actors.py`` declares its actors from:
 
 * ``process_user({"id", "data"})`` — one submission;
 * ``process_users({"batch_id", "source", "records": [{"id", "row", "data", "errors"}]})`` — one chunk;
@@ -11,7 +11,9 @@ with ``pipeline/actors.py``:
 ``broker.enqueue`` returns once Kafka has acknowledged the message, so it blocks: callers on the event
 loop use :meth:`Enqueuer.send_async`, which awaits it in a thread pool, for a bounded time.  Broker
 failures (Dramatiq's ``BrokerError`` tree, a bare ``ConnectionError``/``TimeoutError``, no answer in time)
-become ``QueueUnavailable`` (503 with ``Retry-After``); anything else is a bug and propagates.
+become ``QueueUnavailable`` (503 with ``Retry-After``); anything else is a bug and propagates.  A Kafka that
+answers but lacks what the app needs (``KafkaSetupError``: a topic the app may not create, a right it lacks)
+is one too, and its message, which says what an operator must do, is the 503's.
 """
 
 from __future__ import annotations
@@ -26,16 +28,20 @@ from typing import Any
 import dramatiq
 from dramatiq.errors import BrokerError
 
+from pipeline.brokers.kafka import KafkaSetupError
+from pipeline.contract import (
+    PROCESS_USER,
+    PROCESS_USERS,
+    QUEUE,
+    REGISTER_BATCH,
+    BatchRecord,
+    ChunkPayload,
+    SubmissionPayload,
+)
 from web.errors import QueueUnavailable
 from web.metrics import Metrics
 
 logger = logging.getLogger(__name__)
-
-#: The queue every message of the user pipeline goes to.
-QUEUE_NAME = "users"
-PROCESS_USER = "process_user"
-PROCESS_USERS = "process_users"
-REGISTER_BATCH = "register_batch"
 
 #: Errors of a broker that mean "the queue cannot take it now", not "our bug" (``TimeoutError`` is also
 #: what waiting on a future past its deadline raises).
@@ -50,17 +56,19 @@ _BATCH_FAILURE = (
 
 
 def _message(actor_name: str, *args: Any) -> dramatiq.Message[Any]:
-    return dramatiq.Message(queue_name=QUEUE_NAME, actor_name=actor_name, args=args, kwargs={}, options={})
+    return dramatiq.Message(queue_name=QUEUE, actor_name=actor_name, args=args, kwargs={}, options={})
 
 
 def submission_message(submission_id: str, data: dict[str, Any]) -> dramatiq.Message[Any]:
     """``process_user`` for one submission."""
-    return _message(PROCESS_USER, {"id": submission_id, "data": data})
+    payload: SubmissionPayload = {"id": submission_id, "data": data}
+    return _message(PROCESS_USER, payload)
 
 
-def chunk_message(batch_id: str, source: str, records: list[dict[str, Any]]) -> dramatiq.Message[Any]:
+def chunk_message(batch_id: str, source: str, records: list[BatchRecord]) -> dramatiq.Message[Any]:
     """``process_users`` for one chunk of a batch; ``source`` is ``json``, ``ndjson`` or ``csv``."""
-    return _message(PROCESS_USERS, {"batch_id": batch_id, "source": source, "records": records})
+    payload: ChunkPayload = {"batch_id": batch_id, "source": source, "records": records}
+    return _message(PROCESS_USERS, payload)
 
 
 def register_batch_message(batch_id: str, count: int, source: str) -> dramatiq.Message[Any]:
@@ -125,6 +133,9 @@ class Enqueuer:
         logger.warning("enqueue of %s failed: %s: %s", kind, type(exc).__name__, reason)
         if self.metrics is not None:
             self.metrics.enqueue_failures.labels(kind).inc()
+        if isinstance(exc, KafkaSetupError):
+            # Retrying will not help until an operator acts (makes a topic, grants a right): say what to do.
+            message = f"{message.split(';')[0]}: {exc}"
         return QueueUnavailable(message, retry_after=self.retry_after)
 
     def _enqueue_all(self, messages: list[dramatiq.Message[Any]]) -> None:

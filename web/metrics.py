@@ -25,6 +25,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pipeline.contract import QUEUE
+
 #: Latency buckets in seconds: accepting a submission waits for Kafka's acknowledgement (a few ms),
 #: a large batch upload takes seconds.
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -144,13 +146,11 @@ logger = logging.getLogger(__name__)
 
 async def metrics_endpoint(request: Request) -> Response:
     """``GET /metrics``: Prometheus text of this application's registry, Kafka lag included."""
-    from web.enqueue import QUEUE_NAME  # here: web.enqueue imports what imports this module
-
     metrics: Metrics = request.app.state.metrics
     try:
         with anyio.fail_after(BROKER_SCRAPE_TIMEOUT_SECONDS):
             await anyio.to_thread.run_sync(
-                metrics.refresh_broker, request.app.state.broker, QUEUE_NAME, abandon_on_cancel=True
+                metrics.refresh_broker, request.app.state.broker, QUEUE, abandon_on_cancel=True
             )
     except Exception as error:  # a Kafka outage must not break the scrape of everything else
         metrics.broker_scrape_errors.inc()

@@ -1,6 +1,6 @@
 """The read side of the API: submissions, batches, users, the age report and readiness.
 
-Peewee is synchronous, so every query runs in the thread pool (:func:`_query`), inside a connection
+Peewee is synchronous, so every query runs in the thread pool (:func:`run_query`), inside a connection
 context of the pipeline's database.  When PostgreSQL cannot be reached the routes answer
 ``503 database_unavailable`` with ``Retry-After``, never a 500.
 
@@ -23,6 +23,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from pipeline.brokers.kafka import KafkaSetupError
+from pipeline.contract import OUTCOMES, REJECTED, Status
 from web.errors import DatabaseUnavailable, InvalidParameter, NotFound
 from web.ids import BATCH, parse_submission_id
 
@@ -30,10 +32,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Statuses a submission ends with, in the order the batch report lists them.
-OUTCOMES = ("stored", "duplicate", "invalid", "failed")
-#: Outcomes whose items the batch report lists (with their errors).
-LISTED_OUTCOMES = ("invalid", "failed")
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 #: Seconds each readiness check may take.
@@ -59,19 +57,25 @@ def _run_in_connection(function: Callable[[], T]) -> T:
         return function()
 
 
-async def _query(request: Request, function: Callable[[], T]) -> T:
+def retry_after(request: Request) -> int:
+    """Seconds a client is told to wait (``Retry-After``) when a backing service is unavailable."""
+    return int(request.app.state.settings.retry_after_seconds)
+
+
+async def run_query(request: Request, function: Callable[[], T]) -> T:
     """Run ``function`` (Peewee calls) in the thread pool; 503 when the database is unreachable."""
     try:
         return await run_in_threadpool(_run_in_connection, function)
     except _UNAVAILABLE as exc:
         logger.warning("database unavailable on %s: %s", request.url.path, type(exc).__name__)
-        retry_after = request.app.state.settings.retry_after_seconds
         raise DatabaseUnavailable(
-            "the database cannot be reached; retry later", retry_after=retry_after
+            "the database cannot be reached; retry later", retry_after=retry_after(request)
         ) from None
 
 
-def _int_parameter(request: Request, name: str, default: int, minimum: int, maximum: int) -> int:
+def int_parameter(request: Request, name: str, default: int, minimum: int, maximum: int) -> int:
+    """The query parameter ``name`` as an integer from ``minimum`` to ``maximum`` (``default`` when absent
+    or empty); 400 ``invalid_parameter`` otherwise."""
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
@@ -87,8 +91,8 @@ MAX_ID_CURSOR = 2**63 - 1
 
 
 def _page(request: Request, max_cursor: int) -> tuple[int, int]:
-    limit = _int_parameter(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-    cursor = _int_parameter(request, "cursor", 0, 0, max_cursor)
+    limit = int_parameter(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    cursor = int_parameter(request, "cursor", 0, 0, max_cursor)
     return limit, cursor
 
 
@@ -137,11 +141,11 @@ async def get_submission(request: Request) -> Response:
             count = None if batch is None else batch.count
         return submission, count
 
-    submission, batch_count = await _query(request, find)
+    submission, batch_count = await run_query(request, find)
     if submission is None:
         if batch_count is not None and ref.row is not None and ref.row > batch_count:
             raise NotFound(f"the batch has {batch_count} records; there is no row {ref.row}")
-        return JSONResponse({"id": ref.id, "status": "queued"}, status_code=202)
+        return JSONResponse({"id": ref.id, "status": Status.QUEUED}, status_code=202)
     user = submission.user if submission.user_id is not None else None
     return JSONResponse(
         {
@@ -164,7 +168,7 @@ async def get_batch(request: Request) -> Response:
         models = _models()
         Submission = models.Submission
         batch = models.Batch.get_or_none(models.Batch.id == batch_id)
-        counts = dict.fromkeys(OUTCOMES, 0)
+        counts: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         grouped = (
             Submission.select(Submission.status, peewee.fn.COUNT(Submission.id).alias("n"))
             .where(Submission.batch_id == batch_id)
@@ -177,7 +181,7 @@ async def get_batch(request: Request) -> Response:
             Submission.select(Submission.id, Submission.row, Submission.status, Submission.errors)
             .where(
                 (Submission.batch_id == batch_id)
-                & (Submission.status.in_(LISTED_OUTCOMES))
+                & (Submission.status.in_(REJECTED))
                 & (Submission.row > cursor)
             )
             .order_by(Submission.row)
@@ -185,7 +189,7 @@ async def get_batch(request: Request) -> Response:
         )
         return (None if batch is None else batch.count), counts, items
 
-    count, counts, items = await _query(request, find)
+    count, counts, items = await run_query(request, find)
     done = sum(counts.values())
     queued = None if count is None else max(0, count - done)
     state = "completed" if count is not None and done >= count else "processing"
@@ -195,7 +199,7 @@ async def get_batch(request: Request) -> Response:
             "batch_id": batch_id,
             "state": state,
             "count": count,
-            "counts": {"queued": queued, **counts},
+            "counts": {Status.QUEUED: queued, **counts},
             "items": [
                 {"id": item.id, "row": item.row, "status": item.status, "errors": item.errors or []}
                 for item in page
@@ -220,7 +224,7 @@ async def list_users(request: Request) -> Response:
             query = query.where(peewee.fn.strpos(peewee.fn.lower(User.name), name.strip().lower()) > 0)
         return list(query.order_by(User.id).limit(limit + 1))
 
-    users = await _query(request, find)
+    users = await run_query(request, find)
     page, more = users[:limit], len(users) > limit
     return JSONResponse(
         {
@@ -238,7 +242,7 @@ async def age_distribution(request: Request) -> Response:
 
         return compute()
 
-    return JSONResponse(await _query(request, report))
+    return JSONResponse(await run_query(request, report))
 
 
 def ping_database() -> None:
@@ -246,12 +250,17 @@ def ping_database() -> None:
     _run_in_connection(lambda: _models().database.execute_sql("SELECT 1"))
 
 
-async def _check(check: Callable[[], Any]) -> str:
+async def _check(check: Callable[[], Any], problems: list[str] | None = None) -> str:
     try:
         with anyio.fail_after(READY_TIMEOUT_SECONDS):
             await anyio.to_thread.run_sync(check, abandon_on_cancel=True)
     except TimeoutError:
         return "timeout"
+    except KafkaSetupError as exc:  # Kafka answers, but an operator must act: the answer says what to do
+        logger.warning("readiness check failed: %s: %s", type(exc).__name__, exc)
+        if problems is not None:
+            problems.append(str(exc))
+        return "unavailable"
     except Exception as exc:  # any failure of a probe means "not ready"; the reason goes to the log only
         logger.warning("readiness check failed: %s: %s", type(exc).__name__, exc)
         return "unavailable"
@@ -262,10 +271,11 @@ async def readyz(request: Request) -> Response:
     """``GET /readyz``: 200 when Kafka and PostgreSQL answer, else 503 naming the one(s) that do not."""
     broker = request.app.state.broker
     results: dict[str, str] = {}
+    problems: list[str] = []
 
     async def kafka() -> None:
         ping = getattr(getattr(broker, "admin", None), "ping", None)
-        results["kafka"] = "unknown" if ping is None else await _check(ping)
+        results["kafka"] = "unknown" if ping is None else await _check(ping, problems)
 
     async def database() -> None:
         results["database"] = await _check(request.app.state.database_check)
@@ -277,6 +287,6 @@ async def readyz(request: Request) -> Response:
     if not failing:
         return JSONResponse(results)
     # The error shape, plus the result of each check so that an operator sees which one failed.
-    error = {"code": "not_ready", "message": f"cannot reach: {', '.join(failing)}"}
-    retry_after = str(request.app.state.settings.retry_after_seconds)
-    return JSONResponse({"error": error, **results}, status_code=503, headers={"Retry-After": retry_after})
+    error = {"code": "not_ready", "message": "; ".join([f"cannot reach: {', '.join(failing)}", *problems])}
+    headers = {"Retry-After": str(retry_after(request))}
+    return JSONResponse({"error": error, **results}, status_code=503, headers=headers)

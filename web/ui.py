@@ -22,14 +22,14 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-import peewee
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from web.enqueue import QUEUE_NAME
-from web.errors import DatabaseUnavailable, InvalidParameter, ServiceUnavailable
+from pipeline.contract import QUEUE
+from web.errors import ServiceUnavailable
+from web.reads import int_parameter, retry_after, run_query, user_json
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +47,6 @@ class KafkaUnavailable(ServiceUnavailable):
     code = "kafka_unavailable"
 
 
-def _retry_after(request: Request) -> int:
-    return int(request.app.state.settings.retry_after_seconds)
-
-
 async def index(request: Request) -> Response:
     """``GET /``: the operator page."""
     # no-cache: the page is tiny, and an operator must never see an old script against a new API.
@@ -63,15 +59,15 @@ def _inspect(broker: Any) -> dict[str, Any]:
     failed_count = getattr(admin, "failed_count", None)
     lag = getattr(admin, "lag", None)
     under_replicated = getattr(admin, "under_replicated", None)
-    delay_queue = f"{QUEUE_NAME}.DQ"
+    delay_queue = f"{QUEUE}.DQ"
     return {
-        "queue": QUEUE_NAME,
-        "failed_messages": None if failed_count is None else failed_count(QUEUE_NAME),
+        "queue": QUEUE,
+        "failed_messages": None if failed_count is None else failed_count(QUEUE),
         # Summed over the queue's topics: 0 means every replica is in sync (always, on one Kafka node).
-        "under_replicated": None if under_replicated is None else sum(under_replicated(QUEUE_NAME).values()),
+        "under_replicated": None if under_replicated is None else sum(under_replicated(QUEUE).values()),
         # lag() answers per partition; the page shows the sum (Kafka tools show the detail).
         "lag": {
-            QUEUE_NAME: None if lag is None else sum(lag(QUEUE_NAME).values()),
+            QUEUE: None if lag is None else sum(lag(QUEUE).values()),
             delay_queue: None if lag is None else sum(lag(delay_queue).values()),
         },
     }
@@ -90,11 +86,11 @@ async def overview(request: Request) -> Response:
             answer = await anyio.to_thread.run_sync(_inspect, broker, abandon_on_cancel=True)
     except TimeoutError:
         logger.warning("overview: Kafka did not answer within %s s", OVERVIEW_TIMEOUT_SECONDS)
-        raise KafkaUnavailable("Kafka did not answer in time", retry_after=_retry_after(request)) from None
+        raise KafkaUnavailable("Kafka did not answer in time", retry_after=retry_after(request)) from None
     except Exception as exc:  # whatever the client library raises, the operator needs "Kafka is down"
         logger.warning("overview: cannot inspect Kafka: %s: %s", type(exc).__name__, exc)
         raise KafkaUnavailable(
-            f"cannot inspect Kafka: {type(exc).__name__}", retry_after=_retry_after(request)
+            f"cannot inspect Kafka: {type(exc).__name__}", retry_after=retry_after(request)
         ) from None
     return JSONResponse(answer)
 
@@ -102,26 +98,15 @@ async def overview(request: Request) -> Response:
 def _newest_users(limit: int) -> list[dict[str, Any]]:
     # Imported on first use, as web.reads does: the page must load even when the models cannot.
     from pipeline import models
-    from pipeline.db import database
-    from web.reads import user_json
 
-    with database.connection_context():
-        rows = list(models.User.select().order_by(models.User.id.desc()).limit(limit))
+    rows = list(models.User.select().order_by(models.User.id.desc()).limit(limit))
     return [item for item in (user_json(row) for row in rows) if item is not None]
 
 
 async def newest_users(request: Request) -> Response:
     """``GET /api/users/newest?limit=10``: ``{"items": [user, ...]}``, the last stored first."""
-    raw = request.query_params.get("limit") or str(NEWEST_DEFAULT_LIMIT)
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 4 and 1 <= int(raw) <= NEWEST_MAX_LIMIT):
-        raise InvalidParameter(f"limit must be an integer from 1 to {NEWEST_MAX_LIMIT}")
-    try:
-        items = await anyio.to_thread.run_sync(_newest_users, int(raw))
-    except (peewee.OperationalError, peewee.InterfaceError) as exc:
-        logger.warning("newest users: database unavailable: %s", type(exc).__name__)
-        raise DatabaseUnavailable(
-            "the database cannot be reached; retry later", retry_after=_retry_after(request)
-        ) from None
+    limit = int_parameter(request, "limit", NEWEST_DEFAULT_LIMIT, 1, NEWEST_MAX_LIMIT)
+    items = await run_query(request, lambda: _newest_users(limit))
     return JSONResponse({"items": items})
 
 

@@ -24,7 +24,7 @@ from livestack import Stack  # noqa: F401
 from starlette.testclient import TestClient
 from web_support import TEST_SETTINGS, make_client
 
-from web.app import WebSettings
+from pipeline.settings import WebSettings
 from web.ids import IdSigner, record_id
 
 #: Every status ``POST /api/user`` and ``POST /api/users`` may answer (issue 4; 503 only when Kafka fails).

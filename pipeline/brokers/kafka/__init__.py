@@ -7,7 +7,8 @@ Topics (``prefix`` is the broker's ``topic_prefix``)::
     <prefix><queue>.DQ     its delay queue (Dramatiq's ``dq_name``): messages with an ``eta``
     <prefix><queue>.XQ     its failed messages (Dramatiq's ``xq_name``), with the failure reason in headers
 
-Consumers join one consumer group per topic (``<prefix><group_id>.<topic>``), so that any number of worker
+Consumers join one consumer group per topic (``<prefix><group_id>.<topic>``: the prefix is the topics'
+``topic_prefix``, as Heroku's multi-tenant plans want for groups too), so that any number of worker
 processes on any number of hosts share a queue's partitions.
 
 The modules, by what they hold:
@@ -15,6 +16,7 @@ The modules, by what they hold:
 * :mod:`.broker`: :class:`KafkaBroker`, the transport (declare, enqueue, consume, join, flush, close);
 * :mod:`.consumer`: the consumer of one topic; :mod:`.rebalance`: what it does when partitions move;
 * :mod:`.offsets`: per-partition ack bookkeeping and the acked offsets kept in commit metadata;
+* :mod:`.topics`: a queue's topics, created, or found when the app may not create them;
 * :mod:`.admin`: :class:`KafkaAdmin` (``broker.admin``): lag, replicas, failed messages and their replay;
 * :mod:`.deadletters`: the failed-message records; :mod:`.clients`: the kafka-python clients;
 * :mod:`.errors`: the error tree; :mod:`.metrics`: the delivery-error counter of ``confirm_delivery=False``;
@@ -31,7 +33,8 @@ from .broker import (
     KafkaBroker,
 )
 from .deadletters import HEADER_ORIGIN, HEADER_QUEUE, HEADER_REASON, FailedMessage
-from .errors import KafkaConnectionError, MessageFailed
+from .errors import KafkaConnectionError, KafkaSetupError, MessageFailed, MissingRight, RecordTooLarge
+from .topics import MissingTopics, TopicSpec
 
 __all__ = [
     "DEFAULT_COMMIT_INTERVAL_MS",
@@ -46,5 +49,10 @@ __all__ = [
     "KafkaAdmin",
     "KafkaBroker",
     "KafkaConnectionError",
+    "KafkaSetupError",
     "MessageFailed",
+    "MissingRight",
+    "MissingTopics",
+    "RecordTooLarge",
+    "TopicSpec",
 ]

@@ -19,7 +19,7 @@ from kafka.admin import OffsetSpec
 from kafka.errors import KafkaError
 
 from .deadletters import FailedMessage
-from .errors import KafkaConnectionError
+from .errors import KafkaConnectionError, MissingRight
 from .offsets import decode_acked
 
 if TYPE_CHECKING:
@@ -42,8 +42,16 @@ class KafkaAdmin:
 
     # -- health -------------------------------------------------------------------------------------------
     def ping(self) -> None:
-        """Raise :class:`KafkaConnectionError` unless Kafka answers a metadata request."""
+        """Raise :class:`KafkaConnectionError` unless Kafka answers a metadata request and every declared
+        queue has its topics (made now when the broker may create them).
+
+        Raises:
+          MissingTopics: If a queue's topics are missing and the broker may not create them.
+          KafkaConnectionError: If Kafka cannot be reached.
+        """
         self.clients.admin_call("list_topics")
+        for queue_name in sorted(self.broker.queues):
+            self.broker.ensure_topics(queue_name)
 
     def lag(self, queue_name: str) -> dict[int, int]:
         """Messages of a queue (or ``.DQ``) not yet acked by its consumer group, per partition."""
@@ -151,6 +159,10 @@ class KafkaAdmin:
                 left += 1
                 continue
             replayable[failed.partition].append(failed)
+        if replayable:
+            # Before any copy is enqueued: without the right to delete them, the failed records would stay,
+            # and a second replay would run the messages twice.
+            self.require_delete(xq_name(queue_name))
         fresh = [
             _fresh_copy(item.message, queue_name)
             for items in replayable.values()
@@ -181,7 +193,28 @@ class KafkaAdmin:
         self.broker.ensure_topics(queue_name)
         ends = self._offsets_of(self._partitions(self.broker.topic_for(queue_name)), OffsetSpec.LATEST)
         if ends:
+            self.require_delete(queue_name)
             self.clients.admin_call("delete_records", ends, timeout_ms=self.clients.timeout_ms)
+
+    def require_delete(self, queue_name: str) -> None:
+        """Raise :class:`MissingRight` unless this app may delete records of the queue's (or ``.DQ``'s,
+        ``.XQ``'s) topic, by deleting none: up to one partition's first offset, which changes nothing.
+
+        Managed Kafka services give a tenant the rights its operator chose; replaying and purging failed
+        messages need ``DELETE`` on the ``.XQ`` topic (Kafka's DeleteRecords).
+        """
+        topic = self.broker.topic_for(queue_name)
+        partitions = self._partitions(topic)[:1]
+        starts = self._offsets_of(partitions, OffsetSpec.EARLIEST)
+        try:
+            if starts:
+                self.clients.admin_call("delete_records", starts, timeout_ms=self.clients.timeout_ms)
+        except MissingRight as e:
+            raise MissingRight(
+                f"this app lacks the DELETE right on topic {topic!r} (Kafka's DeleteRecords), which "
+                "replaying and purging failed messages need; grant it (an ACL: --operation Delete "
+                f"--topic {topic}) or ask the Kafka service's operator ({e})"
+            ) from None
 
     def _partitions(self, topic: str) -> list[TopicPartition]:
         described = self.clients.admin_call("describe_topics", [topic])

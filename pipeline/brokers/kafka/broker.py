@@ -16,11 +16,12 @@ from dramatiq.errors import QueueJoinTimeout, QueueNotFound
 from dramatiq.message import Message
 from kafka.errors import KafkaError, MessageSizeTooLargeError, UnknownError
 
+from . import topics
 from .admin import KafkaAdmin
 from .clients import KafkaClients
 from .consumer import _KafkaConsumer
 from .deadletters import failure_headers
-from .errors import KafkaConnectionError, MessageFailed
+from .errors import KafkaConnectionError, MessageFailed, RecordTooLarge
 from .metrics import delivery_errors
 
 #: Partitions of each topic the broker creates.
@@ -37,8 +38,6 @@ DEFAULT_COMMIT_INTERVAL_MS = 100
 DEFAULT_DEAD_LETTER_RETENTION_MS = 14 * 24 * 3600 * 1000
 #: Most failures of one queue kept in memory for ``join(fail_fast=True)`` to re-raise.
 _KEPT_FAILURES = 16
-#: Kafka's error code for a topic that exists already.
-_TOPIC_ALREADY_EXISTS = 36
 #: How often ``join`` looks at the consumer groups' lag, in seconds.
 _JOIN_POLL_S = 0.05
 
@@ -57,6 +56,9 @@ class KafkaBroker(Broker):
       topic_prefix(str): Put in front of every topic and consumer group name.
       group_id(str): Base name of the consumer groups; one group per topic is derived from it.
       client_id(str): Reported to Kafka by every client.
+      create_topics(bool): Whether to create the topics a queue needs.  Off, or when Kafka refuses for want
+        of rights (a managed Kafka whose operator makes the topics), the topics must exist: a missing one
+        raises :class:`~.topics.MissingTopics`, which names it and says how to make it.
       partitions(int): Partitions of the topics this broker creates.  Existing topics are used as they are.
       replication_factor(int): Replication factor of the topics this broker creates.
       min_insync_replicas(int | None): ``min.insync.replicas`` of the topics this broker creates: how many
@@ -94,6 +96,7 @@ class KafkaBroker(Broker):
         topic_prefix: str = "",
         group_id: str = "dramatiq",
         client_id: str = "dramatiq",
+        create_topics: bool = True,
         partitions: int = DEFAULT_PARTITIONS,
         replication_factor: int = DEFAULT_REPLICATION_FACTOR,
         min_insync_replicas: int | None = None,
@@ -120,6 +123,7 @@ class KafkaBroker(Broker):
         self.queues: set[str] = set()
         self.topic_prefix = topic_prefix
         self.group_id = group_id
+        self.create_topics = create_topics
         self.partitions = partitions
         self.replication_factor = replication_factor
         self.min_insync_replicas = min_insync_replicas
@@ -156,7 +160,8 @@ class KafkaBroker(Broker):
         return self.topic_prefix + queue_name
 
     def group_for(self, queue_name: str) -> str:
-        """The consumer group that consumes ``queue_name``."""
+        """The consumer group that consumes ``queue_name``: ``<topic_prefix><group_id>.<queue_name>``, prefix
+        included, as managed services' tenants need (Heroku: ``heroku kafka:consumer-groups:create``)."""
         return f"{self.topic_prefix}{self.group_id}.{queue_name}"
 
     def close(self) -> None:
@@ -180,7 +185,7 @@ class KafkaBroker(Broker):
             try:
                 self.ensure_topics(queue_name)
             except KafkaConnectionError as e:
-                self.logger.warning("Topics of %r not created yet (created on first use): %s", queue_name, e)
+                self.logger.warning("Topics of %r not ready (tried again on first use): %s", queue_name, e)
         self.emit_after("declare_queue", queue_name)
 
         delayed_name = dq_name(queue_name)
@@ -192,33 +197,20 @@ class KafkaBroker(Broker):
         return self.queues.copy()
 
     def ensure_topics(self, queue_name: str) -> None:
-        """Create the queue's three topics unless they exist; existing topics are used as they are.
+        """Make sure the queue's three topics exist: create them unless they exist (existing topics are used
+        as they are), or, when creating is off or refused for want of rights, find them (:mod:`.topics`).
 
         Raises:
           QueueNotFound: If the queue hasn't been declared.
-          KafkaConnectionError: If Kafka cannot be reached or refuses to create a topic.
+          MissingTopics: If a topic is missing and this broker may not create it; the message says how to.
+          KafkaConnectionError: If Kafka cannot be reached or refuses to create a topic for another reason.
         """
         canonical = q_name(queue_name)
         if canonical in self._ready_topics:
             return
         if canonical not in self.queues:
             raise QueueNotFound(canonical)
-        configs = {}
-        if self.min_insync_replicas is not None:
-            configs["min.insync.replicas"] = str(self.min_insync_replicas)
-        base = {"num_partitions": self.partitions, "replication_factor": self.replication_factor}
-        retention = {"retention.ms": str(self.dead_letter_retention_ms)}
-        topics = {
-            self.topic_for(canonical): {**base, "configs": dict(configs)},
-            self.topic_for(dq_name(canonical)): {**base, "configs": dict(configs)},
-            self.topic_for(xq_name(canonical)): {**base, "configs": {**configs, **retention}},
-        }
-        result = self.clients.admin_call("create_topics", topics, raise_errors=False)
-        for topic in result.get("topics", []):
-            if topic["error_code"] not in (0, _TOPIC_ALREADY_EXISTS):
-                reason = topic.get("error_message") or topic["error_code"]
-                raise KafkaConnectionError(f"cannot create topic {topic['name']!r}: {reason}")
-        self.clients.admin_call("wait_for_topics", list(topics), timeout_ms=self.send_timeout_ms)
+        topics.ensure(self, canonical)
         self._ready_topics.add(canonical)
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 1000) -> Consumer:
@@ -429,8 +421,9 @@ class KafkaBroker(Broker):
         try:
             return producer.send(topic, value=value, key=encoded_key, headers=headers or [])
         except KafkaError as e:
-            if not isinstance(e, MessageSizeTooLargeError):
-                self.clients.discard("_producer", producer)
+            if isinstance(e, MessageSizeTooLargeError):
+                raise RecordTooLarge(f"cannot send to {topic!r}: {e}") from None
+            self.clients.discard("_producer", producer)
             raise KafkaConnectionError(f"cannot send to {topic!r}: {e}") from None
 
     def _wait(self, futures: list[Any]) -> None:
@@ -442,7 +435,8 @@ class KafkaBroker(Broker):
             except KafkaError as e:
                 # Even a record Kafka refused as too large: the idempotent producer then fails all it holds.
                 self.clients.discard("_producer", producer)
-                raise KafkaConnectionError(f"Kafka did not acknowledge a message: {e}") from None
+                error = RecordTooLarge if isinstance(e, MessageSizeTooLargeError) else KafkaConnectionError
+                raise error(f"Kafka did not acknowledge a message: {e}") from None
 
     def _delivery_failed(self, message: Message[Any], producer: Any, error: BaseException) -> None:
         """The errback of a message enqueued with ``confirm_delivery`` off that Kafka did not take."""

@@ -11,6 +11,7 @@ from typing import Any
 from dramatiq.logging import get_logger
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import (
+    AuthorizationError,
     CoordinatorLoadInProgressError,
     CoordinatorNotAvailableError,
     KafkaError,
@@ -20,13 +21,17 @@ from kafka.errors import (
 )
 
 from . import compat
-from .errors import KafkaConnectionError
+from .errors import KafkaConnectionError, MissingRight
 
 #: Time after which a silent consumer is dropped from its group, in milliseconds.
 DEFAULT_SESSION_TIMEOUT_MS = 10_000
 #: Least time between two metadata requests of a consumer or the producer, in milliseconds: short, so that
 #: a fresh queue's topic is found at once (while Kafka is unreachable, connection backoff spaces them out).
 METADATA_BACKOFF_MS = 10
+#: Longest pause between two connection attempts of a consumer that lost Kafka, in milliseconds: how late,
+#: once Kafka answers again, a consumer that outlived the outage reconnects and rejoins its group
+#: (kafka-python's default lets the pauses grow to 30 s, beyond what a worker may take to resume).
+CONSUMER_RECONNECT_BACKOFF_MAX_MS = 5_000
 #: Attempts of an admin call that fails because a group coordinator or a partition leader is on the move
 #: (:data:`_MOVING`).
 ADMIN_ATTEMPTS = 3
@@ -154,12 +159,16 @@ class KafkaClients:
         such as ``/readyz`` want to know at once.
 
         Raises:
+          MissingRight: If Kafka refused the call for want of a right.
           KafkaConnectionError: If the call failed.
         """
         for attempt in range(1, ADMIN_ATTEMPTS + 1):
             try:
                 with self._admin_lock:
                     return getattr(self.admin, name)(*args, **kwargs)
+            except AuthorizationError as e:
+                # The client is fine; the app lacks a right (an ACL), and asking again will not grant it.
+                raise MissingRight(f"{name}: {e}") from None
             except KafkaError as e:
                 self.discard("_admin", self._admin)
                 if not isinstance(e, _MOVING) or attempt == ADMIN_ATTEMPTS:
@@ -202,6 +211,7 @@ class KafkaClients:
                 **specific,
             },
         )
+        options.setdefault("reconnect_backoff_max_ms", CONSUMER_RECONNECT_BACKOFF_MAX_MS)
         try:
             return KafkaConsumer(*topics, **options)
         except KafkaError as e:

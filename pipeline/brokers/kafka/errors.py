@@ -4,6 +4,10 @@
      +-- BrokerError
      |    +-- ConnectionError (``BrokerConnectionError``)
      |         +-- KafkaConnectionError      Kafka unreachable, or no acknowledgement in time
+     |              +-- RecordTooLarge       Kafka refused a record as too large: sending it again cannot help
+     |              +-- KafkaSetupError      Kafka answers, but an operator must act (the message says how)
+     |                   +-- MissingTopics   a queue's topics missing, and not ours to create (.topics)
+     |                   +-- MissingRight    Kafka refused an operation: the app lacks a right (an ACL)
      +-- MessageFailed                       ``join(fail_fast=True)``: a message failed in another process
 
 kafka-python's errors are translated into these once, where a client is called.
@@ -16,6 +20,23 @@ from dramatiq.errors import BrokerConnectionError, DramatiqError
 
 class KafkaConnectionError(BrokerConnectionError):
     """Kafka could not be reached, or did not acknowledge a request in time."""
+
+
+class RecordTooLarge(KafkaConnectionError):
+    """The producer or Kafka refused a record as larger than it takes.
+
+    A connection error for the callers that answer one with a 503, but no outage: the same record is refused
+    every time, so a worker fails its message instead of waiting for Kafka with it."""
+
+
+class KafkaSetupError(KafkaConnectionError):
+    """Kafka answers, but lacks what this app needs (topics, rights): an operator must act, and the message
+    says what to do.  A connection error still (the web answers 503, a worker waits): once the operator
+    has acted, the same call succeeds."""
+
+
+class MissingRight(KafkaSetupError):
+    """Kafka refused an operation for want of a right (an ACL); the message names the right and resource."""
 
 
 class MessageFailed(DramatiqError):

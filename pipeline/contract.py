@@ -1,0 +1,95 @@
+"""What the web and the worker agree on: the queue, the actor names, the payloads and the statuses.
+
+Both sides import this module and it imports neither (only the standard library), so the web builds its
+messages by actor *name* without loading the worker, and the worker declares its actors under these names.
+
+Messages, all on :data:`QUEUE`:
+
+* ``process_user(SubmissionPayload)``: one record of ``POST /api/user``;
+* ``process_users(ChunkPayload)``: one chunk of a batch of ``POST /api/users``;
+* ``register_batch(batch_id, count, source)``: sent once every chunk of the batch is durable in Kafka.
+
+Both process actors then run ``validate_users(list[BatchRecord], batch_id, source)``, whose result, a
+``list[ValidatedRecord]``, is what ``persist_users`` receives.  ``record_failure`` is Dramatiq's
+``on_retry_exhausted`` callback (the failed message as ``Message.asdict()``).
+
+Every submission ends with one :class:`Status` (``submissions.status``); the API answers ``queued`` for a
+submission that has none yet.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, TypedDict
+
+#: The queue every message of the user pipeline goes to.
+QUEUE = "users"
+
+PROCESS_USER = "process_user"
+PROCESS_USERS = "process_users"
+VALIDATE_USERS = "validate_users"
+PERSIST_USERS = "persist_users"
+REGISTER_BATCH = "register_batch"
+RECORD_FAILURE = "record_failure"
+
+
+class Status(enum.StrEnum):
+    """What became of a submission; the values are the strings of the API's JSON and of the database."""
+
+    #: Accepted, no outcome yet (never stored: the API answers it for a submission without a row).
+    QUEUED = "queued"
+    #: Valid, and its user was inserted.
+    STORED = "stored"
+    #: Valid, but a user with the same unique key was already stored (the submission points at it).
+    DUPLICATE = "duplicate"
+    #: Failed validation; the submission keeps every error.
+    INVALID = "invalid"
+    #: The pipeline gave up on it (retries exhausted); replaying the failed message may change it.
+    FAILED = "failed"
+
+
+#: The statuses a submission ends with (the values ``submissions.status`` admits), in report order.
+OUTCOMES: tuple[Status, ...] = (Status.STORED, Status.DUPLICATE, Status.INVALID, Status.FAILED)
+#: The outcomes whose records a batch report lists, with their errors.
+REJECTED: tuple[Status, ...] = (Status.INVALID, Status.FAILED)
+
+
+class FieldError(TypedDict):
+    """One reason a record is invalid: the dotted path of the field (``_root``, ``_system``...) and why."""
+
+    field: str
+    message: str
+
+
+class SubmissionPayload(TypedDict):
+    """The argument of ``process_user``: the submission's id and the JSON object as it was posted."""
+
+    id: str
+    data: Any
+
+
+class BatchRecord(TypedDict):
+    """One record of a batch: its id (``<batch_id>.<row>``), row number, parsed data and parse errors."""
+
+    id: str
+    row: int | None
+    data: Any
+    errors: list[FieldError]
+
+
+class ChunkPayload(TypedDict):
+    """The argument of ``process_users``: a chunk of a batch and the batch's form (json, ndjson, csv)."""
+
+    batch_id: str
+    source: str
+    records: list[BatchRecord]
+
+
+class ValidatedRecord(TypedDict):
+    """A record after ``validate_users``: the normalised user, or None and every error."""
+
+    id: str
+    row: int | None
+    batch_id: str | None
+    user: dict[str, Any] | None
+    errors: list[FieldError]
