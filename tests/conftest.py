@@ -19,8 +19,9 @@ import pytest
 # Services (owned by the foundation: run.local.sh, scripts/)
 # ======================================================================================================
 
-#: Where ``./run.local.sh`` runs its services when the environment names none (as in ``scripts/lib.sh``).
-DEFAULT_KAFKA_BOOTSTRAP_SERVERS = "127.0.0.1:19092"
+#: Where ``./run.local.sh`` runs its services when the environment names none (as in ``scripts/lib.sh``,
+#: whose ``LOCAL_KAFKA_PORT`` moves the local Kafka: a fault test may then break a Kafka of its own).
+DEFAULT_KAFKA_BOOTSTRAP_SERVERS = f"127.0.0.1:{os.environ.get('LOCAL_KAFKA_PORT') or 19092}"
 DEFAULT_DATABASE_URL = "postgresql://bup@127.0.0.1:55432/bup"
 #: Seconds a service gets to answer the probe made once per test session.
 PROBE_TIMEOUT_S = 10

@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import psycopg2
@@ -39,7 +40,7 @@ from e2e.conftest import ARTIFACTS, ROOT, Stack, create_database, drop_database,
 from faults.load import FIGURES, Figures
 from pipeline.brokers.kafka import KafkaBroker, KafkaConnectionError
 
-#: The queue of the user pipeline (``pipeline.broker.QUEUE``) and the workers' consumer group base name.
+#: The queue of the user pipeline (``pipeline.contract.QUEUE``) and the workers' consumer group base name.
 QUEUE = "users"
 GROUP_ID = "bup-workers"
 #: The line ``persist_users`` logs once its transaction is committed (``pipeline/actors.py``).
@@ -91,6 +92,22 @@ class Services:
             self.kafka_up()
 
     @contextmanager
+    def kafka_killed(self) -> Iterator[None]:
+        """Every local Kafka node is killed with SIGKILL (a crash: no controlled shutdown, no goodbye to its
+        clients) inside the block, and up and answering after it."""
+        self.faults.append("kafka kill -9")
+        kafka_dir = Path(os.environ.get("LOCAL_KAFKA_DIR") or ROOT / ".local" / "kafka")
+        try:
+            for pid_file in kafka_dir.glob("node-*/kafka.pid"):
+                pid = int(pid_file.read_text())
+                os.kill(pid, signal.SIGKILL)
+                while _process_state(pid) not in ("", "Z"):  # (the broker is nobody's child: no wait())
+                    time.sleep(0.05)
+            yield
+        finally:
+            self.kafka_up()
+
+    @contextmanager
     def postgres_stopped(self) -> Iterator[None]:
         """PostgreSQL is down inside the block (``pg_ctl stop -m fast``), and up and answering after it."""
         self.faults.append("postgres stop")
@@ -99,6 +116,14 @@ class Services:
             yield
         finally:
             self.postgres_up()
+
+
+def _process_state(pid: int) -> str:
+    """The state letter of process ``pid`` (``Z`` for a zombie), or "" once it has gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
 
 
 def _is_local(kafka: str, database_url: str) -> bool:

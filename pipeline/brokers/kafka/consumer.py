@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 import time
 from collections import deque
 from collections.abc import Iterable
 from queue import Empty, SimpleQueue
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from dramatiq.broker import Consumer, MessageProxy
 from dramatiq.common import q_name
@@ -19,7 +21,7 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from . import compat
-from .clients import DEFAULT_SESSION_TIMEOUT_MS
+from .clients import DEFAULT_SESSION_TIMEOUT_MS, METADATA_BACKOFF_MS
 from .deadletters import failure_reason
 from .errors import KafkaConnectionError
 from .offsets import PartitionState, encode_acked
@@ -33,16 +35,43 @@ POLL_SLICE_MS = 50
 #: Longest a consumer may spend rejoining its group before it gives up and the worker makes a new one, in
 #: seconds.
 REJOIN_PATIENCE_S = 3 * DEFAULT_SESSION_TIMEOUT_MS / 1000
+#: Consumers of one group in a row, each made while Kafka answered, that may give up rejoining before the
+#: worker process exits (see :meth:`_KafkaConsumer.give_up`).
+REJOIN_ATTEMPTS = 3
+#: Exit code of a worker process whose consumer cannot recover in-process (Dramatiq's own code for "the
+#: broker could not be used").
+EXIT_CONSUMER_STUCK = 3
+
+#: Consumers of each group in this process that gave up rejoining since one of them last settled.
+_rejoin_failures: dict[str, int] = {}
 
 
 class _KafkaMessageProxy(MessageProxy):
     """A message, with where it came from so that its ack reaches the right partition state."""
 
-    def __init__(self, message: Message[Any], partition: TopicPartition, offset: int, epoch: int) -> None:
+    def __init__(
+        self,
+        message: Message[Any],
+        partition: TopicPartition,
+        offset: int,
+        epoch: int,
+        consumer: _KafkaConsumer | None = None,
+    ) -> None:
         super().__init__(message)
         self.partition = partition
         self.offset = offset
         self.epoch = epoch
+        self.consumer = consumer
+        self.redelivery_wanted = False
+
+    def redeliver_later(self) -> None:
+        """Leave the message un-acked: its consumer, asked to ack it, makes way for a new one instead, which
+        fetches the message again from the last commit once Kafka answers.
+
+        For a message whose hand-off to Kafka failed: waiting for Kafka this way spends none of the
+        message's retries (which are there for bad data and broken databases) and never fails it.
+        """
+        self.redelivery_wanted = True
 
 
 class _KafkaConsumer(Consumer):
@@ -69,11 +98,19 @@ class _KafkaConsumer(Consumer):
         self.paused = False
         self._acks: SimpleQueue[tuple[TopicPartition, int, int]] = SimpleQueue()
         self._acked_event = threading.Event()
+        self._redeliver = False
         self._last_commit = time.monotonic()
         self._settled_at = time.monotonic()
-        self.kafka = broker.clients.new_consumer(
-            group_id=broker.group_for(queue_name), max_poll_records=min(500, self.prefetch)
-        )
+        self.group = broker.group_for(queue_name)
+        try:
+            self.kafka = broker.clients.new_consumer(
+                group_id=self.group, max_poll_records=min(500, self.prefetch)
+            )
+        except KafkaConnectionError:
+            # Kafka is away: consumers that could not rejoin meanwhile were waiting for it, not stuck.
+            _rejoin_failures.pop(self.group, None)
+            raise
+        compat.set_metadata_backoff(self.kafka, METADATA_BACKOFF_MS)
         try:
             # Know the topic's partitions before joining: a group leader without them assigns nothing
             # until its next metadata refresh, minutes later.
@@ -86,7 +123,14 @@ class _KafkaConsumer(Consumer):
 
     def ack(self, message: MessageProxy) -> None:
         assert isinstance(message, _KafkaMessageProxy)
-        self._acks.put((message.partition, message.offset, message.epoch))
+        if message.consumer is not None and message.consumer is not self:
+            # Fetched by the consumer this one replaced, which never committed it: this one fetches it
+            # again (its partition states are not that consumer's, whatever their epochs say).
+            return
+        if message.redelivery_wanted:
+            self._redeliver = True
+        else:
+            self._acks.put((message.partition, message.offset, message.epoch))
         self._acked_event.set()
 
     def nack(self, message: MessageProxy) -> None:
@@ -104,6 +148,12 @@ class _KafkaConsumer(Consumer):
         deadline = time.monotonic() + self.timeout / 1000
         try:
             while True:
+                if self._redeliver:
+                    # Raised here, the worker closes this consumer (committing what was acked) and makes a
+                    # new one once Kafka answers; the new one fetches what was left un-acked.
+                    raise KafkaConnectionError(
+                        f"a message of {self.topic!r} could not be handed on to Kafka; it is fetched again"
+                    )
                 self.drain_acks()
                 if (
                     self.dirty
@@ -138,13 +188,38 @@ class _KafkaConsumer(Consumer):
             raise KafkaConnectionError(f"consuming {self.topic!r}: {e}") from None
 
     def close(self) -> None:
-        """Commit what was acked and leave the group; what was not acked is delivered again."""
+        """Commit what was acked and leave the group; what was not acked is delivered again.
+
+        The kafka-python consumer is closed even when the commit fails (as it does while Kafka is away): one
+        left open stays a member of the group -- its IO thread heartbeats, or its JoinGroup stays pending
+        -- without ever polling, and the group waits for it at every rebalance (up to
+        ``max_poll_interval_ms``) while no consumer gets a partition.
+        """
         try:
             self.drain_acks()
             self._commit(force=True)
-            self.kafka.close(autocommit=False)
         except KafkaError as e:
-            self.logger.warning("Closing the consumer of %s: %s", self.topic, e)
+            self.logger.warning("Committing before closing the consumer of %s: %s", self.topic, e)
+        try:
+            self.kafka.close(autocommit=False, timeout_ms=self.broker.send_timeout_ms)
+        except Exception as e:
+            # Not known to be out of the group, it could hold the group's rebalances: only a new process
+            # is sure to be rid of it.
+            self.give_up(f"the consumer of {self.topic!r} could not be closed: {type(e).__name__}: {e}")
+
+    def give_up(self, reason: str) -> NoReturn:
+        """End the worker process, with :data:`EXIT_CONSUMER_STUCK`, for a consumer that cannot recover
+        in-process.
+
+        A worker process never lives on consuming nothing: when its consumer cannot be closed, or one new
+        consumer after another (:data:`REJOIN_ATTEMPTS`, each made while Kafka answered) cannot rejoin its
+        group, the process exits non-zero.  Dramatiq's main process then stops the other worker processes
+        and exits with that code, so the supervisor (Heroku, systemd, Docker, honcho) starts the workers
+        again; what they held un-acked is delivered again.
+        """
+        self.logger.critical("%s; exiting (code %d) to be restarted.", reason, EXIT_CONSUMER_STUCK)
+        logging.shutdown()  # (flush what is logged: os._exit skips it)
+        os._exit(EXIT_CONSUMER_STUCK)
 
     # -- shared with the rebalance listener ----------------------------------------------------------------
     def drain_acks(self) -> None:
@@ -184,16 +259,21 @@ class _KafkaConsumer(Consumer):
         now = time.monotonic()
         if not compat.rebalance_under_way(self.kafka):
             self._settled_at = now
+            _rejoin_failures.pop(self.group, None)
         else:
             # A join needs time to finish: never poll for nothing while one is under way.
             timeout_ms = max(timeout_ms, POLL_SLICE_MS)
-            # After a Kafka restart kafka-python 3.0.12 can keep "rejoining" for good (the group waits for a
-            # JoinGroup that never comes).  A consumer that has not settled in this long is replaced: the
-            # worker restarts it, and what it held un-acked is delivered again.
+            # A consumer that has not settled in this long is replaced: the worker restarts it, and what it
+            # held un-acked is delivered again.  When its replacements cannot rejoin either, the process is
+            # beyond repair (see give_up).
             if now - self._settled_at > REJOIN_PATIENCE_S:
-                raise KafkaConnectionError(
+                failures = _rejoin_failures[self.group] = _rejoin_failures.get(self.group, 0) + 1
+                reason = (
                     f"the consumer of {self.topic!r} has not rejoined its group in {REJOIN_PATIENCE_S:.0f} s"
                 )
+                if failures >= REJOIN_ATTEMPTS:
+                    self.give_up(f"{reason}, {failures} consumers in a row")
+                raise KafkaConnectionError(reason)
         return self.kafka.poll(timeout_ms=timeout_ms, max_records=max_records)
 
     def _outstanding(self) -> int:
@@ -221,7 +301,7 @@ class _KafkaConsumer(Consumer):
                     self.dirty = True
                     continue
                 state.outstanding += 1
-                self.buffer.append(_KafkaMessageProxy(message, tp, record.offset, state.epoch))
+                self.buffer.append(_KafkaMessageProxy(message, tp, record.offset, state.epoch, self))
 
     def _reject_undecodable(self, tp: TopicPartition, record: Any, error: Exception) -> None:
         origin = f"{tp.topic}:{tp.partition}:{record.offset}"
