@@ -214,7 +214,7 @@ class _KafkaConsumer(Consumer):
         A worker process never lives on consuming nothing: when its consumer cannot be closed, or one new
         consumer after another (:data:`REJOIN_ATTEMPTS`, each made while Kafka answered) cannot rejoin its
         group, the process exits non-zero.  Dramatiq's main process then stops the other worker processes
-        and exits with that code, so the supervisor (Heroku, systemd, Docker, honcho) starts the workers
+        and exits with that code, so the supervisor (Heroku, systemd, Docker's restart policy) starts the workers
         again; what they held un-acked is delivered again.
         """
         self.logger.critical("%s; exiting (code %d) to be restarted.", reason, EXIT_CONSUMER_STUCK)
