@@ -214,8 +214,8 @@ class _KafkaConsumer(Consumer):
         A worker process never lives on consuming nothing: when its consumer cannot be closed, or one new
         consumer after another (:data:`REJOIN_ATTEMPTS`, each made while Kafka answered) cannot rejoin its
         group, the process exits non-zero.  Dramatiq's main process then stops the other worker processes
-        and exits with that code, so the supervisor (Heroku, systemd, Docker's restart policy) starts the workers
-        again; what they held un-acked is delivered again.
+        and exits with that code, so the supervisor (Heroku, systemd, Docker's restart policy) starts the
+        workers again; what they held un-acked is delivered again.
         """
         self.logger.critical("%s; exiting (code %d) to be restarted.", reason, EXIT_CONSUMER_STUCK)
         logging.shutdown()  # (flush what is logged: os._exit skips it)
