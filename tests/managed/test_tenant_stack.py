@@ -76,6 +76,27 @@ def test_a_posted_user_is_stored_through_the_secured_kafka(tenant_stack: Stack):
     assert tenant_stack.sql("SELECT count(*) FROM users WHERE name = %s", f"Ada {tag}") == [(1,)]
 
 
+def test_a_csv_batch_and_the_operator_pages_health_work_through_the_secured_kafka(tenant_stack: Stack):
+    # Given the web and a worker that know Kafka only by the platform's variables
+    tag = uuid.uuid4().hex[:8]
+    csv = f"name.firstName,name.lastName,age\r\nAnn,Lee{tag},30\r\nBob,Ray{tag},abc\r\nAnn,Lee{tag},30\r\n"
+    with tenant_stack.client() as api:
+        # When a CSV batch is posted
+        response = api.post("/api/users", content=csv.encode(), headers={"content-type": "text/csv"})
+        assert response.status_code == 202, response.text
+        batch = tenant_stack.batch(api, response.json()["batch_id"])
+        # ...and the operator page asks how the queue is doing
+        overview = api.get("/api/overview")
+
+    # Then every row has its outcome, and the page reads the tenant's lag and failed topic with its rights
+    assert batch["counts"]["stored"] == 1
+    assert batch["counts"]["duplicate"] == 1
+    assert batch["counts"]["invalid"] == 1
+    assert overview.status_code == 200, overview.text
+    assert overview.json()["failed_messages"] == 0
+    assert set(overview.json()["lag"]) == {"users", "users.DQ"}
+
+
 def _without_topics(variables: dict[str, str]) -> dict[str, str]:
     """The platform's variables with a prefix of the tenant under which nobody made topics."""
     key = "KAFKA_TOPIC_PREFIX" if "KAFKA_TOPIC_PREFIX" in variables else "KAFKA_PREFIX"
