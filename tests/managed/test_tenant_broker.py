@@ -152,6 +152,47 @@ def test_replay_says_which_right_it_lacks_and_leaves_the_failed_message(
         )
 
 
+def test_a_consumer_group_the_tenant_may_not_use_is_named_with_how_to_make_it(
+    tenant_broker_factory: Any, tenant_queue: str, operator: Any, listener: str
+):
+    # Given a tenant denied READ on its queue's consumer group (a plan whose groups the operator makes)
+    broker = tenant_broker_factory()
+    broker.declare_queue(tenant_queue)
+    group = broker.group_for(tenant_queue)
+    literal = ACLResourcePatternType.LITERAL
+    read, deny = ACLOperation.READ, ACLPermissionType.DENY
+    operator.create_acls(
+        [ACL(PRINCIPALS[listener], "*", read, deny, ResourcePattern(ResourceType.GROUP, group, literal))]
+    )
+    consumer = None
+    try:
+        # When a worker's consumer of the queue polls
+        consumer = broker.consume(tenant_queue, prefetch=1, timeout=5_000)
+        with pytest.raises(MissingRight) as raised:
+            for _ in range(20):
+                next(consumer)
+
+        # Then the error names the group and Heroku's command that makes it
+        assert repr(group) in str(raised.value)
+        assert f"heroku kafka:consumer-groups:create {group.removeprefix(broker.topic_prefix)}" in str(
+            raised.value
+        )
+    finally:
+        if consumer is not None:
+            consumer.close()
+        operator.delete_acls(
+            [
+                ACLFilter(
+                    PRINCIPALS[listener],
+                    "*",
+                    read,
+                    deny,
+                    ResourcePatternFilter(ResourceType.GROUP, group, literal),
+                )
+            ]
+        )
+
+
 def test_the_dlq_commands_work_from_the_platforms_variables(
     tenant_broker_factory: Any, tenant_queue: str, platform_variables: dict[str, str]
 ):

@@ -17,13 +17,13 @@ from dramatiq.errors import DecodeError
 from dramatiq.logging import get_logger
 from dramatiq.message import Message
 from kafka import TopicPartition
-from kafka.errors import CommitFailedError, KafkaError
+from kafka.errors import CommitFailedError, GroupAuthorizationFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from . import compat
 from .clients import DEFAULT_SESSION_TIMEOUT_MS, METADATA_BACKOFF_MS
 from .deadletters import failure_reason
-from .errors import KafkaConnectionError
+from .errors import KafkaConnectionError, MissingRight
 from .offsets import PartitionState, encode_acked
 from .rebalance import _RebalanceListener
 
@@ -184,6 +184,13 @@ class _KafkaConsumer(Consumer):
                     self._commit()
                 if remaining_ms <= 0:
                     return None
+        except GroupAuthorizationFailedError:
+            # A plan whose consumer groups are made by the operator (Heroku's multi-tenant plans).
+            group = self.group.removeprefix(self.broker.topic_prefix)
+            raise MissingRight(
+                f"the app may not use the consumer group {self.group!r} (READ on the group is missing); "
+                f"make it with the service's tools, on Heroku `heroku kafka:consumer-groups:create {group}`"
+            ) from None
         except KafkaError as e:
             raise KafkaConnectionError(f"consuming {self.topic!r}: {e}") from None
 
