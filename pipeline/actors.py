@@ -6,17 +6,19 @@ batch is in Kafka, ``register_batch``.  Both process actors run a Dramatiq pipel
     validate_users(records) | persist_users(results)
 
 ``validate_users`` is pure (Cerberus); ``persist_users`` writes every outcome of the chunk in one
-transaction and is idempotent: a redelivered message never writes a second row, and never turns ``stored``
-into ``duplicate``.  Transient database errors are retried with backoff by Dramatiq's ``Retries``; when the
-retries run out the message goes to the failed-message topic and ``record_failure`` (Dramatiq's
-``on_retry_exhausted`` callback, itself retried) marks its submissions ``failed``.  Not ``on_failure``:
-that callback fires on *every* failed attempt, which would mark ``failed`` a submission still being
-retried.
+transaction of a few multi-row statements (``execute_values`` on Peewee's connection: a handful of round
+trips per message whatever its size, none per record) and is idempotent: a redelivered message never
+writes a second row, and never turns ``stored`` into ``duplicate``.  Transient database errors are
+retried with backoff by Dramatiq's ``Retries``; when the retries run out the message goes to the
+failed-message topic and ``record_failure`` (Dramatiq's ``on_retry_exhausted`` callback, itself retried)
+marks its submissions ``failed``.  Not ``on_failure``: that callback fires on *every* failed attempt, which
+would mark ``failed`` a submission still being retried.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import re
 from typing import Any
@@ -24,6 +26,7 @@ from typing import Any
 import dramatiq
 import peewee
 import psycopg2
+from psycopg2.extras import execute_values
 
 from pipeline import persist_plan, settings
 from pipeline.contract import (
@@ -41,7 +44,7 @@ from pipeline.contract import (
     ValidatedRecord,
 )
 from pipeline.db import database, reset_connection
-from pipeline.models import Batch, Submission, User, unique_columns
+from pipeline.models import Batch, Submission, unique_columns
 from pipeline.persist_plan import Key
 from pipeline.validation import validate_record
 
@@ -56,6 +59,23 @@ TRANSIENT = (
 )
 #: Rows per INSERT statement (PostgreSQL takes at most 65,535 parameters in one).
 INSERT_CHUNK = 1000
+
+#: What ``persist_users`` writes.  ``created_at`` of a user is the column's default (``now()``).
+_INSERT_USERS = (
+    "INSERT INTO users (name, age, email, phone_number, address, additional_info) VALUES %s "
+    "ON CONFLICT DO NOTHING RETURNING id, {key}"
+)
+_USER_ROW = "(%s, %s, %s, %s, %s::jsonb, %s::jsonb)"
+#: An outcome replaces an existing one only when that is ``failed`` (a replay).
+_UPSERT_OUTCOMES = (
+    "INSERT INTO submissions (id, batch_id, row, status, errors, user_id, created_at, updated_at) VALUES %s "
+    "ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, errors = EXCLUDED.errors, "
+    "user_id = EXCLUDED.user_id, updated_at = EXCLUDED.updated_at "
+    "WHERE submissions.status = 'failed'"
+)
+_OUTCOME_ROW = "(%s, %s, %s, %s, %s::jsonb, %s, %s, %s)"
+#: Turns psycopg2's errors into Peewee's, as around Peewee's own queries (``TRANSIENT`` holds both).
+_PEEWEE_ERRORS = peewee.__exception_wrapper__  # type: ignore[attr-defined]
 
 
 def _retry_transient(retries: int, exception: Exception) -> bool:
@@ -127,13 +147,23 @@ def validate_users(records: list[BatchRecord], batch_id: str | None, source: str
 
 
 @dramatiq.actor(actor_name=PERSIST_USERS, **_persisting, max_retries=settings.MAX_RETRIES)
-def persist_users(results: list[ValidatedRecord]) -> dict[str, int]:
+def persist_users(results: list[ValidatedRecord]) -> None:
+    """The pipeline's last stage: :func:`persist_chunk`.
+
+    It returns nothing: nothing consumes the last stage's result, and a value without the Results
+    middleware makes Dramatiq log a warning for every message.
+    """
+    persist_chunk(results)
+
+
+def persist_chunk(results: list[ValidatedRecord]) -> dict[str, int]:
     """Store the valid users (``ON CONFLICT DO NOTHING``) and every outcome, in one transaction.
 
-    When the chunk fails as a whole, its records are tried one by one: if some of them succeed, the chunk
-    is done and each record that still fails goes on as a message of its own (retried, then on the failed
-    topic alone), so that one poison record does not hold up the rest of its batch.  When none succeeds
-    (the database is down), the chunk is retried as it is.
+    Returns the records per outcome (:func:`persist_plan.empty_counts`).  When the chunk fails as a whole,
+    its records are tried one by one: if some of them succeed, the chunk is done and each record that still
+    fails goes on as a message of its own (retried, then on the failed topic alone), so that one poison
+    record does not hold up the rest of its batch.  When none succeeds (the database is down), the chunk is
+    retried as it is.
     """
     try:
         counts = _persist(results)
@@ -177,82 +207,97 @@ def _persist_one_by_one(results: list[ValidatedRecord]) -> dict[str, int]:
     return counts
 
 
-def _matches(columns: list[str], key: Key) -> peewee.Expression:
-    condition = None
-    for column, value in zip(columns, key, strict=True):
-        field = getattr(User, column)
-        part = field.is_null() if value is None else field == value
-        condition = part if condition is None else condition & part
-    return condition
+def _key_list(columns: list[str]) -> str:
+    return ", ".join(f'"{c}"' for c in columns)  # names from models.unique_columns, never from a client
 
 
-def _done_ids(ids: list[str]) -> set[str]:
+def _done_ids(cursor: Any, ids: list[str]) -> set[str]:
     """The submissions among ``ids`` that already have an outcome (``failed`` ones may get another)."""
-    query = Submission.select(Submission.id).where(
-        Submission.id.in_(ids) & (Submission.status != Status.FAILED)
+    cursor.execute(
+        "SELECT id FROM submissions WHERE id = ANY(%s) AND status <> %s", (ids, str(Status.FAILED))
     )
-    return {s.id for s in query}
+    return {row[0] for row in cursor.fetchall()}
 
 
-def _insert_users(users: list[dict[str, Any]], columns: list[str]) -> dict[Key, int]:
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def _insert_users(cursor: Any, users: list[dict[str, Any]], columns: list[str]) -> dict[Key, int]:
     """Insert the users whose key is not stored yet; the ids of those inserted, by key."""
-    key_fields = [getattr(User, c) for c in columns]
-    stored_ids: dict[Key, int] = {}
-    for start in range(0, len(users), INSERT_CHUNK):
-        inserted = (
-            User.insert_many(users[start : start + INSERT_CHUNK])
-            .on_conflict_ignore()
-            .returning(User.id, *key_fields)
-            .tuples()
-            .execute()
+    if not users:
+        return {}
+    values = [
+        (
+            u["name"],
+            u["age"],
+            u.get("email"),
+            u.get("phone_number"),
+            _json(u.get("address")),
+            json.dumps(u.get("additional_info") or {}),
         )
-        for row in inserted:
-            stored_ids[tuple(row[1:])] = row[0]
-    return stored_ids
+        for u in users
+    ]
+    statement = _INSERT_USERS.format(key=_key_list(columns))
+    rows = execute_values(cursor, statement, values, template=_USER_ROW, page_size=INSERT_CHUNK, fetch=True)
+    return {tuple(row[1:]): row[0] for row in rows}
 
 
-def _existing_ids(keys: list[Key], columns: list[str]) -> dict[Key, int]:
-    """The ids of the users already stored under ``keys``."""
+def _existing_ids(cursor: Any, keys: list[Key], columns: list[str]) -> dict[Key, int]:
+    """The ids of the users already stored under ``keys`` (one query per :data:`INSERT_CHUNK` keys)."""
     existing: dict[Key, int] = {}
     for start in range(0, len(keys), INSERT_CHUNK):
-        condition = None
+        conditions: list[str] = []
+        params: list[Any] = []
         for key in keys[start : start + INSERT_CHUNK]:
-            match = _matches(columns, key)
-            condition = match if condition is None else condition | match
-        for row in User.select(User.id, *[getattr(User, c) for c in columns]).where(condition).tuples():
-            existing[tuple(row[1:])] = row[0]
+            parts = []
+            for column, value in zip(columns, key, strict=True):
+                # "=" on each column (not IS NOT DISTINCT FROM) lets PostgreSQL use the unique index.
+                parts.append(f'"{column}" IS NULL' if value is None else f'"{column}" = %s')
+                params.extend(() if value is None else (value,))
+            conditions.append(f"({' AND '.join(parts)})")
+        statement = f"SELECT id, {_key_list(columns)} FROM users WHERE {' OR '.join(conditions)}"  # noqa: S608
+        cursor.execute(statement, params)
+        existing.update((tuple(row[1:]), row[0]) for row in cursor.fetchall())
     return existing
 
 
-def _upsert_outcomes(rows: list[dict[str, Any]]) -> None:
+def _upsert_outcomes(cursor: Any, rows: list[dict[str, Any]]) -> None:
     """Write the outcomes; an existing row is replaced only when it is ``failed`` (a replay)."""
-    for start in range(0, len(rows), INSERT_CHUNK):
+    values = [
         (
-            Submission.insert_many(rows[start : start + INSERT_CHUNK])
-            .on_conflict(
-                conflict_target=[Submission.id],
-                update={
-                    Submission.status: peewee.EXCLUDED.status,
-                    Submission.errors: peewee.EXCLUDED.errors,
-                    Submission.user: peewee.EXCLUDED.user_id,
-                    Submission.updated_at: peewee.EXCLUDED.updated_at,
-                },
-                where=(Submission.status == Status.FAILED),
-            )
-            .execute()
+            r["id"],
+            r["batch_id"],
+            r["row"],
+            str(r["status"]),
+            json.dumps(r["errors"]),
+            r["user"],
+            r["created_at"],
+            r["updated_at"],
         )
+        for r in rows
+    ]
+    if values:
+        execute_values(cursor, _UPSERT_OUTCOMES, values, template=_OUTCOME_ROW, page_size=INSERT_CHUNK)
 
 
 def _persist(results: list[ValidatedRecord]) -> dict[str, int]:
-    """Persist a chunk in one transaction (the decisions are :mod:`pipeline.persist_plan`'s)."""
+    """Persist a chunk in one transaction (the decisions are :mod:`pipeline.persist_plan`'s).
+
+    Round trips: BEGIN, one SELECT of the outcomes already written, one INSERT of the users and one upsert
+    of the outcomes per :data:`INSERT_CHUNK` rows, a SELECT of the ids of keys stored before (only when
+    some are), COMMIT.  psycopg2's errors become Peewee's, as with Peewee's own queries.
+    """
     columns = unique_columns(settings.UNIQUE_FIELDS)
     now = datetime.datetime.now(datetime.UTC)
-    with database.connection_context(), database.atomic():
-        chunk = persist_plan.plan(results, _done_ids([r["id"] for r in results]), columns)
-        stored_ids = _insert_users(chunk.users, columns)
-        existing = _existing_ids(chunk.missing(stored_ids), columns)
+    with database.connection_context(), database.atomic(), _PEEWEE_ERRORS:
+        cursor = database.cursor()
+        chunk = persist_plan.plan(results, _done_ids(cursor, [r["id"] for r in results]), columns)
+        stored_ids = _insert_users(cursor, chunk.users, columns)
+        missing = chunk.missing(stored_ids)
+        existing = _existing_ids(cursor, missing, columns) if missing else {}
         rows, counts = persist_plan.outcomes(chunk, stored_ids, existing, now)
-        _upsert_outcomes(rows)
+        _upsert_outcomes(cursor, rows)
     return counts
 
 

@@ -5,13 +5,19 @@ messages by actor *name* without loading the worker, and the worker declares its
 
 Messages, all on :data:`QUEUE`:
 
-* ``process_user(SubmissionPayload)``: one record of ``POST /api/user``;
+* ``validate_users(list[BatchRecord], None, "json")`` whose ``options["pipe_target"]`` is the
+  ``persist_users`` message (a Dramatiq pipeline of the two, its first stage sent by the web): the records
+  of ``POST /api/user``, one or several posts that arrived together (each a :class:`BatchRecord` whose
+  ``id`` is the submission's and ``row`` None);
 * ``process_users(ChunkPayload)``: one chunk of a batch of ``POST /api/users``;
-* ``register_batch(batch_id, count, source)``: sent once every chunk of the batch is durable in Kafka.
+* ``register_batch(batch_id, count, source)``: sent once every chunk of the batch is durable in Kafka;
+* ``process_user(SubmissionPayload)``: one record of ``POST /api/user`` as the web sent it before the
+  pipeline above (still run: messages already in Kafka, and ``dlq replay`` of old failed ones).
 
-Both process actors then run ``validate_users(list[BatchRecord], batch_id, source)``, whose result, a
-``list[ValidatedRecord]``, is what ``persist_users`` receives.  ``record_failure`` is Dramatiq's
-``on_retry_exhausted`` callback (the failed message as ``Message.asdict()``).
+Both process actors run the same pipeline, ``validate_users(list[BatchRecord], batch_id, source)``, whose
+result, a ``list[ValidatedRecord]``, is what ``persist_users`` receives (the worker's ``Pipelines``
+middleware sends it).  ``record_failure`` is Dramatiq's ``on_retry_exhausted`` callback (the failed message
+as ``Message.asdict()``).
 
 Every submission ends with one :class:`Status` (``submissions.status``); the API answers ``queued`` for a
 submission that has none yet.
@@ -31,6 +37,8 @@ VALIDATE_USERS = "validate_users"
 PERSIST_USERS = "persist_users"
 REGISTER_BATCH = "register_batch"
 RECORD_FAILURE = "record_failure"
+#: The ``source`` that ``validate_users`` is told for the records of ``POST /api/user``.
+SINGLE_SOURCE = "json"
 
 
 class Status(enum.StrEnum):

@@ -114,6 +114,11 @@ BATCH_CHUNK_SIZE = _int("BATCH_CHUNK_SIZE", 500, minimum=1)
 ID_SECRET = _str("ID_SECRET", "change-me-in-production")
 #: Seconds a client is told to wait (``Retry-After``) when Kafka cannot take a submission.
 RETRY_AFTER_SECONDS = _int("RETRY_AFTER_SECONDS", 5, minimum=1)
+#: Longest wait of a ``POST /api/user`` for others to share its Kafka message, in milliseconds; 0 sends
+#: every post on its own.  A post waits only while another send is in flight (group commit).
+SINGLE_LINGER_MS = _int("SINGLE_LINGER_MS", 5, minimum=0)
+#: Most single posts carried by one Kafka message.
+SINGLE_MAX_RECORDS = _int("SINGLE_MAX_RECORDS", 100, minimum=1)
 
 # --- Database ----------------------------------------------------------------------------------------------
 #: PostgreSQL address; ``postgres://`` and ``postgresql://`` both work.
@@ -195,6 +200,8 @@ class WebSettings:
     max_batch_records: int = MAX_BATCH_RECORDS
     batch_chunk_size: int = BATCH_CHUNK_SIZE
     retry_after_seconds: int = RETRY_AFTER_SECONDS
+    single_linger_ms: int = SINGLE_LINGER_MS
+    single_max_records: int = SINGLE_MAX_RECORDS
     #: Longest wait for one broker call before answering 503, in seconds: Kafka's send timeout plus slack.
     enqueue_timeout_seconds: float = KAFKA_SEND_TIMEOUT_MS / 1000 + 2
 

@@ -13,8 +13,11 @@ A record is the JSON object a client sent (or a CSV row nested by its dotted hea
 * ``phoneNumber`` (optional): E.164-like; spaces, dashes, dots and parentheses are removed first, then it
   must read ``+?[1-9]`` followed by 6 to 14 digits.  It is stored in that compact form (``+1 (415)
   555-0123`` is stored as ``+14155550123``).
-* ``address`` (optional): an object with only ``line1``, ``line2``, ``city`` and ``state``, each a string
-  of at most :data:`ADDRESS_FIELD_MAX_LENGTH` characters (trimmed).  Any other key in it is an error.
+* ``address`` (optional): an object with ``line1``, ``line2``, ``city`` and ``state``, each a string of
+  at most :data:`ADDRESS_FIELD_MAX_LENGTH` characters (trimmed).  Other sub-fields (``zip``, ``postalCode``,
+  ``country``...: what a real CSV has) are kept with the address under the same rule, as long as there are
+  at most :data:`ADDRESS_OTHER_FIELDS_MAX` of them, each named in at most
+  :data:`ADDRESS_OTHER_NAME_MAX_LENGTH` characters.
 * Optional fields may be ``null`` (same as absent).
 * Every other top-level field is kept as it is in ``additional_info``, as long as its JSON takes at most
   ``settings.MAX_ADDITIONAL_INFO_BYTES`` bytes (UTF-8).
@@ -24,8 +27,11 @@ A record is the JSON object a client sent (or a CSV row nested by its dotted hea
 Every error is collected (never only the first) as ``{"field": "<dotted path>", "message": "<for a
 person>"}``: ``name.firstName``, ``address.city``, ``_root`` when the record is not an object.
 
-Cerberus validators are not cheap to build, so each thread keeps one and reuses it for every record
-(:func:`validator`).
+Cerberus validators are not cheap to build, so each thread keeps one per schema (:func:`validator`) and
+reuses it for every record.  The schemas are flat: ``name.firstName`` or ``address.city`` is a field of the
+validated document of its own (:func:`normalise`), not a sub-schema, because Cerberus builds a child
+validator for every sub-document it validates, which cost more than the rest of a record together.  Two
+schemas, because ``name`` comes in two forms: a string, or an object whose parts are required.
 """
 
 from __future__ import annotations
@@ -56,8 +62,14 @@ AGE_MAX = 150
 EMAIL_MAX_LENGTH = 254
 #: Longest ``address`` line, city or state, in characters.
 ADDRESS_FIELD_MAX_LENGTH = 200
-#: Fields of ``address``.
+#: Fields of ``address`` the schema knows.
 ADDRESS_FIELDS = ("line1", "line2", "city", "state")
+#: Most other sub-fields of ``address`` kept (``zip``, ``country``...); more are one error on ``address``.
+ADDRESS_OTHER_FIELDS_MAX = 10
+#: Longest name of another sub-field of ``address``, in characters.
+ADDRESS_OTHER_NAME_MAX_LENGTH = 50
+#: Parts of a ``name`` given as an object.
+NAME_PARTS = ("firstName", "lastName")
 #: Top-level fields the schema knows; every other one goes to ``additional_info``.
 KNOWN_FIELDS = ("name", "age", "email", "phoneNumber", "address")
 #: Where the rest of a record goes (a key of the validated document, never taken from the input as is).
@@ -137,6 +149,9 @@ class UserValidator(cerberus.Validator):  # type: ignore[misc]
     * type ``integer`` excludes booleans (Cerberus counts ``True`` as an integer, JSON does not);
     * rule ``storable`` rejects strings PostgreSQL cannot store (anywhere inside the value);
     * rule ``max_json_bytes`` bounds the JSON size of a value;
+    * rule ``only_keys`` reports every key of an object but those listed as an unknown field (the listed
+      ones are fields of the flat document of their own);
+    * rule ``other_fields`` checks the sub-fields of ``address`` the schema does not know (kept as strings);
     * check ``full_name`` bounds the length of a ``{"firstName", "lastName"}`` name once joined.
     """
 
@@ -161,6 +176,30 @@ class UserValidator(cerberus.Validator):  # type: ignore[misc]
                 f"at most {limit} are kept",
             )
 
+    def _validate_only_keys(self, keys: list[str], field: str, value: Any) -> None:
+        """{'type': 'list'}"""
+        if isinstance(value, Mapping):
+            for key in value:
+                if key not in keys:
+                    self._error(f"{field}.{key}", cerberus_errors.UNKNOWN_FIELD)
+
+    def _validate_other_fields(self, known: list[str], field: str, value: Any) -> None:
+        """{'type': 'list'}"""
+        if not isinstance(value, Mapping):
+            return
+        others = [key for key in value if key not in known]
+        if len(others) > ADDRESS_OTHER_FIELDS_MAX:
+            self._error(
+                field,
+                f"has {len(others)} fields besides {', '.join(known)}; "
+                f"at most {ADDRESS_OTHER_FIELDS_MAX} are kept",
+            )
+            return
+        for key in others:
+            problem = _other_field_problem(str(key), value[key])
+            if problem:
+                self._error(f"{field}.{key}", problem)
+
     def _check_with_full_name(self, field: str, value: Any) -> None:
         if isinstance(value, Mapping):
             first, last = value.get("firstName"), value.get("lastName")
@@ -174,26 +213,51 @@ class UserValidator(cerberus.Validator):  # type: ignore[misc]
                     )
 
 
+def _other_field_problem(key: str, value: Any) -> str | None:
+    """Why another sub-field of ``address`` cannot be kept (the same rules as the known ones), or None."""
+    if not _is_storable(key):
+        return _UNSTORABLE_MESSAGE
+    if len(key) > ADDRESS_OTHER_NAME_MAX_LENGTH:
+        limit = ADDRESS_OTHER_NAME_MAX_LENGTH
+        return f"is a field name of {len(key)} characters; at most {limit} are allowed"
+    if value is None:
+        return "must not be null"
+    if not isinstance(value, str):
+        return "must be a string"
+    if len(value) > ADDRESS_FIELD_MAX_LENGTH:
+        return f"must be at most {ADDRESS_FIELD_MAX_LENGTH} characters long"
+    return None if _is_storable(value) else _UNSTORABLE_MESSAGE
+
+
 def _text(max_length: int, **extra: Any) -> dict[str, Any]:
     return {"type": "string", "storable": True, "maxlength": max_length, **extra}
 
 
-def build_schema(*, max_additional_info_bytes: int | None = None) -> dict[str, Any]:
-    """The Cerberus schema of a user record, once normalised by :func:`normalise`."""
+def build_schema(
+    *, max_additional_info_bytes: int | None = None, name_object: bool = False
+) -> dict[str, Any]:
+    """The flat Cerberus schema of a user record, once normalised by :func:`normalise`.
+
+    ``name_object``: the schema for records whose ``name`` is an object (its parts are fields of their own,
+    ``name.firstName`` and ``name.lastName``, and required); otherwise ``name`` must be a string.
+    """
     limit = (
         settings.MAX_ADDITIONAL_INFO_BYTES if max_additional_info_bytes is None else max_additional_info_bytes
     )
-    name_part = {"required": True, **_text(NAME_MAX_LENGTH, empty=False)}
+    name: dict[str, Any]
+    parts: dict[str, Any] = {}
+    if name_object:
+        # The object's own storable rule covers its parts (and its unknown keys), so theirs is not needed.
+        name = {"required": True, "only_keys": list(NAME_PARTS), "storable": True, "empty": False}
+        name["check_with"] = "full_name"
+        part = {"required": True, "type": "string", "empty": False, "maxlength": NAME_MAX_LENGTH}
+        parts = {f"name.{key}": part for key in NAME_PARTS}
+    else:
+        name = {"required": True, "type": ["string", "dict"], "storable": True, "empty": False}
+        name["maxlength"] = NAME_MAX_LENGTH
     return {
-        "name": {
-            "required": True,
-            "type": ["string", "dict"],
-            "storable": True,
-            "empty": False,
-            "maxlength": NAME_MAX_LENGTH,
-            "schema": {"firstName": name_part, "lastName": name_part},
-            "check_with": "full_name",
-        },
+        "name": name,
+        **parts,
         "age": {"required": True, "type": "integer", "min": AGE_MIN, "max": AGE_MAX},
         "email": _text(EMAIL_MAX_LENGTH, nullable=True, empty=False, regex=EMAIL_PATTERN),
         "phoneNumber": {
@@ -203,11 +267,8 @@ def build_schema(*, max_additional_info_bytes: int | None = None) -> dict[str, A
             "empty": False,
             "regex": PHONE_PATTERN,
         },
-        "address": {
-            "type": "dict",
-            "nullable": True,
-            "schema": {key: _text(ADDRESS_FIELD_MAX_LENGTH) for key in ADDRESS_FIELDS},
-        },
+        "address": {"type": "dict", "other_fields": list(ADDRESS_FIELDS)},
+        **{f"address.{key}": _text(ADDRESS_FIELD_MAX_LENGTH) for key in ADDRESS_FIELDS},
         ADDITIONAL_INFO: {"type": "dict", "storable": True, "max_json_bytes": limit},
     }
 
@@ -221,6 +282,9 @@ def normalise(data: Mapping[str, Any], *, source: str = "json") -> dict[str, Any
     Cerberus' ``coerce`` because Cerberus 1.3 re-validates its own schema on every normalisation, which
     took three quarters of the validation time (measured with cProfile).  ``null`` in an optional field
     means "not given".
+
+    The known parts of a ``name`` or ``address`` object are copied to fields of their own (``name.firstName``,
+    ``address.city``) that the flat schema checks; the object stays too (the user is built from it).
     """
     document: dict[str, Any] = {}
     extra: dict[str, Any] = {}
@@ -231,7 +295,7 @@ def normalise(data: Mapping[str, Any], *, source: str = "json") -> dict[str, Any
             if isinstance(value, str):
                 value = _clean_text(value)
             elif isinstance(value, Mapping):
-                value = {k: _clean_text(v) if isinstance(v, str) else v for k, v in value.items()}
+                value = _flatten_into(document, key, value, NAME_PARTS)
             document[key] = value
         elif key == "age":
             if source == "csv" and isinstance(value, str) and _CSV_INTEGER.fullmatch(value):
@@ -242,21 +306,34 @@ def normalise(data: Mapping[str, Any], *, source: str = "json") -> dict[str, Any
         elif key == "phoneNumber":
             document[key] = _PHONE_SEPARATORS.sub("", value) if isinstance(value, str) else value
         elif key == "address" and isinstance(value, Mapping):
-            document[key] = {k: _clean_text(v) if isinstance(v, str) else v for k, v in value.items()}
+            document[key] = _flatten_into(document, key, value, ADDRESS_FIELDS)
         else:
             document[key] = _clean_text(value) if isinstance(value, str) else value
     document[ADDITIONAL_INFO] = extra
     return document
 
 
+def _flatten_into(
+    document: dict[str, Any], key: str, value: Mapping[str, Any], parts: tuple[str, ...]
+) -> dict[str, Any]:
+    """``value`` with its strings tidied; its known ``parts`` also go into ``document`` as ``key.part``."""
+    tidied = {k: _clean_text(v) if isinstance(v, str) else v for k, v in value.items()}
+    for part in parts:
+        if part in tidied:
+            document[f"{key}.{part}"] = tidied[part]
+    return tidied
+
+
 _local = threading.local()
 
 
-def validator() -> UserValidator:
-    """This thread's validator: built once, reused for every record (building one is costly)."""
-    found: UserValidator | None = getattr(_local, "validator", None)
+def validator(*, name_object: bool = False) -> UserValidator:
+    """This thread's validator for one of the two schemas: built once, reused for every record."""
+    attribute = "validator_name_object" if name_object else "validator"
+    found: UserValidator | None = getattr(_local, attribute, None)
     if found is None:
-        found = _local.validator = UserValidator(build_schema())
+        found = UserValidator(build_schema(name_object=name_object))
+        setattr(_local, attribute, found)
     return found
 
 
@@ -273,17 +350,15 @@ _MESSAGES_BY_FIELD = {
 }
 
 
-def _message(error: cerberus_errors.ValidationError, top_field: str) -> str:
+def _message(error: cerberus_errors.ValidationError, field: str) -> str:
     rule, constraint = error.rule, error.constraint
-    special = _MESSAGES_BY_FIELD.get((top_field, rule)) if len(error.document_path) == 1 else None
+    special = _MESSAGES_BY_FIELD.get((field, rule))
     if special:
         return special
     if error.code == cerberus_errors.CUSTOM.code:
         return str(error.info[0])
     if error.code == cerberus_errors.UNKNOWN_FIELD.code:
-        return "is not a known field" + (
-            f" (the address has {', '.join(ADDRESS_FIELDS)})" if top_field == "address" else ""
-        )
+        return "is not a known field"
     if rule == "required":
         return "is required"
     if rule == "nullable":
@@ -333,7 +408,8 @@ def _errors_of(validator: UserValidator) -> ErrorList:
             )
             found.append({"field": ".".join(path), "message": _UNSTORABLE_MESSAGE})
             continue
-        found.append({"field": ".".join(path), "message": _message(error, path[0] if path else "")})
+        field = ".".join(path)
+        found.append({"field": field, "message": _message(error, field)})
     unique = list({(e["field"], e["message"]): e for e in found}.values())
     return sorted(unique, key=_field_order)
 
@@ -394,7 +470,7 @@ def validate_record(
             for k in oversized
         )
         data = {k: ("-" if k == "name" else None) if k in oversized else v for k, v in data.items()}
-    checker = validator()
+    checker = validator(name_object=isinstance(data.get("name"), Mapping))
     if checker.validate(normalise(data, source=source), normalize=False) and not errors:
         return _user_from(checker.document), []
     found = errors + _storable_errors(_errors_of(checker))

@@ -140,6 +140,20 @@ def test_the_default_unique_key_is_name_and_age(sql, a, b, same):
     assert statuses == (["duplicate", "stored"] if same else ["stored", "stored"])
 
 
+def test_an_address_keeps_the_fields_the_schema_does_not_know(sql):
+    # Given a CSV row with the address columns of an ordinary export
+    data = {
+        "name": "Addy",
+        "age": "30",
+        "address": {"line1": "1 Rue X", "city": "Paris", "zip": "75001", "country": "FR", "note": ""},
+    }
+    # When
+    persist_users([result("s1", data, source="csv")])
+    # Then
+    assert sql("SELECT address FROM users") == [(data["address"],)]
+    assert outcomes(sql)["s1"][0] == "stored"
+
+
 def test_names_that_look_like_sql_and_unicode_names_are_stored_literally(sql):
     # Given
     names = [
@@ -161,7 +175,7 @@ def test_a_large_chunk_is_stored_whole_despite_the_limit_of_parameters_per_state
         {"name": f"user {n}", "age": n % 150, "email": f"u{n}@example.org", "k": "v"} for n in range(12_000)
     ]
     # When
-    counts = persist_users(chunk("big", records))
+    counts = actors.persist_chunk(chunk("big", records))
     # Then
     assert counts["stored"] == 12_000
     assert sql("SELECT count(*), count(DISTINCT user_id) FROM submissions WHERE status = 'stored'") == [

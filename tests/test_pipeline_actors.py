@@ -8,6 +8,7 @@ terminated, then it is let back in.
 
 from __future__ import annotations
 
+import logging
 import threading
 from contextlib import contextmanager
 
@@ -165,6 +166,21 @@ def test_process_users_stores_a_csv_chunk_with_its_bad_rows_and_duplicates(stub,
     assert found["b1.2"]["errors"] == [{"field": "age", "message": "must be an integer"}]
     assert sql("SELECT batch_id, row FROM submissions WHERE id = 'b1.3'") == [("b1", 3)]
     assert sql("SELECT id, count FROM batches") == [("b1", 4)]
+
+
+def test_processing_messages_logs_no_warning_about_discarded_results(stub, actors, sql, caplog):
+    # Given
+    caplog.set_level(logging.WARNING)
+    records = [{"id": "b4.1", "row": 1, "data": {"name": "Gus", "age": 7}, "errors": []}]
+    # When a single post and a chunk go through the whole pipeline
+    actors.process_user.send({"id": "s1", "data": {"name": "Hal", "age": 8}})
+    actors.process_users.send({"batch_id": "b4", "source": "json", "records": records})
+    drain(stub)
+    # Then every stage ran, and none returned a value Dramatiq would discard with a warning per message
+    assert {o["status"] for o in outcomes(sql).values()} == {"stored"}
+    assert len(stub.observer.runs_of("persist_users")) == 2
+    assert [r.getMessage() for r in caplog.records if "returned a value" in r.getMessage()] == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 def test_register_batch_twice_keeps_one_row(stub, actors, sql):

@@ -205,10 +205,47 @@ def test_phone_numbers_that_are_not_e164_like_are_errors(phone):
     assert error["field"] == "phoneNumber" and "phone number" in error["message"]
 
 
-def test_an_unknown_address_field_is_an_error_naming_the_known_ones():
-    error = only_error({"name": "Ada", "age": 1, "address": {"zip": "75001"}})
-    assert error["field"] == "address.zip"
-    assert "line1, line2, city, state" in error["message"]
+def test_other_address_fields_of_a_real_csv_are_kept_with_the_address_as_trimmed_strings():
+    # Given the address columns of an ordinary export (issue 13, item 5)
+    address = {"line1": "1 Main St", "city": "Paris", "zip": " 75001 ", "postalCode": "", "country": "FR"}
+    # When
+    user, errors = validate_record({"name": "Ada", "age": "1", "address": address}, source="csv")
+    # Then the known ones are checked as ever and the others are kept, not errors
+    assert errors == []
+    assert user["address"] == {**address, "zip": "75001"}
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (75001, "must be a string"),
+        (None, "must not be null"),
+        ({"a": 1}, "must be a string"),
+        ("x" * 201, "must be at most 200 characters long"),
+        ("a\x00b", "must not contain NUL characters, unpaired surrogates, NaN or Infinity"),
+    ],
+)
+def test_other_address_fields_follow_the_rules_of_the_known_ones(value, message):
+    error = only_error({"name": "Ada", "age": 1, "address": {"city": "X", "zip": value}})
+    assert error == {"field": "address.zip", "message": message}
+
+
+def test_other_address_fields_are_bounded_in_count_and_in_name_length():
+    # Given one other field too many, and separately a field name too long
+    limit, longest = validation.ADDRESS_OTHER_FIELDS_MAX, validation.ADDRESS_OTHER_NAME_MAX_LENGTH
+    many = {f"extra{n}": "x" for n in range(limit + 1)}
+    long_name = "n" * (longest + 1)
+    # When / Then
+    error = only_error({"name": "Ada", "age": 1, "address": {"city": "X", **many}})
+    assert error["field"] == "address" and f"at most {limit} are kept" in error["message"]
+    assert validate_record({"name": "Ada", "age": 1, "address": dict(list(many.items())[:limit])})[1] == []
+    error = only_error({"name": "Ada", "age": 1, "address": {long_name: "x"}})
+    assert error["field"] == f"address.{long_name}" and f"at most {longest}" in error["message"]
+
+
+def test_an_unknown_name_field_is_still_an_error():
+    error = only_error({"name": {"firstName": "A", "lastName": "L", "zip": "x"}, "age": 1})
+    assert error == {"field": "name.zip", "message": "is not a known field"}
 
 
 @pytest.mark.parametrize("bad", ["a\x00b", "\ud800"])
@@ -271,7 +308,7 @@ def test_every_error_is_reported_at_once_in_field_order():
         "age": "thirty",
         "email": "nope",
         "phoneNumber": "12",
-        "address": {"city": 3, "zip": "x"},
+        "address": {"city": 3, "zip": 75001},
     }
     # When
     user, errors = validate_record(data)

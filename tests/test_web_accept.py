@@ -17,6 +17,7 @@ from web_support import (
     enqueued,
     json_bytes,
     make_client,
+    single_records,
 )
 
 from web.ids import BATCH, SUBMISSION, IdSigner, parse_submission_id
@@ -49,8 +50,10 @@ def test_a_posted_user_is_enqueued_as_is_and_answered_202_with_its_id(web_client
     assert body["status"] == "queued" and signer.verify(body["id"], SUBMISSION)
     assert response.headers["location"] == f"/api/submissions/{body['id']}"
     [message] = enqueued(web_broker)
-    assert (message.queue_name, message.actor_name) == ("users", "process_user")
-    assert message.args == ({"id": body["id"], "data": user},)
+    # (the first stage of the worker's pipeline, piped into persist_users: issue 13, two trips not three)
+    assert (message.queue_name, message.actor_name) == ("users", "validate_users")
+    assert message.args == ([{"id": body["id"], "row": None, "data": user, "errors": []}], None, "json")
+    assert message.options["pipe_target"]["actor_name"] == "persist_users"
 
 
 def test_sql_looking_and_unicode_values_travel_literally(web_client, web_broker):
@@ -62,7 +65,7 @@ def test_sql_looking_and_unicode_values_travel_literally(web_client, web_broker)
     )
     # Then
     assert response.status_code == 202
-    assert enqueued(web_broker)[0].args[0]["data"] == user
+    assert single_records(enqueued(web_broker))[0]["data"] == user
 
 
 def test_a_json_content_type_with_utf8_charset_is_accepted(web_client):
@@ -159,7 +162,7 @@ def test_a_user_is_503_with_retry_after_when_the_broker_cannot_take_it():
         # Then
         assert_error(response, 503, "queue_unavailable")
         assert response.headers["retry-after"] == "7"
-        assert 'enqueue_failures_total{kind="process_user"} 1.0' in web_client.get("/metrics").text
+        assert 'enqueue_failures_total{kind="validate_users"} 1.0' in web_client.get("/metrics").text
 
 
 def test_a_bug_in_the_broker_is_a_logged_500_in_the_error_shape():

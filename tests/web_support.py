@@ -49,6 +49,11 @@ def batch_records(messages: list[dramatiq.Message[Any]]) -> list[dict[str, Any]]
     return [record for m in messages if m.actor_name == "process_users" for record in m.args[0]["records"]]
 
 
+def single_records(messages: list[dramatiq.Message[Any]]) -> list[dict[str, Any]]:
+    """The records of every message of single posts (``validate_users``, first of a pipeline), in order."""
+    return [record for m in messages if m.actor_name == "validate_users" for record in m.args[0]]
+
+
 def assert_error(response: Any, status: int, code: str) -> dict[str, Any]:
     """Check that ``response`` is an error of the one documented shape, and return its body."""
     assert response.status_code == status, response.text

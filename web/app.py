@@ -43,7 +43,7 @@ from web import reads, ui
 from web.auth import BearerTokenMiddleware
 from web.batches import accept_records
 from web.bodies import BodyChunks, ByteLimit, body_stream, file_chunks, read_body
-from web.enqueue import Enqueuer, submission_message
+from web.enqueue import Enqueuer, single_record
 from web.errors import EXCEPTION_HANDLERS, InvalidBody, Malformed, PayloadTooLarge, UnsupportedMediaType
 from web.ids import IdSigner
 from web.metrics import Metrics, MetricsMiddleware, metrics_endpoint
@@ -93,7 +93,8 @@ async def post_user(request: Request) -> Response:
         else await run_in_threadpool(parse_object, body)
     )
     submission_id = request.app.state.signer.new_submission_id()
-    await request.app.state.enqueuer.send_async(submission_message(submission_id, data))
+    # With the posts that arrive at the same time, as one message, unless SINGLE_LINGER_MS is 0.
+    await request.app.state.enqueuer.send_single(single_record(submission_id, data), size=len(body))
     request.app.state.metrics.accepted.labels("single").inc()
     logger.info("accepted submission %s", submission_id)
     return JSONResponse(
@@ -273,6 +274,8 @@ def _send_with(app: Starlette, broker: dramatiq.Broker) -> None:
         retry_after=config.retry_after_seconds,
         timeout=config.enqueue_timeout_seconds,
         metrics=app.state.metrics,
+        linger_ms=config.single_linger_ms,
+        max_records=config.single_max_records,
     )
 
 

@@ -4,16 +4,23 @@ Messages are built by actor *name* (``dramatiq.Message``), so the web never impo
 builds the worker's broker).  The queue, the names and the payloads are :mod:`pipeline.contract`, which
 ``pipeline/actors.py`` declares its actors from:
 
-* ``process_user({"id", "data"})`` — one submission;
+* ``validate_users([{"id", "row": None, "data", "errors": []}, ...], None, "json")`` piped into
+  ``persist_users`` — the submissions of ``POST /api/user`` (:func:`singles_message`);
 * ``process_users({"batch_id", "source", "records": [{"id", "row", "data", "errors"}]})`` — one chunk;
 * ``register_batch(batch_id, count, source)`` — sent after every chunk of the batch is durable.
 
+A single post goes straight to the first stage of the worker's pipeline (two Kafka trips to its row, not
+three through ``process_user``), and the posts that arrive together travel as one message, the way Kafka's
+producer lingers (:class:`SingleCoalescer`, group commit): under no load a post is sent at once; while a
+send is in flight, the posts that come wait for it to end, at most the linger, then go together.
+
 ``broker.enqueue`` returns once Kafka has acknowledged the message, so it blocks: callers on the event
-loop use :meth:`Enqueuer.send_async`, which awaits it in a thread pool, for a bounded time.  Broker
-failures (Dramatiq's ``BrokerError`` tree, a bare ``ConnectionError``/``TimeoutError``, no answer in time)
-become ``QueueUnavailable`` (503 with ``Retry-After``); anything else is a bug and propagates.  A Kafka that
-answers but lacks what the app needs (``KafkaSetupError``: a topic the app may not create, a right it lacks)
-is one too, and its message, which says what an operator must do, is the 503's.
+loop use :meth:`Enqueuer.send_async` (or :meth:`Enqueuer.send_single`), which awaits it in a thread pool,
+for a bounded time.  Broker failures (Dramatiq's ``BrokerError`` tree, a bare ``ConnectionError``/
+``TimeoutError``, no answer in time) become ``QueueUnavailable`` (503 with ``Retry-After``; for every post
+of a failed message); anything else is a bug and propagates.  A Kafka that answers but lacks what the app
+needs (``KafkaSetupError``: a topic the app may not create, a right it lacks) is one too, and its message,
+which says what an operator must do, is the 503's.
 """
 
 from __future__ import annotations
@@ -21,22 +28,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 import dramatiq
 from dramatiq.errors import BrokerError
 
 from pipeline.brokers.kafka import KafkaSetupError
 from pipeline.contract import (
-    PROCESS_USER,
+    PERSIST_USERS,
     PROCESS_USERS,
     QUEUE,
     REGISTER_BATCH,
+    SINGLE_SOURCE,
+    VALIDATE_USERS,
     BatchRecord,
     ChunkPayload,
-    SubmissionPayload,
 )
 from web.errors import QueueUnavailable
 from web.metrics import Metrics
@@ -48,6 +56,14 @@ logger = logging.getLogger(__name__)
 _UNAVAILABLE = (BrokerError, ConnectionError, TimeoutError)
 #: Threads making broker calls, per application.
 DEFAULT_MAX_THREADS = 32
+#: Longest wait of a single post for others to share its message, in milliseconds (``SINGLE_LINGER_MS``).
+DEFAULT_LINGER_MS = 5
+#: Most single posts in one message (``SINGLE_MAX_RECORDS``).
+DEFAULT_MAX_RECORDS = 100
+#: Most bytes of request bodies in one message of single posts.  Kafka takes a record of at most 1 MiB
+#: (``max_request_size``) and a body may grow up to 3x when re-encoded (``\u`` escapes): a post larger than
+#: this travels alone, as before.
+DEFAULT_MAX_GROUP_BYTES = 256 * 1024
 _SINGLE_FAILURE = "the queue cannot take the submission right now; retry later"
 _BATCH_FAILURE = (
     "the queue stopped taking the batch midway; retry the whole batch "
@@ -55,14 +71,28 @@ _BATCH_FAILURE = (
 )
 
 
-def _message(actor_name: str, *args: Any) -> dramatiq.Message[Any]:
-    return dramatiq.Message(queue_name=QUEUE, actor_name=actor_name, args=args, kwargs={}, options={})
+def _message(actor_name: str, *args: Any, options: dict[str, Any] | None = None) -> dramatiq.Message[Any]:
+    return dramatiq.Message(
+        queue_name=QUEUE, actor_name=actor_name, args=args, kwargs={}, options=options or {}
+    )
 
 
-def submission_message(submission_id: str, data: dict[str, Any]) -> dramatiq.Message[Any]:
-    """``process_user`` for one submission."""
-    payload: SubmissionPayload = {"id": submission_id, "data": data}
-    return _message(PROCESS_USER, payload)
+def single_record(submission_id: str, data: dict[str, Any]) -> BatchRecord:
+    """The record of one ``POST /api/user`` submission, as ``validate_users`` takes it."""
+    return {"id": submission_id, "row": None, "data": data, "errors": []}
+
+
+def pipeline_message(records: list[BatchRecord], batch_id: str | None, source: str) -> dramatiq.Message[Any]:
+    """``validate_users(records, batch_id, source)`` piped into ``persist_users``: the first stage of the
+    worker's pipeline, its ``pipe_target`` the next as ``dramatiq.pipeline`` builds it (the worker's
+    ``Pipelines`` middleware sends that one with the validation's result)."""
+    persist = _message(PERSIST_USERS)
+    return _message(VALIDATE_USERS, records, batch_id, source, options={"pipe_target": persist.asdict()})
+
+
+def singles_message(records: list[BatchRecord]) -> dramatiq.Message[Any]:
+    """The pipeline message of one or several ``POST /api/user`` submissions (:func:`single_record`)."""
+    return pipeline_message(records, None, SINGLE_SOURCE)
 
 
 def chunk_message(batch_id: str, source: str, records: list[BatchRecord]) -> dramatiq.Message[Any]:
@@ -74,6 +104,105 @@ def chunk_message(batch_id: str, source: str, records: list[BatchRecord]) -> dra
 def register_batch_message(batch_id: str, count: int, source: str) -> dramatiq.Message[Any]:
     """``register_batch`` once every chunk of a batch is durable (``source`` is stored with the batch)."""
     return _message(REGISTER_BATCH, batch_id, count, source)
+
+
+class _Waiting(NamedTuple):
+    record: BatchRecord
+    done: asyncio.Future[None]
+
+
+class SingleCoalescer:
+    """Gathers the single posts that arrive together into one message (group commit), on one event loop.
+
+    A post is sent at once when no send is in flight, so that under no load it waits for nothing.  While
+    one is, the posts that come wait for a send to end, at most ``linger`` seconds, and then travel
+    together.  Each post's :meth:`submit` returns once the message carrying it is acknowledged; when that
+    send fails, every post in it raises the same error.  Not thread-safe: call it from its loop only.
+
+    Parameters:
+      send(callable): ``await send(records)`` sends one message of those records and returns once it is
+        durable (:meth:`Enqueuer.send_records`).
+      linger(float): Longest wait of a post for others, in seconds.
+      max_records(int): Most posts in one message.
+      max_bytes(int): Most bytes of bodies in one message; a larger post goes alone.
+
+    >>> coalescer = SingleCoalescer(enqueuer.send_records, linger=0.005, max_records=100, max_bytes=2**18)
+    >>> await coalescer.submit(single_record(submission_id, data), size=len(body))
+    """
+
+    def __init__(
+        self,
+        send: Callable[[list[BatchRecord]], Awaitable[None]],
+        *,
+        linger: float,
+        max_records: int,
+        max_bytes: int,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._send = send
+        self.linger = linger
+        self.max_records = max_records
+        self.max_bytes = max_bytes
+        self._waiting: list[_Waiting] = []
+        self._waiting_bytes = 0
+        self._in_flight = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._sends: set[asyncio.Task[None]] = set()  # a reference to each task, until it is done
+
+    @property
+    def waiting(self) -> int:
+        """Posts waiting to be sent."""
+        return len(self._waiting)
+
+    async def submit(self, record: BatchRecord, *, size: int) -> None:
+        """Send ``record`` (of a body of ``size`` bytes) with the posts around it; return once durable."""
+        if self._waiting and self._waiting_bytes + size > self.max_bytes:
+            self._flush()
+        done = self.loop.create_future()
+        self._waiting.append(_Waiting(record, done))
+        self._waiting_bytes += size
+        if (
+            self._in_flight == 0
+            or len(self._waiting) >= self.max_records
+            or self._waiting_bytes >= self.max_bytes
+        ):
+            self._flush()
+        elif self._timer is None:
+            self._timer = self.loop.call_later(self.linger, self._flush)
+        await done
+
+    def _flush(self) -> None:
+        """Send what waits, as one message (counted in flight at once, so that the next post waits)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._waiting:
+            return
+        group, self._waiting, self._waiting_bytes = self._waiting, [], 0
+        self._in_flight += 1
+        task = self.loop.create_task(self._deliver(group))
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+
+    async def _deliver(self, group: list[_Waiting]) -> None:
+        try:
+            await self._send([waiting.record for waiting in group])
+        except asyncio.CancelledError:
+            for waiting in group:
+                waiting.done.cancel()
+            raise
+        except Exception as exc:  # QueueUnavailable, or a bug: every post of the message is answered so
+            for waiting in group:
+                if not waiting.done.done():
+                    waiting.done.set_exception(exc)
+        else:
+            for waiting in group:
+                if not waiting.done.done():  # (a post whose request was cancelled meanwhile)
+                    waiting.done.set_result(None)
+        finally:
+            self._in_flight -= 1
+        # The posts that came during this send have waited already: they go now, not at their timer.
+        self._flush()
 
 
 class Enqueuer:
@@ -92,6 +221,10 @@ class Enqueuer:
       timeout(float): Seconds to wait for one broker call (a group of chunks is one call).
       metrics(Metrics): Counts the failures.
       max_threads(int): Threads of the pool that makes the broker calls.
+      linger_ms(int): Longest wait of a single post for others to share its message, in milliseconds
+        (:class:`SingleCoalescer`); 0 sends each post as a message of its own.
+      max_records(int): Most single posts in one message.
+      max_group_bytes(int): Most bytes of bodies in one message of single posts.
     """
 
     def __init__(
@@ -102,14 +235,21 @@ class Enqueuer:
         timeout: float,
         metrics: Metrics | None = None,
         max_threads: int = DEFAULT_MAX_THREADS,
+        linger_ms: int = DEFAULT_LINGER_MS,
+        max_records: int = DEFAULT_MAX_RECORDS,
+        max_group_bytes: int = DEFAULT_MAX_GROUP_BYTES,
     ) -> None:
         self.broker = broker
         self.retry_after = retry_after
         self.timeout = timeout
         self.metrics = metrics
+        self.linger_ms = linger_ms
+        self.max_records = max_records
+        self.max_group_bytes = max_group_bytes
         self._max_threads = max_threads
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        self._coalescer: SingleCoalescer | None = None
 
     @property
     def _executor(self) -> ThreadPoolExecutor:
@@ -171,3 +311,29 @@ class Enqueuer:
             )
         except _UNAVAILABLE as exc:
             raise self._unavailable(message.actor_name, exc, _SINGLE_FAILURE) from None
+
+    @property
+    def waiting_singles(self) -> int:
+        """Single posts waiting to share a message (0 when coalescing is off or has not started)."""
+        return self._coalescer.waiting if self._coalescer is not None else 0
+
+    async def send_records(self, records: list[BatchRecord]) -> None:
+        """Send single posts' records as one message (:func:`singles_message`) and await its durability."""
+        await self.send_async(singles_message(records))
+
+    async def send_single(self, record: BatchRecord, *, size: int) -> None:
+        """Send one post's record (of a body of ``size`` bytes), with the posts that arrive with it unless
+        ``linger_ms`` is 0; return once the message carrying it is durable, or raise ``QueueUnavailable``."""
+        if self.linger_ms <= 0:
+            await self.send_records([record])
+            return
+        loop = asyncio.get_running_loop()
+        coalescer = self._coalescer
+        if coalescer is None or coalescer.loop is not loop:  # one per event loop (an app may see several)
+            coalescer = self._coalescer = SingleCoalescer(
+                self.send_records,
+                linger=self.linger_ms / 1000,
+                max_records=self.max_records,
+                max_bytes=self.max_group_bytes,
+            )
+        await coalescer.submit(record, size=size)

@@ -401,7 +401,7 @@ def test_a_string_just_under_the_body_limit_travels_whole(roomy_client, web_brok
     # Then
     assert response.status_code == 202
     [message] = enqueued(web_broker)
-    assert message.args[0]["data"]["name"] == name
+    assert message.args[0][0]["data"]["name"] == name
 
 
 def test_a_string_just_over_the_body_limit_is_413(roomy_client, web_broker):
@@ -449,7 +449,7 @@ def test_a_surrogate_pair_escape_is_one_character_and_accepted(web_client, web_b
     response = post(web_client, "/api/user", b'{"name": "\\ud83d\\udc09 dragon", "age": 3}')
     # Then
     assert response.status_code == 202
-    assert enqueued(web_broker)[0].args[0]["data"]["name"] == "🐉 dragon"
+    assert enqueued(web_broker)[0].args[0][0]["data"]["name"] == "🐉 dragon"
 
 
 @pytest.mark.parametrize(
@@ -568,7 +568,7 @@ def test_with_duplicate_keys_the_last_one_wins_everywhere(web_client, web_broker
     post(web_client, "/api/users", b'{"name": "First", "name": "Last"}\n', NDJSON)
     # Then
     messages = enqueued(web_broker)
-    assert messages[0].args[0]["data"] == {"name": "Last", "a": {"b": 2}}
+    assert messages[0].args[0][0]["data"] == {"name": "Last", "a": {"b": 2}}
     assert [r["data"] for r in batch_records(messages)] == [{"name": "Last"}, {"name": "Last"}]
 
 
@@ -621,7 +621,7 @@ def test_numbers_in_range_travel_as_numbers(web_client, web_broker, number, valu
     response = post(web_client, "/api/user", b'{"age": ' + number + b"}")
     # Then
     assert response.status_code == 202
-    assert enqueued(web_broker)[0].args[0]["data"]["age"] == value
+    assert enqueued(web_broker)[0].args[0][0]["data"]["age"] == value
 
 
 # --- Multipart oddities -----------------------------------------------------------------------------------
