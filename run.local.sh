@@ -90,8 +90,8 @@ services_status() {
 
 migrate() {
     if [ -f pipeline/__main__.py ]; then
-        say "applying migrations (python -m pipeline migrate)"
-        "$PY" -m pipeline migrate
+        say "applying migrations (python -m pipeline migrate; output in .local/logs/migrate.log)"
+        quietly "$LOCAL_DIR/logs/migrate.log" "$PY" -m pipeline migrate || die "the migrations failed (above)"
     else
         say "no migrations to apply yet: pipeline/__main__.py (python -m pipeline migrate) does not exist"
     fi

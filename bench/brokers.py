@@ -42,6 +42,8 @@ from typing import Any
 import dramatiq
 from dramatiq import Worker
 
+from tests.livestack import spawn, stop
+
 ROOT = Path(__file__).resolve().parent.parent
 DK_PYTHON = ROOT / ".local" / "bench-venv-dramatiq-kafka" / "bin" / "python"
 #: Where each run's figures are saved as JSON (git ignores it).
@@ -333,23 +335,9 @@ def scenario_ours_proc(ctx: Context, result: Result, *, batched: bool) -> None:
         "PYTHONUNBUFFERED": "1",
     }
     dramatiq_bin = Path(sys.executable).parent / "dramatiq"
-    log = open(RESULTS_DIR / f"{prefix.rstrip('.')}-worker.log", "w")  # noqa: SIM115
-    worker = subprocess.Popen(
-        [
-            str(dramatiq_bin),
-            "bench.worker_app:broker",
-            "--processes",
-            "1",
-            "--threads",
-            str(ctx.threads),
-            "--path",
-            str(ROOT),
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    argv = [str(dramatiq_bin), "bench.worker_app:broker", "--processes", "1", "--threads", str(ctx.threads)]
+    log = RESULTS_DIR / f"{prefix.rstrip('.')}-worker.log"
+    worker = spawn(log.stem, [*argv, "--path", str(ROOT)], env=env, logs=RESULTS_DIR)
     try:
         join = lambda: broker.join(QUEUE, timeout=int(ROUND_TIMEOUT_S * 1000))  # noqa: E731
         deadline = time.monotonic() + 90
@@ -369,13 +357,7 @@ def scenario_ours_proc(ctx: Context, result: Result, *, batched: bool) -> None:
 
         run_rounds(result, send=actor.send, send_all=send_all, counter=None, join=join, repeat=ctx.repeat)
     finally:
-        worker.terminate()
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
-        log.close()
+        stop(worker, timeout=30)
         broker.close()
 
 

@@ -78,8 +78,23 @@ apt_install() {
     command -v apt-get >/dev/null || die "missing: $*, and this is not a Debian-like system (no apt-get)"
     say "installing Debian packages: $*"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >&2
-    apt-get install -y -qq --no-install-recommends "$@" >&2
+    quietly "$LOCAL_DIR/logs/apt-get-update.log" apt-get update -qq || die "apt-get update failed (above)"
+    quietly "$LOCAL_DIR/logs/apt-get-install.log" apt-get install -y -qq --no-install-recommends "$@" ||
+        die "apt-get could not install $* (above)"
+}
+
+# Runs "$@" with its output kept in the file $1 instead of the terminal (one line per set-up step); when
+# it fails, shows the last lines of that output and returns its exit code.
+quietly() {
+    local log=$1 status=0
+    shift
+    mkdir -p "$(dirname "$log")"
+    "$@" >"$log" 2>&1 || status=$?
+    if [ "$status" != 0 ]; then
+        tail -n 40 "$log" >&2
+        say "'$*' failed (exit $status); its whole output is in $log"
+    fi
+    return "$status"
 }
 
 # True when something accepts TCP connections on 127.0.0.1:$1 (bash's /dev/tcp, no tool needed).

@@ -39,6 +39,7 @@ stamp=$VENV/.installed
 wanted=$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
     say "installing the project into .venv (pip install -e '.[test]')"
-    "$PY" -m pip install --quiet --disable-pip-version-check -e "${ROOT}[test]"
+    quietly "$LOCAL_DIR/logs/pip-install.log" "$PY" -m pip install --disable-pip-version-check -e "${ROOT}[test]" ||
+        die "pip could not install the project (above)"
     echo "$wanted" >"$stamp"
 fi

@@ -27,6 +27,19 @@ DEFAULT_DATABASE_URL = "postgresql://bup@127.0.0.1:55432/bup"
 PROBE_TIMEOUT_S = 10
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # (here rather than in pyproject.toml's list: a change there makes scripts/venv.sh reinstall .venv)
+    config.addinivalue_line("markers", "smoke: the end-to-end test that the quick loop keeps (README.md)")
+    config.addinivalue_line("markers", "fuzz: generated input (hypothesis, schemathesis); marked by itself")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that hypothesis (or schemathesis, through it) drives as ``fuzz``."""
+    for item in items:
+        if getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
+            item.add_marker(pytest.mark.fuzz)
+
+
 def in_ci() -> bool:
     """True when the tests run in CI, where a missing service must fail the run instead of skipping."""
     return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes", "on"}

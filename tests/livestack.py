@@ -1,9 +1,19 @@
-"""The whole system as the Procfile runs it, for tests: a real uvicorn web process and real ``dramatiq
-pipeline`` worker processes, on the real Kafka (topics of their own) and a PostgreSQL database of their own.
+"""The one process harness of the tests and benchmarks: services, web and workers as real processes.
 
-The session-wide ``stack`` fixture (``tests/conftest.py``) comes from :func:`start_stack`: starting
-processes and consumer groups is the slow part, so it is done once, and tests keep out of each other's way
-by using their own names.  The fault suite builds stacks of its own from the same parts."""
+* Processes: :func:`spawn` starts one in a process group of its own, its output in ``<logs>/<name>.log``;
+  :func:`stop` / :func:`stop_all` send SIGTERM to the group (all of them at once) and SIGKILL whatever is
+  still there after the timeout; :func:`running` does both around a block; :func:`log_tail` reads a log.
+* Services: :class:`Services` stops and starts this checkout's Kafka and PostgreSQL with ``scripts/*.sh``
+  (:func:`run_script`), waiting until they answer again.
+* Stacks: :class:`Stack` is a web (``uvicorn web.app:app``) and ``dramatiq pipeline`` workers on a
+  PostgreSQL database of their own (created and migrated by :func:`new_stack`, dropped by
+  :meth:`Stack.close`) and topics of their own (a prefix per stack); :func:`start_stack` runs one for a
+  block.
+
+Users: the session-wide ``stack`` of ``tests/conftest.py`` (e2e, hostile), the fault suite's ``make_stack``
+(``tests/faults/conftest.py``), the operator page's (``tests/test_ui_browser.py``), the managed suite's
+(``tests/managed``), the broker's worker processes (``tests/broker/test_kafka_broker.py``), and the
+benchmarks (``bench/pipeline.py``, ``bench/brokers.py``, as ``tests.livestack``)."""
 
 from __future__ import annotations
 
@@ -15,9 +25,10 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -26,6 +37,205 @@ import psycopg2
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"
 TERMINAL = {"stored", "duplicate", "invalid", "failed"}
+#: Seconds a process gets to exit after SIGTERM (a worker finishes its messages) before it is SIGKILLed.
+STOP_TIMEOUT_S = 60.0
+#: Seconds to wait for a process to be gone after SIGKILL.
+KILL_TIMEOUT_S = 10.0
+#: Seconds ``python -m pipeline migrate`` may take.
+MIGRATE_TIMEOUT_S = 120.0
+
+
+# ======================================================================================================
+# Processes
+# ======================================================================================================
+
+
+def spawn(
+    name: str, argv: list[str], *, env: Mapping[str, str], logs: Path | None, cwd: Path = ROOT
+) -> subprocess.Popen:
+    """Start ``argv`` in a process group of its own (so that :func:`stop` reaches what it forks), its
+    stdout and stderr appended to ``logs/<name>.log`` (discarded when ``logs`` is None)."""
+    if logs is None:
+        return subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=dict(env),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / f"{name}.log", "ab") as log:  # (the child keeps its own copy of the descriptor)
+        return subprocess.Popen(
+            argv, cwd=cwd, env=dict(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, sig)
+
+
+def stop_all(
+    processes: Iterable[subprocess.Popen | None],
+    sig: int = signal.SIGTERM,
+    *,
+    timeout: float = STOP_TIMEOUT_S,
+) -> None:
+    """Send ``sig`` to the process group of every process still running, all at once (they shut down side
+    by side, not one after the other), wait up to ``timeout`` s in all, then SIGKILL what is left."""
+    running = [p for p in processes if p is not None and p.poll() is None]
+    for process in running:
+        _signal_group(process, sig)
+    deadline = time.monotonic() + timeout
+    for process in running:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _signal_group(process, signal.SIGKILL)
+            process.wait(timeout=KILL_TIMEOUT_S)
+
+
+def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, *, timeout: float = STOP_TIMEOUT_S) -> int:
+    """:func:`stop_all` for one process; returns its exit code."""
+    stop_all([process], sig, timeout=timeout)
+    return int(process.returncode)
+
+
+@contextlib.contextmanager
+def running(
+    name: str, argv: list[str], *, env: Mapping[str, str], logs: Path | None, cwd: Path = ROOT
+) -> Iterator[subprocess.Popen]:
+    """:func:`spawn` for the length of a block, then :func:`stop`."""
+    process = spawn(name, argv, env=env, logs=logs, cwd=cwd)
+    try:
+        yield process
+    finally:
+        stop(process)
+
+
+def log_tail(path: Path, chars: int = 3000) -> str:
+    """The last ``chars`` characters of a log ("" when it does not exist), for failure messages."""
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return ""
+
+
+# ======================================================================================================
+# Services: this checkout's own Kafka and PostgreSQL, through scripts/*.sh
+# ======================================================================================================
+
+
+def run_script(
+    name: str, action: str, *, env: Mapping[str, str] | None = None, quiet: bool = False, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run ``scripts/<name> <action>``; raises when it fails.  ``quiet`` keeps its output (for the
+    caller's error message) instead of letting it through."""
+    return subprocess.run(
+        [str(ROOT / "scripts" / name), action],
+        cwd=ROOT,
+        env=dict(env) if env is not None else None,
+        check=not quiet,
+        capture_output=quiet,
+        text=True,
+        timeout=timeout,
+    )
+
+
+class Services:
+    """Stops and starts this checkout's own Kafka and PostgreSQL with ``scripts/*.sh``.
+
+    Every stop is paired with a start in a ``finally`` (:meth:`kafka_stopped`, :meth:`postgres_stopped`),
+    and a start returns only once the service answers (``kafka_problem`` / ``postgres_problem``: why it
+    does not answer, or None once it does).
+    """
+
+    #: Seconds a stopped service gets to answer again once its script has started it.
+    SERVICE_TIMEOUT_S = 120
+
+    def __init__(
+        self,
+        kafka: str,
+        database_url: str,
+        *,
+        kafka_problem: Callable[[str], str | None],
+        postgres_problem: Callable[[str], str | None],
+    ) -> None:
+        self.kafka = kafka
+        self.database_url = database_url
+        self.kafka_problem = kafka_problem
+        self.postgres_problem = postgres_problem
+        # The scripts manage the local services only when the environment names them (or nothing).
+        self.env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka, "DATABASE_URL": database_url}
+        self.faults: list[str] = []
+
+    def _script(self, name: str, action: str) -> None:
+        run_script(name, action, env=self.env)
+
+    def _wait(self, what: str, problem: Callable[[], str | None]) -> None:
+        deadline = time.monotonic() + self.SERVICE_TIMEOUT_S
+        while (reason := problem()) is not None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what} does not answer again: {reason}")
+            time.sleep(0.5)
+
+    def kafka_up(self) -> None:
+        self._script("kafka.sh", "up")
+        self._wait("Kafka", lambda: self.kafka_problem(self.kafka))
+
+    def postgres_up(self) -> None:
+        self._script("postgres.sh", "up")
+        self._wait("PostgreSQL", lambda: self.postgres_problem(self.database_url))
+
+    @contextlib.contextmanager
+    def kafka_stopped(self) -> Iterator[None]:
+        """Kafka is down inside the block (controlled shutdown), and up and answering after it."""
+        self.faults.append("kafka stop")
+        try:
+            self._script("kafka.sh", "down")
+            yield
+        finally:
+            self.kafka_up()
+
+    @contextlib.contextmanager
+    def kafka_killed(self) -> Iterator[None]:
+        """Every local Kafka node is killed with SIGKILL (a crash: no controlled shutdown, no goodbye to its
+        clients) inside the block, and up and answering after it."""
+        self.faults.append("kafka kill -9")
+        kafka_dir = Path(os.environ.get("LOCAL_KAFKA_DIR") or ROOT / ".local" / "kafka")
+        try:
+            for pid_file in kafka_dir.glob("node-*/kafka.pid"):
+                pid = int(pid_file.read_text())
+                os.kill(pid, signal.SIGKILL)
+                while process_state(pid) not in ("", "Z"):  # (the broker is nobody's child: no wait())
+                    time.sleep(0.05)
+            yield
+        finally:
+            self.kafka_up()
+
+    @contextlib.contextmanager
+    def postgres_stopped(self) -> Iterator[None]:
+        """PostgreSQL is down inside the block (``pg_ctl stop -m fast``), and up and answering after it."""
+        self.faults.append("postgres stop")
+        try:
+            self._script("postgres.sh", "down")
+            yield
+        finally:
+            self.postgres_up()
+
+
+def process_state(pid: int) -> str:
+    """The state letter of process ``pid`` (``Z`` for a zombie), or "" once it has gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+# ======================================================================================================
+# Databases and stacks
+# ======================================================================================================
 
 
 def free_port() -> int:
@@ -55,7 +265,10 @@ def drop_database(server_url: str, name: str) -> None:
 
 @dataclass
 class Stack:
-    """A running web + workers, and what a test needs to talk to them."""
+    """A web + workers (running or not yet), and what a test needs to talk to them.
+
+    Made by :func:`new_stack` (which also sets ``server_url`` and ``database_name``, so that :meth:`close`
+    can drop the database) or built directly (``bench/pipeline.py``)."""
 
     url: str
     env: dict[str, str]
@@ -63,9 +276,22 @@ class Stack:
     logs: Path
     web: subprocess.Popen | None = None
     workers: list[subprocess.Popen] = field(default_factory=list)
+    server_url: str | None = None
+    database_name: str | None = None
+
+    @property
+    def topic_prefix(self) -> str:
+        return self.env.get("KAFKA_TOPIC_PREFIX", "")
 
     def client(self, **kwargs: object) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)  # type: ignore[arg-type]
+
+    def start(self, *, workers: int = 1, processes: int = 1, threads: int = 4, timeout: float = 90) -> None:
+        """Start the web and ``workers`` worker processes, and wait until the web is ready."""
+        self.start_web()
+        for _ in range(workers):
+            self.start_worker(processes=processes, threads=threads)
+        self.wait_ready(timeout)
 
     def start_web(self) -> None:
         port = urlsplit(self.url).port
@@ -92,25 +318,39 @@ class Stack:
         return worker
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
-        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115  (the process writes it until it ends)
-        return subprocess.Popen(
-            argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        return spawn(name, argv, env=self.env, logs=self.logs)
 
     @staticmethod
     def stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-        if process.poll() is None:
-            os.killpg(process.pid, sig)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+        """Signal ``process``'s group (SIGTERM, or ``sig``), SIGKILL after :data:`STOP_TIMEOUT_S`."""
+        stop(process, sig)
+
+    def stop_all(self) -> None:
+        """Stop the workers and the web, side by side."""
+        stop_all([*self.workers, self.web])
+
+    def close(self, *, delete_topics: bool = False) -> None:
+        """Stop every process, drop the database :func:`new_stack` made, and with ``delete_topics`` delete
+        the stack's topics (its own prefix), so that runs do not pile them up."""
+        self.stop_all()
+        if self.server_url and self.database_name:
+            drop_database(self.server_url, self.database_name)
+        if delete_topics and self.topic_prefix:
+            delete_topics_with_prefix(self.env["KAFKA_BOOTSTRAP_SERVERS"], self.topic_prefix)
+
+    def log(self, name: str) -> str:
+        """What process ``name`` (``web``, ``worker0``...) has written so far."""
+        path = self.logs / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         with self.client() as client:
             while time.monotonic() < deadline:
+                if self.web is not None and self.web.poll() is not None:
+                    raise AssertionError(
+                        f"the web exited with {self.web.returncode}:\n{log_tail(self.logs / 'web.log')}"
+                    )
                 try:
                     if client.get("/readyz").status_code == 200:
                         return
@@ -149,39 +389,105 @@ class Stack:
             connection.close()
 
 
-@contextlib.contextmanager
-def start_stack(kafka_bootstrap_servers: str, database_url: str) -> Iterator[Stack]:
-    """A stack with one worker process; stopped, and its database dropped, when the block ends."""
+#: The environment of the session's shared stack (``tests/conftest.py``): short retries and restarts.
+E2E_ENV = {
+    "KAFKA_PARTITIONS": "4",
+    "MAX_RETRIES": "3",
+    "MIN_BACKOFF_MS": "200",
+    "MAX_BACKOFF_MS": "1000",
+    "WORKER_METRICS_PORT": "0",
+    "BATCH_CHUNK_SIZE": "50",
+    "dramatiq_restart_delay": "1000",
+}
+
+S = TypeVar("S", bound=Stack)
+
+
+def new_stack(
+    kafka_bootstrap_servers: str | None,
+    database_url: str,
+    *,
+    kind: str,
+    env: Mapping[str, str],
+    label: str | None = None,
+    stack_class: type[S] = Stack,  # type: ignore[assignment]
+) -> S:
+    """A stack that is not started yet: its database ``bup_<kind>_<hex>`` (created on the server of
+    ``database_url`` and migrated), its topic prefix ``<kind><hex>.``, its logs folder
+    ``tests/artifacts/<label or kind>-<hex>/``.
+
+    The processes' environment is this one, without ``API_TOKEN``, plus the stack's database, Kafka and
+    prefix, plus ``env`` (which may set ``API_TOKEN``).  ``kafka_bootstrap_servers`` None: ``env`` says how
+    to reach Kafka (a managed one's variables), and no ``KAFKA_*`` variable of this environment is kept.
+    """
     run = uuid.uuid4().hex[:8]
-    db_name = f"bup_e2e_{run}"
-    db_url = create_database(database_url, db_name)
-    logs = ARTIFACTS / f"e2e-{run}"
+    database_name = f"bup_{kind}_{run}"
+    db_url = create_database(database_url, database_name)
+    logs = ARTIFACTS / f"{label or kind}-{run}"
     logs.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "PYTHONUNBUFFERED": "1",
-        "DATABASE_URL": db_url,
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap_servers,
-        "KAFKA_TOPIC_PREFIX": f"e2e{run}.",
-        "KAFKA_PARTITIONS": "4",
-        "MAX_RETRIES": "3",
-        "MIN_BACKOFF_MS": "200",
-        "MAX_BACKOFF_MS": "1000",
-        "WORKER_METRICS_PORT": "0",
-        "BATCH_CHUNK_SIZE": "50",
-        "dramatiq_restart_delay": "1000",
-    }
-    env.pop("API_TOKEN", None)
-    subprocess.run([sys.executable, "-m", "pipeline", "migrate"], cwd=ROOT, env=env, check=True)
-    stack = Stack(url=f"http://127.0.0.1:{free_port()}", env=env, database_url=db_url, logs=logs)
-    stack.start_web()
-    stack.start_worker(processes=1, threads=4)
+    full_env = {k: v for k, v in os.environ.items() if k != "API_TOKEN"}
+    full_env.update(PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", DATABASE_URL=db_url)
+    if kafka_bootstrap_servers is None:
+        full_env = {k: v for k, v in full_env.items() if not k.startswith("KAFKA_")}
+    else:
+        full_env.update(KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap_servers, KAFKA_TOPIC_PREFIX=f"{kind}{run}.")
+    full_env.update(env)
+    stack = stack_class(
+        url=f"http://127.0.0.1:{free_port()}",
+        env=full_env,
+        database_url=db_url,
+        logs=logs,
+        server_url=database_url,
+        database_name=database_name,
+    )
     try:
-        stack.wait_ready()
+        migrate(full_env)
+    except BaseException:
+        drop_database(database_url, database_name)
+        raise
+    return stack
+
+
+def migrate(env: Mapping[str, str]) -> None:
+    """``python -m pipeline migrate`` against the database of ``env``."""
+    subprocess.run(
+        [sys.executable, "-m", "pipeline", "migrate"],
+        cwd=ROOT,
+        env=dict(env),
+        check=True,
+        timeout=MIGRATE_TIMEOUT_S,
+    )
+
+
+@contextlib.contextmanager
+def start_stack(
+    kafka_bootstrap_servers: str | None,
+    database_url: str,
+    *,
+    kind: str = "e2e",
+    env: Mapping[str, str] = E2E_ENV,
+    workers: int = 1,
+    threads: int = 4,
+    delete_topics: bool = False,
+) -> Iterator[Stack]:
+    """A started stack (:func:`new_stack`) for the block: web + ``workers`` worker processes of one
+    process and ``threads`` threads each; stopped, and its database dropped, when the block ends."""
+    stack: Stack = new_stack(kafka_bootstrap_servers, database_url, kind=kind, env=env)
+    try:
+        stack.start(workers=workers, threads=threads)
         yield stack
     finally:
-        for process in [*stack.workers, stack.web]:
-            if process is not None:
-                stack.stop(process)
-        drop_database(database_url, db_name)
+        stack.close(delete_topics=delete_topics)
+
+
+def delete_topics_with_prefix(servers: str, prefix: str) -> None:
+    """Delete the topics whose names start with ``prefix`` (a stack's own)."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=servers.split(","))
+    try:
+        topics = [topic for topic in admin.list_topics() if topic.startswith(prefix)]
+        if topics:
+            admin.delete_topics(topics)
+    finally:
+        admin.close()

@@ -11,22 +11,15 @@ download is never used (it cannot be fetched here).  The screenshot is saved as
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
-import httpx
-import psycopg2
 import pytest
 from conftest import in_ci
-from livestack import create_database, drop_database, free_port
+from livestack import Stack, new_stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.postgres]
 
@@ -47,73 +40,18 @@ CHROMIUM_ARGS = [
 #: How long a test waits for a batch of a few hundred records to complete, in milliseconds.
 BATCH_WAIT_MS = 180_000
 
-# uvicorn's target: the application, with the page's routes added unless web.app already serves them.
-_APP_SHIM = """
-from web import ui
-from web.app import app
-
-if not any(getattr(route, "path", None) == "/api/overview" for route in app.routes):
-    app.router.routes.extend(ui.routes)
-"""
-
 
 # ======================================================================================================
-# The live stack (until the lead's shared end-to-end fixture takes its place)
+# The live stack: the harness's (tests/livestack.py), with a token
 # ======================================================================================================
 
 
-@dataclass
-class LiveServer:
+class LiveServer(Stack):
     """A running web + worker, and what a test needs to talk to them and to their database."""
 
-    url: str
-    token: str
-    database_url: str
-    env: dict[str, str]
-    logs: Path
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    def spawn(self, name: str, argv: list[str]) -> None:
-        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115  (the process writes it until it ends)
-        self.processes.append(
-            subprocess.Popen(
-                argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        )
-
-    def stop(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
-
-    def wait_ready(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for process in self.processes:
-                if process.poll() is not None:
-                    raise AssertionError(f"{process.args} exited with {process.returncode}; see {self.logs}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        raise AssertionError(f"the web did not become ready; see {self.logs}")
-
-    def sql(self, query: str, *params: object) -> list[tuple[object, ...]]:
-        connection = psycopg2.connect(self.database_url)
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute(query, params)
-                return cursor.fetchall() if cursor.description else []
-        finally:
-            connection.close()
+    @property
+    def token(self) -> str:
+        return self.env["API_TOKEN"]
 
     def outcome_counts(self, batch_id: str) -> dict[str, int]:
         """``{status: count}`` of a batch's submissions, as the database holds them."""
@@ -124,67 +62,22 @@ class LiveServer:
 
 
 @pytest.fixture(scope="module")
-def live_server(
-    kafka_bootstrap_servers: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LiveServer]:
+def live_server(kafka_bootstrap_servers: str, database_url: str) -> Iterator[LiveServer]:
     """The real web (with the page) and one worker process, on a database and topics of their own."""
-    run = uuid.uuid4().hex[:8]
-    db_name = f"bup_ui_{run}"
-    db_url = create_database(database_url, db_name)
-    shim = tmp_path_factory.mktemp("ui_app")
-    (shim / "ui_live_app.py").write_text(_APP_SHIM, encoding="utf-8")
-    logs = ARTIFACTS / f"ui-{run}"
-    logs.mkdir(parents=True, exist_ok=True)
+    secret = uuid.uuid4().hex[:8]
     env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), str(shim)]),
-        "PYTHONUNBUFFERED": "1",
-        "DATABASE_URL": db_url,
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap_servers,
-        "KAFKA_TOPIC_PREFIX": f"ui{run}.",
         "KAFKA_PARTITIONS": "2",
         "WORKER_METRICS_PORT": "0",
         "BATCH_CHUNK_SIZE": "50",
-        "API_TOKEN": f"token-{run}",
-        "ID_SECRET": f"secret-{run}",
+        "API_TOKEN": f"token-{secret}",
+        "ID_SECRET": f"secret-{secret}",
     }
-    server = LiveServer(
-        url=f"http://127.0.0.1:{free_port()}",
-        token=env["API_TOKEN"],
-        database_url=db_url,
-        env=env,
-        logs=logs,
-    )
+    server = new_stack(kafka_bootstrap_servers, database_url, kind="ui", env=env, stack_class=LiveServer)
     try:
-        subprocess.run(
-            [sys.executable, "-m", "pipeline", "migrate"], cwd=ROOT, env=env, check=True, timeout=120
-        )
-        port = str(urlsplit(server.url).port)
-        server.spawn(
-            "web", [sys.executable, "-m", "uvicorn", "ui_live_app:app", "--host", "127.0.0.1", "--port", port]
-        )
-        server.spawn(
-            "worker", [sys.executable, "-m", "dramatiq", "pipeline", "--processes", "1", "--threads", "4"]
-        )
-        server.wait_ready()
+        server.start()
         yield server
     finally:
-        server.stop()
-        drop_database(database_url, db_name)
-        _delete_topics(kafka_bootstrap_servers, env["KAFKA_TOPIC_PREFIX"])
-
-
-def _delete_topics(servers: str, prefix: str) -> None:
-    """Delete the topics the stack created (a test's own prefix), so that runs do not pile them up."""
-    from kafka import KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=servers.split(","))
-    try:
-        topics = [topic for topic in admin.list_topics() if topic.startswith(prefix)]
-        if topics:
-            admin.delete_topics(topics)
-    finally:
-        admin.close()
+        server.close(delete_topics=True)
 
 
 # ======================================================================================================

@@ -27,6 +27,7 @@ from pipeline.brokers.kafka import KafkaBroker
 from pipeline.brokers.kafka.clients import KafkaClients
 from pipeline.brokers.kafka.metrics import DELIVERY_ERRORS_METRIC
 from tests.broker.conftest import delete_topics, make_kafka_broker
+from tests.livestack import spawn, stop, stop_all
 
 ROOT = Path(__file__).resolve().parents[2]
 THREADS = 4
@@ -47,34 +48,13 @@ def spawn_worker(
         "PYTHONPATH": str(ROOT),
         "dramatiq_restart_delay": "500",
     }
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dramatiq",
-            "tests.broker.worker_app",
-            "--processes",
-            "1",
-            "--threads",
-            str(THREADS),
-        ],
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,  # its own process group, so that kill -9 takes the forked worker too
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    argv = [sys.executable, "-m", "dramatiq", "tests.broker.worker_app", "--processes", "1"]
+    # (a process group of its own, so that kill -9 takes the forked worker too; output in worker.log)
+    return spawn("worker", [*argv, "--threads", str(THREADS)], env=env, logs=log.parent)
 
 
 def kill_hard(process: subprocess.Popen) -> None:
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=60)
+    stop(process, signal.SIGKILL, timeout=30)
 
 
 def processed(log: Path) -> list[tuple[int, int]]:
@@ -110,6 +90,7 @@ def sender(kafka_bootstrap_servers: str, topic_prefix: str):
     broker.close()
 
 
+@pytest.mark.slow  # (real worker processes)
 def test_two_worker_processes_share_the_queue_partitions(
     kafka_bootstrap_servers, topic_prefix, sender, tmp_path
 ):
@@ -129,8 +110,7 @@ def test_two_worker_processes_share_the_queue_partitions(
         broker.enqueue_many([work.message(n) for n in range(600)])
         broker.join("default", timeout=120_000)
     finally:
-        for w in workers:
-            stop(w)
+        stop_all(workers)
 
     # Then every message ran, and both processes took part
     rows = processed(log)
@@ -138,6 +118,7 @@ def test_two_worker_processes_share_the_queue_partitions(
     assert len({pid for pid, _ in rows}) == 2
 
 
+@pytest.mark.slow  # (real worker processes)
 def test_a_worker_killed_mid_stream_loses_nothing_and_redoes_no_more_than_it_held(
     kafka_bootstrap_servers, topic_prefix, sender, tmp_path
 ):
@@ -168,6 +149,7 @@ def test_a_worker_killed_mid_stream_loses_nothing_and_redoes_no_more_than_it_hel
     assert redone <= 3 * 2 * PREFETCH, redone
 
 
+@pytest.mark.slow  # (real worker processes)
 def test_a_rebalance_while_messages_are_in_flight_loses_nothing(
     kafka_bootstrap_servers, topic_prefix, sender, tmp_path
 ):
@@ -183,9 +165,7 @@ def test_a_rebalance_while_messages_are_in_flight_loses_nothing(
         second = spawn_worker(kafka_bootstrap_servers, topic_prefix, log, sleep_ms=20)
         broker.join("default", timeout=120_000)
     finally:
-        stop(first)
-        if second is not None:
-            stop(second)
+        stop_all([first, second])
 
     # Then every message ran, and the redone ones are bounded by what was in flight
     counts = collections.Counter(n for _, n in processed(log))

@@ -2,11 +2,41 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Callable, Iterator
 
+import dramatiq
 import pytest
+from kafka import KafkaConsumer, TopicPartition
 
 pytestmark = pytest.mark.slow
+
+
+@contextlib.contextmanager
+def queue_messages(stack) -> Iterator[Callable[[], list[dramatiq.Message]]]:
+    """Read the stack's ``users`` topic: yields ``since()``, the messages written there since the block
+    began (the topic's end then), once the block has begun."""
+    topic = stack.env["KAFKA_TOPIC_PREFIX"] + "users"
+    consumer = KafkaConsumer(bootstrap_servers=stack.env["KAFKA_BOOTSTRAP_SERVERS"], enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        start = consumer.end_offsets(partitions)
+
+        def since() -> list[dramatiq.Message]:
+            end = consumer.end_offsets(partitions)
+            consumer.assign(partitions)
+            for tp in partitions:
+                consumer.seek(tp, start[tp])
+            messages = []
+            while any(consumer.position(tp) < end[tp] for tp in partitions):
+                for records in consumer.poll(timeout_ms=1000).values():
+                    messages.extend(dramatiq.Message.decode(r.value) for r in records)
+            return messages
+
+        yield since
+    finally:
+        consumer.close()
 
 
 def post_user(api, body):
@@ -16,6 +46,7 @@ def post_user(api, body):
     return response.json()["id"]
 
 
+@pytest.mark.smoke  # the one end-to-end test of the quick loop (-m 'not slow or smoke')
 def test_a_valid_user_is_stored(stack, api, tag):
     # Given a valid user
     body = {
@@ -32,6 +63,19 @@ def test_a_valid_user_is_stored(stack, api, tag):
     assert outcome["status"] == "stored" and outcome["errors"] == []
     assert outcome["user"]["name"] == f"Ada Lovelace{tag}"
     assert stack.sql("SELECT count(*) FROM users WHERE name = %s", f"Ada Lovelace{tag}") == [(1,)]
+
+
+def test_a_single_post_is_stored_in_two_kafka_trips_validate_then_persist(stack, api, tag):
+    # Given the users topic as it is
+    with queue_messages(stack) as since:
+        # When a user is posted, and stored
+        submission = post_user(api, {"name": f"Two Hops {tag}", "age": 33})
+        assert stack.outcome(api, submission)["status"] == "stored"
+
+        # Then two messages carried it: the pipeline's two stages, the first sent by the web (no process_user)
+        carrying = [m for m in since() if submission in json.dumps(m.args)]
+    assert sorted(m.actor_name for m in carrying) == ["persist_users", "validate_users"]
+    assert stack.sql("SELECT count(*) FROM users WHERE name = %s", f"Two Hops {tag}") == [(1,)]
 
 
 def test_an_invalid_user_keeps_every_error(stack, api, tag):

@@ -8,12 +8,12 @@ file) and brought back by ``scripts/kafka.sh up``, which starts whichever node i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
 import signal
 import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from kafka import KafkaAdminClient
+from livestack import run_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,7 +67,7 @@ class LocalCluster:
         return f"127.0.0.1:{self.port + 2 * (node - 1)}"
 
     def _script(self, action: str) -> None:
-        subprocess.run([str(ROOT / "scripts" / "kafka.sh"), action], cwd=ROOT, env=self.env, check=True)
+        run_script("kafka.sh", action, env=self.env)
 
     def up(self) -> None:
         """Start every node that is not running; returns once each answers and the cluster names all."""
@@ -76,7 +77,13 @@ class LocalCluster:
         self._script("down")
 
     def remove(self) -> None:
-        self.down()
+        """Kill every node and delete the cluster's folder: its data goes anyway, so a controlled shutdown
+        (which takes a three-node cluster ~15 s) would buy nothing."""
+        for node in range(1, self.nodes + 1):
+            with contextlib.suppress(OSError, ValueError):  # (a node that is not running, or never ran)
+                if b"kafka.Kafka" in Path(f"/proc/{self.pid(node)}/cmdline").read_bytes():
+                    self.kill(node)
+        self.down()  # (forgets the pids; stops whatever the kills missed)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def pid(self, node: int) -> int:

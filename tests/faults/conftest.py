@@ -2,12 +2,13 @@
 
 Faults are destructive, so every test gets a stack of its own (:func:`make_stack`): its own PostgreSQL
 database, its own topic prefix and consumer groups, real ``uvicorn`` and ``dramatiq pipeline`` processes
-(the ``Stack`` of ``tests/e2e``).  The services are stopped and started with the project's own scripts
-(``scripts/kafka.sh``, ``scripts/postgres.sh``), so only the services this checkout runs under ``.local/``
-can be broken: against external ones (``KAFKA_BOOTSTRAP_SERVERS``/``DATABASE_URL`` naming other addresses)
-the tests that stop a service skip, and fail in CI, where the services are always local.
+(the ``Stack`` of the harness, ``tests/livestack.py``).  The services are stopped and started with the
+project's own scripts (``scripts/kafka.sh``, ``scripts/postgres.sh``), so only the services this checkout
+runs under ``.local/`` can be broken: against external ones (``KAFKA_BOOTSTRAP_SERVERS``/``DATABASE_URL``
+naming other addresses) the tests that stop a service skip, and fail in CI, where the services are always
+local.
 
-Whatever a test stops is started again before it ends (:class:`Services`, try/finally), and the fixture
+Whatever a test stops is started again before it ends (``livestack.Services``, try/finally), and the fixture
 checks both services answer before the next test runs: other suites share them in the same session.
 """
 
@@ -20,10 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import psycopg2
@@ -35,7 +33,7 @@ from conftest import (
     _postgres_problem,
     in_ci,
 )
-from e2e.conftest import ARTIFACTS, ROOT, Stack, create_database, drop_database, free_port
+from livestack import ARTIFACTS, ROOT, Services, Stack, new_stack
 
 from faults.load import FIGURES, Figures
 from pipeline.brokers.kafka import KafkaBroker, KafkaConnectionError
@@ -45,85 +43,6 @@ QUEUE = "users"
 GROUP_ID = "bup-workers"
 #: The line ``persist_users`` logs once its transaction is committed (``pipeline/actors.py``).
 PERSISTED = re.compile(r"\] persisted \S+ stored=\d+ duplicate=\d+ invalid=\d+ skipped=(\d+)")
-#: Seconds a stopped service gets to answer again once its script has started it.
-SERVICE_TIMEOUT_S = 120
-
-
-class Services:
-    """Stops and starts this checkout's own Kafka and PostgreSQL with ``scripts/*.sh``.
-
-    Every stop is paired with a start in a ``finally`` (:meth:`kafka_stopped`, :meth:`postgres_stopped`),
-    and a start returns only once the service answers.
-    """
-
-    def __init__(self, kafka: str, database_url: str) -> None:
-        self.kafka = kafka
-        self.database_url = database_url
-        # The scripts manage the local services only when the environment names them (or nothing).
-        self.env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka, "DATABASE_URL": database_url}
-        self.faults: list[str] = []
-
-    def _script(self, name: str, action: str) -> None:
-        subprocess.run([str(ROOT / "scripts" / name), action], cwd=ROOT, env=self.env, check=True)
-
-    def _wait(self, what: str, problem: Callable[[], str | None]) -> None:
-        deadline = time.monotonic() + SERVICE_TIMEOUT_S
-        while (reason := problem()) is not None:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what} does not answer again: {reason}")
-            time.sleep(0.5)
-
-    def kafka_up(self) -> None:
-        self._script("kafka.sh", "up")
-        self._wait("Kafka", lambda: _kafka_problem(self.kafka))
-
-    def postgres_up(self) -> None:
-        self._script("postgres.sh", "up")
-        self._wait("PostgreSQL", lambda: _postgres_problem(self.database_url))
-
-    @contextmanager
-    def kafka_stopped(self) -> Iterator[None]:
-        """Kafka is down inside the block (controlled shutdown), and up and answering after it."""
-        self.faults.append("kafka stop")
-        try:
-            self._script("kafka.sh", "down")
-            yield
-        finally:
-            self.kafka_up()
-
-    @contextmanager
-    def kafka_killed(self) -> Iterator[None]:
-        """Every local Kafka node is killed with SIGKILL (a crash: no controlled shutdown, no goodbye to its
-        clients) inside the block, and up and answering after it."""
-        self.faults.append("kafka kill -9")
-        kafka_dir = Path(os.environ.get("LOCAL_KAFKA_DIR") or ROOT / ".local" / "kafka")
-        try:
-            for pid_file in kafka_dir.glob("node-*/kafka.pid"):
-                pid = int(pid_file.read_text())
-                os.kill(pid, signal.SIGKILL)
-                while _process_state(pid) not in ("", "Z"):  # (the broker is nobody's child: no wait())
-                    time.sleep(0.05)
-            yield
-        finally:
-            self.kafka_up()
-
-    @contextmanager
-    def postgres_stopped(self) -> Iterator[None]:
-        """PostgreSQL is down inside the block (``pg_ctl stop -m fast``), and up and answering after it."""
-        self.faults.append("postgres stop")
-        try:
-            self._script("postgres.sh", "down")
-            yield
-        finally:
-            self.postgres_up()
-
-
-def _process_state(pid: int) -> str:
-    """The state letter of process ``pid`` (``Z`` for a zombie), or "" once it has gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return ""
 
 
 def _is_local(kafka: str, database_url: str) -> bool:
@@ -141,7 +60,12 @@ def services(kafka_bootstrap_servers: str, database_url: str) -> Iterator[Servic
         if in_ci():
             pytest.fail(f"{message} (CI=true: the services must be the local ones)", pytrace=False)
         pytest.skip(message)
-    services = Services(kafka_bootstrap_servers, database_url)
+    services = Services(
+        kafka_bootstrap_servers,
+        database_url,
+        kafka_problem=_kafka_problem,
+        postgres_problem=_postgres_problem,
+    )
     yield services
     # Whatever happened in the test, leave both services answering for the tests that follow.
     services.kafka_up()
@@ -253,57 +177,38 @@ def make_stack(
     Each stack has its own database (``bup_fault_<hex>``, dropped at the end) and topic prefix; its logs
     are kept under ``tests/artifacts/fault-<test>-<hex>/``.
     """
-    made: list[tuple[FaultStack, str]] = []
+    made: list[FaultStack] = []
 
     def make(*, workers: int = 2, threads: int = 4, **env: str) -> FaultStack:
-        run = uuid.uuid4().hex[:8]
-        db_name = f"bup_fault_{run}"
-        db_url = create_database(database_url, db_name)
-        logs = ARTIFACTS / f"fault-{request.node.name[:40]}-{run}"
-        logs.mkdir(parents=True, exist_ok=True)
-        prefix = f"fault{run}."
-        full_env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "PYTHONUNBUFFERED": "1",
-            "DATABASE_URL": db_url,
-            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap_servers,
-            "KAFKA_TOPIC_PREFIX": prefix,
-            "KAFKA_GROUP_ID": GROUP_ID,
-            **BASE_ENV,
-            **env,
-        }
-        full_env.pop("API_TOKEN", None)
-        subprocess.run([sys.executable, "-m", "pipeline", "migrate"], cwd=ROOT, env=full_env, check=True)
-        stack = FaultStack(
-            url=f"http://127.0.0.1:{free_port()}", env=full_env, database_url=db_url, logs=logs
+        stack = new_stack(
+            kafka_bootstrap_servers,
+            database_url,
+            kind="fault",
+            label=f"fault-{request.node.name[:40]}",
+            env={"KAFKA_GROUP_ID": GROUP_ID, **BASE_ENV, **env},
+            stack_class=FaultStack,
         )
-        stack.prefix = prefix
+        stack.prefix = stack.topic_prefix
         stack.broker = KafkaBroker(
             bootstrap_servers=kafka_bootstrap_servers,
-            topic_prefix=prefix,
+            topic_prefix=stack.prefix,
             group_id=GROUP_ID,
-            replication_factor=int(full_env.get("KAFKA_REPLICATION_FACTOR", "1")),
+            replication_factor=int(stack.env.get("KAFKA_REPLICATION_FACTOR", "1")),
             middleware=[],
         )
         stack.broker.declare_queue(QUEUE)
-        made.append((stack, db_name))
-        stack.start_web()
-        for _ in range(workers):
-            stack.start_worker(processes=1, threads=threads)
-        stack.wait_ready()
+        made.append(stack)
+        stack.start(workers=workers, threads=threads)
         return stack
 
     yield make
-    for stack, db_name in made:
-        for process in [*stack.workers, stack.web]:
-            if process is not None:
-                stack.stop(process)
+    for stack in made:
+        stack.stop_all()
         stack.broker.close()
         try:
-            drop_database(database_url, db_name)
+            stack.close()
         except Exception as error:
-            print(f"could not drop {db_name}: {error}")
+            print(f"could not drop {stack.database_name}: {error}")
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from typing import Any
 
 import pytest
 from conftest import in_ci
+from livestack import run_script
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The operator's plaintext port of the suite's Kafka (its controller, SSL and SASL_SSL ports follow).
@@ -51,10 +51,7 @@ def _script_env() -> dict[str, str]:
 def managed_kafka() -> Iterator[dict[str, Any]]:
     """The tenant of the suite's managed Kafka: ``operator`` (a super user's address), ``prefix``, and the
     app's variables for each listener (``heroku``, ``sasl``)."""
-    script = str(ROOT / "scripts" / "kafka.sh")
-    started = subprocess.run(
-        [script, "up"], env=_script_env(), capture_output=True, text=True, timeout=600, check=False
-    )
+    started = run_script("kafka.sh", "up", env=_script_env(), quiet=True)
     if started.returncode != 0:
         message = f"the managed Kafka did not start:\n{started.stderr[-3000:]}"
         if in_ci():
@@ -63,7 +60,7 @@ def managed_kafka() -> Iterator[dict[str, Any]]:
     try:
         yield json.loads((MANAGED_KAFKA_DIR / "tenant.json").read_text())
     finally:
-        subprocess.run([script, "down"], env=_script_env(), capture_output=True, timeout=120, check=False)
+        run_script("kafka.sh", "down", env=_script_env(), quiet=True, timeout=120)
 
 
 @pytest.fixture

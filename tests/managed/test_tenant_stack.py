@@ -4,8 +4,6 @@ Kafka, given nothing but the platform's variables; and what an operator is told 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -13,25 +11,26 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from livestack import ARTIFACTS, ROOT, Stack, create_database, drop_database, free_port
+from livestack import ARTIFACTS, ROOT, Stack, log_tail, new_stack, running
 
 pytestmark = [pytest.mark.managed, pytest.mark.slow]
+
+
+#: The processes' settings besides Kafka's: short retries and restarts.
+_APP_SETTINGS = {
+    "MAX_RETRIES": "2",
+    "MIN_BACKOFF_MS": "200",
+    "MAX_BACKOFF_MS": "1000",
+    "WORKER_METRICS_PORT": "0",
+    "dramatiq_restart_delay": "1000",
+}
 
 
 def _app_env(variables: dict[str, str], database_url: str) -> dict[str, str]:
     """The processes' environment: the platform's Kafka variables, and no ``KAFKA_*`` of the caller's."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KAFKA_")}
     env.pop("API_TOKEN", None)
-    env.update(
-        PYTHONPATH=str(ROOT),
-        PYTHONUNBUFFERED="1",
-        DATABASE_URL=database_url,
-        MAX_RETRIES="2",
-        MIN_BACKOFF_MS="200",
-        MAX_BACKOFF_MS="1000",
-        WORKER_METRICS_PORT="0",
-        dramatiq_restart_delay="1000",
-    )
+    env.update(PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", DATABASE_URL=database_url, **_APP_SETTINGS)
     env.update(variables)
     return env
 
@@ -41,24 +40,13 @@ def tenant_stack(
     request: pytest.FixtureRequest, managed_kafka: dict[str, Any], database_url: str
 ) -> Iterator[Stack]:
     """Web + one worker process on the tenant's ``users`` topics (made by the operator), per listener."""
-    run = uuid.uuid4().hex[:8]
-    db_name = f"bup_managed_{run}"
-    db_url = create_database(database_url, db_name)
-    logs = ARTIFACTS / f"managed-{request.param}-{run}"
-    logs.mkdir(parents=True, exist_ok=True)
-    env = _app_env(managed_kafka[request.param], db_url)
-    subprocess.run([sys.executable, "-m", "pipeline", "migrate"], cwd=ROOT, env=env, check=True, timeout=120)
-    stack = Stack(url=f"http://127.0.0.1:{free_port()}", env=env, database_url=db_url, logs=logs)
-    stack.start_web()
-    stack.start_worker(processes=1, threads=2)
+    env = {**_APP_SETTINGS, **managed_kafka[request.param]}
+    stack = new_stack(None, database_url, kind="managed", label=f"managed-{request.param}", env=env)
     try:
-        stack.wait_ready()
+        stack.start(threads=2)
         yield stack
     finally:
-        for process in [*stack.workers, stack.web]:
-            if process is not None:
-                stack.stop(process)
-        drop_database(database_url, db_name)
+        stack.close()
 
 
 def test_a_posted_user_is_stored_through_the_secured_kafka(tenant_stack: Stack):
@@ -130,30 +118,16 @@ def test_readyz_and_the_503_say_which_topic_is_missing_and_how_to_make_it(
 def test_the_worker_logs_which_topic_is_missing_at_start_up(managed_kafka: dict[str, Any], database_url: str):
     # Given a worker started with the Heroku variables and a prefix under which nobody made topics
     env = _app_env(_without_topics(managed_kafka["heroku"]), database_url)
-    log = ARTIFACTS / f"managed-worker-{uuid.uuid4().hex[:8]}.log"
-    with log.open("wb") as out:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "dramatiq", "pipeline", "--processes", "1", "--threads", "1"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
+    name = f"managed-worker-{uuid.uuid4().hex[:8]}"
+    log = ARTIFACTS / f"{name}.log"
+    argv = [sys.executable, "-m", "dramatiq", "pipeline", "--processes", "1", "--threads", "1"]
+    with running(name, argv, env=env, logs=ARTIFACTS) as worker:
         # When it starts, its log names the missing topics and the command that makes them
         deadline = time.monotonic() + 60
         while "heroku kafka:topics:create users" not in log.read_text(errors="replace"):
-            assert worker.poll() is None, log.read_text(errors="replace")[-3000:]
-            assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+            assert worker.poll() is None, log_tail(log)
+            assert time.monotonic() < deadline, log_tail(log)
             time.sleep(0.5)
-    finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait(timeout=10)
     # Then the whole message is there: the topics, their settings, and why they were not made
     text = log.read_text(errors="replace")
     assert "Kafka topics missing (Kafka refused to create them: no right to create topics)" in text
