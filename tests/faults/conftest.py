@@ -42,7 +42,7 @@ from pipeline.brokers.kafka import KafkaBroker, KafkaConnectionError
 QUEUE = "users"
 GROUP_ID = "bup-workers"
 #: The line ``persist_users`` logs once its transaction is committed (``pipeline/actors.py``).
-PERSISTED = re.compile(r"\] persisted \S+ stored=\d+ duplicate=\d+ invalid=\d+ skipped=(\d+)")
+PERSISTED = re.compile(r"\] persisted \S+ stored=(\d+) duplicate=(\d+) invalid=(\d+) skipped=(\d+)")
 
 
 def _is_local(kafka: str, database_url: str) -> bool:
@@ -144,10 +144,11 @@ class FaultStack(Stack):
         return "".join(path.read_text(errors="replace") for path in sorted(self.logs.glob("worker*.log")))
 
     def persisted(self) -> tuple[int, int]:
-        """From the workers' logs: how many ``persist_users`` messages were carried out, and how many of
-        their submissions were skipped because an earlier delivery had stored them already."""
-        found = PERSISTED.findall(self.worker_log())
-        return len(found), sum(int(skipped) for skipped in found)
+        """From the workers' logs: how many records ``persist_users`` messages carried (single posts that
+        arrive together share a message, so records are counted, not messages), and how many of them were
+        skipped because an earlier delivery had stored them already."""
+        found = [[int(n) for n in counts] for counts in PERSISTED.findall(self.worker_log())]
+        return sum(sum(counts) for counts in found), sum(counts[3] for counts in found)
 
     def alive(self) -> list[int]:
         """The pids of the stack's processes that are still running (web first)."""

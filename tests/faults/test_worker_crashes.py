@@ -56,9 +56,7 @@ def test_killing_a_worker_with_sigkill_three_times_mid_stream_loses_nothing_and_
     assert stack.alive() == [stack.web.pid, *(w.pid for w in live)]
     # (what the crashes made Kafka deliver again was recognised and skipped, not written again)
     persisted, skipped = stack.persisted()
-    figures.notes.append(
-        f"persist messages carried out: {persisted}, submissions skipped as already done: {skipped}"
-    )
+    figures.notes.append(f"records persisted: {persisted}, submissions skipped as already done: {skipped}")
 
 
 def test_a_worker_stopped_with_sigterm_mid_batch_finishes_its_work_and_nothing_is_processed_twice(
@@ -90,8 +88,8 @@ def test_a_worker_stopped_with_sigterm_mid_batch_finishes_its_work_and_nothing_i
     report = ledger.check()
     assert report.problems == []
     assert report.lost == [] and report.duplicated == 0
-    # ...and nothing was even processed twice: one persist per single and per chunk, none of them
-    # skipping work that an earlier delivery had done; and the outcomes do not change afterwards.
+    # ...and nothing was even processed twice: each record persisted once, none of them skipping work that
+    # an earlier delivery had done; and the outcomes do not change afterwards.
     persisted, skipped = stack.persisted()
     assert (persisted, skipped) == (_persists(stack, load), 0)
     assert ledger.snapshot() == before
@@ -125,7 +123,7 @@ def test_restarting_a_worker_gracefully_under_load_makes_no_message_run_twice(ma
     # worker while messages of them are still in its hands: at-least-once), it was recognised as done
     persisted, skipped = stack.persisted()
     figures.notes.append(
-        f"persist messages carried out: {persisted} for {_persists(stack, load)} sent; "
+        f"records persisted: {persisted} for {_persists(stack, load)} sent; "
         f"submissions skipped as already done: {skipped}"
     )
     assert persisted >= _persists(stack, load)
@@ -179,9 +177,8 @@ def _children(pid: int) -> list[int]:
 
 
 def _persists(stack, load) -> int:
-    """How many ``persist_users`` messages the accepted requests make: one per single, one per chunk."""
-    size = int(stack.env["BATCH_CHUNK_SIZE"])
-    return sum(1 if a.batch_id is None else -(-len(a.ids) // size) for a in load.accepted)
+    """How many records the accepted requests hand to ``persist_users``: one per submission."""
+    return sum(len(a.ids) for a in load.accepted)
 
 
 def _done_in_batch(stack, batch_id: str) -> int:
