@@ -42,8 +42,6 @@ from typing import Any
 import dramatiq
 from dramatiq import Worker
 
-from tests.livestack import spawn, stop
-
 ROOT = Path(__file__).resolve().parent.parent
 DK_PYTHON = ROOT / ".local" / "bench-venv-dramatiq-kafka" / "bin" / "python"
 #: Where each run's figures are saved as JSON (git ignores it).
@@ -337,6 +335,9 @@ def scenario_ours_proc(ctx: Context, result: Result, *, batched: bool) -> None:
     dramatiq_bin = Path(sys.executable).parent / "dramatiq"
     argv = [str(dramatiq_bin), "bench.worker_app:broker", "--processes", "1", "--threads", str(ctx.threads)]
     log = RESULTS_DIR / f"{prefix.rstrip('.')}-worker.log"
+    # (imported here: the dramatiq-kafka child runs this module in a venv without the test harness' needs)
+    from tests.livestack import spawn, stop
+
     worker = spawn(log.stem, [*argv, "--path", str(ROOT)], env=env, logs=RESULTS_DIR)
     try:
         join = lambda: broker.join(QUEUE, timeout=int(ROUND_TIMEOUT_S * 1000))  # noqa: E731
