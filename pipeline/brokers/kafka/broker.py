@@ -282,7 +282,7 @@ class KafkaBroker(Broker):
             return [message for message, _ in prepared]
         if not self.confirm_delivery:
             # Nobody waits: a record Kafka refuses is logged and counted by its errback (producer's thread).
-            producer = self.clients._producer
+            producer = self.clients.existing_producer
             for future, (message, _) in zip(futures, prepared, strict=True):
                 future.add_errback(self._delivery_failed, message, producer)
                 self.emit_after("enqueue", message, delay)
@@ -428,7 +428,7 @@ class KafkaBroker(Broker):
 
     def _wait(self, futures: list[Any]) -> None:
         deadline = time.monotonic() + self.send_timeout_ms / 1000
-        producer = self.clients._producer
+        producer = self.clients.existing_producer
         for future in futures:
             try:
                 future.get(timeout=max(0.0, deadline - time.monotonic()))
@@ -459,7 +459,7 @@ class KafkaBroker(Broker):
         Raises:
           KafkaConnectionError: If that takes longer than ``timeout_s``.
         """
-        producer = self.clients._producer
+        producer = self.clients.existing_producer
         if self.confirm_delivery or producer is None:
             return
         if timeout_s is None:

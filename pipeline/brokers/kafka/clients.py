@@ -101,6 +101,11 @@ class KafkaClients:
         return self._producer is not None or self._admin is not None
 
     @property
+    def existing_producer(self) -> KafkaProducer | None:
+        """The shared producer if one has been made (and not discarded since), without making one."""
+        return self._producer
+
+    @property
     def producer(self) -> KafkaProducer:
         """The shared producer (kafka-python's producer is thread-safe).
 
