@@ -97,12 +97,15 @@ class Metrics:
         admin = getattr(broker, "admin", None)
         if admin is None:
             return
+        # Under-replication first: it comes from metadata that any live node gives, and it is the figure
+        # wanted while a node is away, when the lag (asked of the group's coordinator) and the failed count
+        # (asked of the partitions' leaders) may not answer before the scrape's deadline.
+        for name, count in admin.under_replicated(queue).items():
+            self.under_replicated.labels(name).set(count)
+        self.failed_messages.labels(queue).set(admin.failed_count(queue))
         for name in (queue, f"{queue}.DQ"):
             for partition, lag in admin.lag(name).items():
                 self.consumer_lag.labels(name, str(partition)).set(lag)
-        self.failed_messages.labels(queue).set(admin.failed_count(queue))
-        for name, count in admin.under_replicated(queue).items():
-            self.under_replicated.labels(name).set(count)
 
     def render(self) -> Response:
         """The ``/metrics`` answer."""

@@ -141,14 +141,20 @@ def _lose_node(
     return accepted
 
 
-def _under_replicated(stack) -> float:
-    """``kafka_under_replicated_partitions{queue="users"}`` as the web's ``/metrics`` tells it."""
-    with stack.client() as client:
-        text = client.get("/metrics").text
-    values = [
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith('kafka_under_replicated_partitions{queue="users"}')
-    ]
+def _under_replicated(stack, within: float = 10.0) -> float:
+    """``kafka_under_replicated_partitions{queue="users"}`` as the web's ``/metrics`` tells it, scraped
+    again (as Prometheus would at its next interval) while a scrape could not read it in time."""
+    deadline = time.monotonic() + within
+    while True:
+        with stack.client() as client:
+            text = client.get("/metrics").text
+        values = [
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith('kafka_under_replicated_partitions{queue="users"}')
+        ]
+        if values or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert len(values) == 1, [line for line in text.splitlines() if "under_replicated" in line]
     return values[0]
