@@ -1,14 +1,16 @@
 """The user pipeline's actors, all on the ``users`` queue.
 
-The web enqueues ``process_user`` (one record) or ``process_users`` (a chunk of a batch) and, once a whole
-batch is in Kafka, ``register_batch``.  Both process actors run a Dramatiq pipeline::
+The web enqueues the first stage of a Dramatiq pipeline of two actors (single posts gathered into one
+message, or a chunk of a batch), and once a whole batch is in Kafka, ``register_batch``::
 
-    validate_users(records) | persist_users(results)
+    validate_users(records, batch_id, source) | persist_users(results)
 
-``validate_users`` is pure (Cerberus); ``persist_users`` writes every outcome of the chunk in one
-transaction of a few multi-row statements (``execute_values`` on Peewee's connection: a handful of round
-trips per message whatever its size, none per record) and is idempotent: a redelivered message never
-writes a second row, and never turns ``stored`` into ``duplicate``.  Transient database errors are
+``process_user`` and ``process_users`` build the same pipeline from the messages of earlier versions (a
+failed message replayed from before the change).  ``validate_users`` is pure (Cerberus);
+``persist_users`` writes every outcome of the chunk in one transaction of a few statements, each taking
+the whole chunk as one JSON parameter (a handful of round trips per message whatever its size, none per
+record), and is idempotent: a redelivered message never writes a second row, and never turns ``stored``
+into ``duplicate``.  Transient database errors are
 retried with backoff by Dramatiq's ``Retries``; when the retries run out the message goes to the
 failed-message topic and ``record_failure`` (Dramatiq's ``on_retry_exhausted`` callback, itself retried)
 marks its submissions ``failed``.  Not ``on_failure``: that callback fires on *every* failed attempt, which
@@ -26,7 +28,6 @@ from typing import Any
 import dramatiq
 import peewee
 import psycopg2
-from psycopg2.extras import execute_values
 
 from pipeline import persist_plan, settings
 from pipeline.contract import (
@@ -57,23 +58,31 @@ TRANSIENT = (
     psycopg2.OperationalError,
     psycopg2.InterfaceError,
 )
-#: Rows per INSERT statement (PostgreSQL takes at most 65,535 parameters in one).
+#: Keys looked up per SELECT of the ids of users stored before (PostgreSQL takes at most 65,535
+#: parameters in one statement).
 INSERT_CHUNK = 1000
 
-#: What ``persist_users`` writes.  ``created_at`` of a user is the column's default (``now()``).
+#: What ``persist_users`` writes: the whole chunk travels as one JSON parameter that PostgreSQL unpacks
+#: (``jsonb_to_recordset``), because having psycopg2 quote every value of every row (``execute_values``)
+#: cost more CPU in the worker than the rest of the persisting together.  ``created_at`` of a user is the
+#: column's default (``now()``).
 _INSERT_USERS = (
-    "INSERT INTO users (name, age, email, phone_number, address, additional_info) VALUES %s "
+    "INSERT INTO users (name, age, email, phone_number, address, additional_info) "
+    "SELECT name, age, email, phone_number, address, coalesce(additional_info, '{{}}'::jsonb) "
+    "FROM jsonb_to_recordset(%s::jsonb) AS t(name text, age integer, email text, phone_number text, "
+    "address jsonb, additional_info jsonb) "
     "ON CONFLICT DO NOTHING RETURNING id, {key}"
 )
-_USER_ROW = "(%s, %s, %s, %s, %s::jsonb, %s::jsonb)"
 #: An outcome replaces an existing one only when that is ``failed`` (a replay).
 _UPSERT_OUTCOMES = (
-    "INSERT INTO submissions (id, batch_id, row, status, errors, user_id, created_at, updated_at) VALUES %s "
+    "INSERT INTO submissions (id, batch_id, row, status, errors, user_id, created_at, updated_at) "
+    "SELECT id, batch_id, row, status, errors, user_id, %(now)s, %(now)s "
+    "FROM jsonb_to_recordset(%(rows)s::jsonb) AS t(id text, batch_id text, row integer, status text, "
+    "errors jsonb, user_id bigint) "
     "ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, errors = EXCLUDED.errors, "
     "user_id = EXCLUDED.user_id, updated_at = EXCLUDED.updated_at "
     "WHERE submissions.status = 'failed'"
 )
-_OUTCOME_ROW = "(%s, %s, %s, %s, %s::jsonb, %s, %s, %s)"
 #: Turns psycopg2's errors into Peewee's, as around Peewee's own queries (``TRANSIENT`` holds both).
 _PEEWEE_ERRORS = peewee.__exception_wrapper__  # type: ignore[attr-defined]
 
@@ -219,28 +228,12 @@ def _done_ids(cursor: Any, ids: list[str]) -> set[str]:
     return {row[0] for row in cursor.fetchall()}
 
 
-def _json(value: Any) -> str | None:
-    return None if value is None else json.dumps(value)
-
-
 def _insert_users(cursor: Any, users: list[dict[str, Any]], columns: list[str]) -> dict[Key, int]:
     """Insert the users whose key is not stored yet; the ids of those inserted, by key."""
     if not users:
         return {}
-    values = [
-        (
-            u["name"],
-            u["age"],
-            u.get("email"),
-            u.get("phone_number"),
-            _json(u.get("address")),
-            json.dumps(u.get("additional_info") or {}),
-        )
-        for u in users
-    ]
-    statement = _INSERT_USERS.format(key=_key_list(columns))
-    rows = execute_values(cursor, statement, values, template=_USER_ROW, page_size=INSERT_CHUNK, fetch=True)
-    return {tuple(row[1:]): row[0] for row in rows}
+    cursor.execute(_INSERT_USERS.format(key=_key_list(columns)), (json.dumps(users),))
+    return {tuple(row[1:]): row[0] for row in cursor.fetchall()}
 
 
 def _existing_ids(cursor: Any, keys: list[Key], columns: list[str]) -> dict[Key, int]:
@@ -262,31 +255,29 @@ def _existing_ids(cursor: Any, keys: list[Key], columns: list[str]) -> dict[Key,
     return existing
 
 
-def _upsert_outcomes(cursor: Any, rows: list[dict[str, Any]]) -> None:
+def _upsert_outcomes(cursor: Any, rows: list[dict[str, Any]], now: datetime.datetime) -> None:
     """Write the outcomes; an existing row is replaced only when it is ``failed`` (a replay)."""
-    values = [
-        (
-            r["id"],
-            r["batch_id"],
-            r["row"],
-            str(r["status"]),
-            json.dumps(r["errors"]),
-            r["user"],
-            r["created_at"],
-            r["updated_at"],
-        )
-        for r in rows
-    ]
-    if values:
-        execute_values(cursor, _UPSERT_OUTCOMES, values, template=_OUTCOME_ROW, page_size=INSERT_CHUNK)
+    if rows:
+        columns = [
+            {
+                "id": r["id"],
+                "batch_id": r["batch_id"],
+                "row": r["row"],
+                "status": r["status"],
+                "errors": r["errors"],
+                "user_id": r["user"],
+            }
+            for r in rows
+        ]
+        cursor.execute(_UPSERT_OUTCOMES, {"rows": json.dumps(columns), "now": now})
 
 
 def _persist(results: list[ValidatedRecord]) -> dict[str, int]:
     """Persist a chunk in one transaction (the decisions are :mod:`pipeline.persist_plan`'s).
 
-    Round trips: BEGIN, one SELECT of the outcomes already written, one INSERT of the users and one upsert
-    of the outcomes per :data:`INSERT_CHUNK` rows, a SELECT of the ids of keys stored before (only when
-    some are), COMMIT.  psycopg2's errors become Peewee's, as with Peewee's own queries.
+    Round trips: BEGIN, one SELECT of the outcomes already written, one INSERT of the users, a SELECT of
+    the ids of keys stored before (only when some are, one per :data:`INSERT_CHUNK` keys), one upsert of
+    the outcomes, COMMIT.  psycopg2's errors become Peewee's, as with Peewee's own queries.
     """
     columns = unique_columns(settings.UNIQUE_FIELDS)
     now = datetime.datetime.now(datetime.UTC)
@@ -297,7 +288,7 @@ def _persist(results: list[ValidatedRecord]) -> dict[str, int]:
         missing = chunk.missing(stored_ids)
         existing = _existing_ids(cursor, missing, columns) if missing else {}
         rows, counts = persist_plan.outcomes(chunk, stored_ids, existing, now)
-        _upsert_outcomes(cursor, rows)
+        _upsert_outcomes(cursor, rows, now)
     return counts
 
 
