@@ -5,19 +5,19 @@ messages by actor *name* without loading the worker, and the worker declares its
 
 Messages, all on :data:`QUEUE`:
 
-* ``validate_users(list[BatchRecord], None, "json")`` whose ``options["pipe_target"]`` is the
-  ``persist_users`` message (a Dramatiq pipeline of the two, its first stage sent by the web): the records
-  of ``POST /api/user``, one or several posts that arrived together (each a :class:`BatchRecord` whose
-  ``id`` is the submission's and ``row`` None);
-* ``process_users(ChunkPayload)``: one chunk of a batch of ``POST /api/users``;
+* ``validate_users(list[BatchRecord], batch_id, source)`` whose ``options["pipe_target"]`` is the
+  ``persist_users`` message: a Dramatiq pipeline of the two, its first stage sent by the web.  Either the
+  records of ``POST /api/user``, one or several posts that arrived together (``batch_id`` None, ``source``
+  :data:`SINGLE_SOURCE`, each :class:`BatchRecord`'s ``id`` the submission's and ``row`` None), or one
+  chunk of a batch of ``POST /api/users`` (``source`` ``json``, ``ndjson`` or ``csv``);
 * ``register_batch(batch_id, count, source)``: sent once every chunk of the batch is durable in Kafka;
-* ``process_user(SubmissionPayload)``: one record of ``POST /api/user`` as the web sent it before the
-  pipeline above (still run: messages already in Kafka, and ``dlq replay`` of old failed ones).
+* ``process_user(SubmissionPayload)`` and ``process_users(ChunkPayload)``: a single post and a chunk as the
+  web sent them before the pipeline above; they build it (still run: messages already in Kafka, and
+  ``dlq replay`` of old failed ones).
 
-Both process actors run the same pipeline, ``validate_users(list[BatchRecord], batch_id, source)``, whose
-result, a ``list[ValidatedRecord]``, is what ``persist_users`` receives (the worker's ``Pipelines``
-middleware sends it).  ``record_failure`` is Dramatiq's ``on_retry_exhausted`` callback (the failed message
-as ``Message.asdict()``).
+The result of ``validate_users``, a ``list[ValidatedRecord]``, is what ``persist_users`` receives (the
+worker's ``Pipelines`` middleware sends it).  ``record_failure`` is Dramatiq's ``on_retry_exhausted``
+callback (the failed message as ``Message.asdict()``).
 
 Every submission ends with one :class:`Status` (``submissions.status``); the API answers ``queued`` for a
 submission that has none yet.
@@ -86,7 +86,7 @@ class BatchRecord(TypedDict):
 
 
 class ChunkPayload(TypedDict):
-    """The argument of ``process_users``: a chunk of a batch and the batch's form (json, ndjson, csv)."""
+    """The argument of ``process_users`` (earlier versions): a chunk of a batch and the batch's form."""
 
     batch_id: str
     source: str

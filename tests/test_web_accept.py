@@ -184,10 +184,12 @@ def test_a_json_batch_travels_in_chunks_then_registers_its_count(web_client, web
     assert body["count"] == 7 and signer.verify(body["batch_id"], BATCH)
     assert response.headers["location"] == f"/api/batches/{body['batch_id']}"
     messages = enqueued(web_broker)
-    assert [m.actor_name for m in messages] == ["process_users"] * 3 + ["register_batch"]
-    assert [len(m.args[0]["records"]) for m in messages[:3]] == [3, 3, 1]
-    assert {m.args[0]["source"] for m in messages[:3]} == {"json"}
-    assert {m.args[0]["batch_id"] for m in messages[:3]} == {body["batch_id"]}
+    # (each chunk is the first stage of the worker's pipeline: validate_users piped into persist_users)
+    assert [m.actor_name for m in messages] == ["validate_users"] * 3 + ["register_batch"]
+    assert {m.options["pipe_target"]["actor_name"] for m in messages[:3]} == {"persist_users"}
+    assert [len(m.args[0]) for m in messages[:3]] == [3, 3, 1]
+    assert {m.args[2] for m in messages[:3]} == {"json"}
+    assert {m.args[1] for m in messages[:3]} == {body["batch_id"]}
     assert messages[-1].args == (body["batch_id"], 7, "json")
     records = batch_records(messages)
     assert [r["row"] for r in records] == list(range(1, 8))
@@ -205,7 +207,7 @@ def test_a_csv_batch_sends_nested_string_records_and_ragged_rows_as_invalid(web_
     # Then
     assert response.status_code == 202 and response.json()["count"] == 3
     messages = enqueued(web_broker)
-    assert messages[0].args[0]["source"] == "csv"
+    assert messages[0].args[2] == "csv"
     records = batch_records(messages)
     assert records[0]["data"] == {"name": {"firstName": "Ada", "lastName": "Love, lace"}, "age": "36"}
     assert records[1]["data"] is None
@@ -250,7 +252,7 @@ def test_a_multipart_upload_is_parsed_by_its_type_or_name(
     # Then
     assert response.status_code == 202, response.text
     messages = enqueued(web_broker)
-    assert messages[0].args[0]["source"] == source
+    assert messages[0].args[2] == source
     assert batch_records(messages)[0]["data"]["name"] == "Ada"
 
 
@@ -364,7 +366,7 @@ def test_a_batch_is_503_when_the_broker_fails_midway():
         body = assert_error(response, 503, "queue_unavailable")
         assert "retry the whole batch" in body["error"]["message"]
         assert response.headers["retry-after"] == "7"
-        assert [m.actor_name for m in enqueued(broker)] == ["process_users"]
+        assert [m.actor_name for m in enqueued(broker)] == ["validate_users"]
 
 
 def test_a_broker_with_enqueue_many_gets_the_chunks_in_groups():

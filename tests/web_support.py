@@ -45,13 +45,15 @@ def enqueued(broker: StubBroker, queue_name: str = "users") -> list[dramatiq.Mes
 
 
 def batch_records(messages: list[dramatiq.Message[Any]]) -> list[dict[str, Any]]:
-    """The records of every ``process_users`` chunk, in order."""
-    return [record for m in messages if m.actor_name == "process_users" for record in m.args[0]["records"]]
+    """The records of every chunk of a batch (``validate_users`` with a batch id), in order."""
+    return [
+        r for m in messages if m.actor_name == "validate_users" and m.args[1] is not None for r in m.args[0]
+    ]
 
 
 def single_records(messages: list[dramatiq.Message[Any]]) -> list[dict[str, Any]]:
-    """The records of every message of single posts (``validate_users``, first of a pipeline), in order."""
-    return [record for m in messages if m.actor_name == "validate_users" for record in m.args[0]]
+    """The records of every message of single posts (``validate_users`` without a batch id), in order."""
+    return [r for m in messages if m.actor_name == "validate_users" and m.args[1] is None for r in m.args[0]]
 
 
 def assert_error(response: Any, status: int, code: str) -> dict[str, Any]:

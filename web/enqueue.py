@@ -6,13 +6,15 @@ builds the worker's broker).  The queue, the names and the payloads are :mod:`pi
 
 * ``validate_users([{"id", "row": None, "data", "errors": []}, ...], None, "json")`` piped into
   ``persist_users`` — the submissions of ``POST /api/user`` (:func:`singles_message`);
-* ``process_users({"batch_id", "source", "records": [{"id", "row", "data", "errors"}]})`` — one chunk;
+* ``validate_users([{"id", "row", "data", "errors"}, ...], batch_id, source)`` piped into ``persist_users``
+  — one chunk of a batch (:func:`chunk_message`);
 * ``register_batch(batch_id, count, source)`` — sent after every chunk of the batch is durable.
 
-A single post goes straight to the first stage of the worker's pipeline (two Kafka trips to its row, not
-three through ``process_user``), and the posts that arrive together travel as one message, the way Kafka's
-producer lingers (:class:`SingleCoalescer`, group commit): under no load a post is sent at once; while a
-send is in flight, the posts that come wait for it to end, at most the linger, then go together.
+Both go straight to the first stage of the worker's pipeline (two Kafka trips to a row, not three
+through ``process_user``/``process_users``), and the single posts that arrive together travel as one
+message, the way Kafka's producer lingers (:class:`SingleCoalescer`, group commit): under no load a post
+is sent at once; while a send is in flight, the posts that come wait for it to end, at most the linger,
+then go together.
 
 ``broker.enqueue`` returns once Kafka has acknowledged the message, so it blocks: callers on the event
 loop use :meth:`Enqueuer.send_async` (or :meth:`Enqueuer.send_single`), which awaits it in a thread pool,
@@ -38,13 +40,11 @@ from dramatiq.errors import BrokerError
 from pipeline.brokers.kafka import KafkaSetupError
 from pipeline.contract import (
     PERSIST_USERS,
-    PROCESS_USERS,
     QUEUE,
     REGISTER_BATCH,
     SINGLE_SOURCE,
     VALIDATE_USERS,
     BatchRecord,
-    ChunkPayload,
 )
 from web.errors import QueueUnavailable
 from web.metrics import Metrics
@@ -96,9 +96,8 @@ def singles_message(records: list[BatchRecord]) -> dramatiq.Message[Any]:
 
 
 def chunk_message(batch_id: str, source: str, records: list[BatchRecord]) -> dramatiq.Message[Any]:
-    """``process_users`` for one chunk of a batch; ``source`` is ``json``, ``ndjson`` or ``csv``."""
-    payload: ChunkPayload = {"batch_id": batch_id, "source": source, "records": records}
-    return _message(PROCESS_USERS, payload)
+    """The pipeline message of one chunk of a batch; ``source`` is ``json``, ``ndjson`` or ``csv``."""
+    return pipeline_message(records, batch_id, source)
 
 
 def register_batch_message(batch_id: str, count: int, source: str) -> dramatiq.Message[Any]:

@@ -647,3 +647,18 @@ def test_a_single_node_has_no_under_replicated_partition(kafka_broker):
     kafka_broker.declare_queue("default")
     # When asked, Then every topic of the queue is named, with no partition under-replicated
     assert kafka_broker.admin.under_replicated("default") == {"default": 0, "default.DQ": 0, "default.XQ": 0}
+
+
+def test_kafka_pythons_own_metrics_are_off_unless_the_client_options_turn_them_on():
+    # Given clients with default options, and clients whose common options ask for kafka-python's metrics
+    default = KafkaClients(bootstrap_servers=["127.0.0.1:1"], client_id="t", timeout_ms=1000)
+    asked = KafkaClients(
+        bootstrap_servers=["127.0.0.1:1"],
+        client_id="t",
+        timeout_ms=1000,
+        client_options={"metrics_enabled": True},
+    )
+    # Then the producer and the consumers are built without them by default, with them when asked
+    for client in (KafkaProducer, KafkaConsumer):
+        assert default.options(client, {})["metrics_enabled"] is False, client
+        assert asked.options(client, {})["metrics_enabled"] is True, client
