@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib
+import time
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
@@ -78,5 +79,25 @@ def test_a_consumer_outside_a_rebalance_says_so(kafka_bootstrap_servers):
         consumer._coordinator.rejoining = True
         assert compat.rebalance_under_way(consumer) is True
         assert consumer._coordinator.rejoin_needed is True
+    finally:
+        consumer.close()
+
+
+def test_known_partitions_come_from_the_subscriptions_own_metadata(kafka_bootstrap_servers, kafka_broker):
+    # Given a queue's topic (six partitions) and a new consumer that knows nothing of it yet
+    kafka_broker.declare_queue("compat-known")
+    kafka_broker.ensure_topics("compat-known")
+    topic = kafka_broker.topic_for("compat-known")
+    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap_servers, group_id="compat-known")
+    try:
+        assert compat.known_partitions(consumer, topic) is None
+        # When it subscribes, which refreshes the metadata of that topic alone
+        consumer.subscribe([topic])
+        deadline = time.monotonic() + 10
+        while compat.known_partitions(consumer, topic) is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # Then its partitions are known, and no other topic was fetched
+        assert compat.known_partitions(consumer, topic) == set(range(kafka_broker.partitions))
+        assert consumer._cluster.topics() == {topic}
     finally:
         consumer.close()

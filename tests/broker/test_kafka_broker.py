@@ -551,7 +551,7 @@ class _FakeKafkaConsumer:
         self.records: dict[TopicPartition, list[SimpleNamespace]] = {}
         self.committed: dict[TopicPartition, OffsetAndMetadata] = {}
         self.commits: list[dict[TopicPartition, OffsetAndMetadata]] = []
-        self._cluster = SimpleNamespace(config={})
+        self._cluster = SimpleNamespace(config={}, partitions_for_topic=lambda topic: {0})
         self._coordinator = SimpleNamespace(
             rejoining=False,
             rejoin_needed=False,

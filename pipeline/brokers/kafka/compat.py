@@ -58,6 +58,17 @@ def set_metadata_backoff(client: KafkaConsumer | KafkaProducer, backoff_ms: int)
     metadata.config["retry_backoff_ms"] = backoff_ms
 
 
+def known_partitions(consumer: KafkaConsumer, topic: str) -> set[int] | None:
+    """The topic's partitions as the consumer's metadata knows them now (None: not yet), asking Kafka nothing.
+
+    ``KafkaConsumer.partitions_for_topic`` fetches the metadata of every topic of the cluster when it does
+    not know the topic (a tenth of a second with a few hundred topics), where the refresh that ``subscribe``
+    starts asks for the subscribed topic alone.
+    """
+    partitions: set[int] | None = consumer._cluster.partitions_for_topic(topic)
+    return partitions
+
+
 def rebalance_under_way(consumer: KafkaConsumer) -> bool:
     """Whether the consumer is (re)joining its group.
 

@@ -32,6 +32,11 @@ if TYPE_CHECKING:
 
 #: Longest slice of a single ``poll``, in milliseconds, so that acks are committed while idle.
 POLL_SLICE_MS = 50
+#: Longest wait of a new consumer for its topic's metadata before it asks Kafka for every topic's, in seconds.
+METADATA_WAIT_S = 1.0
+#: Longest ``poll`` while the consumer (re)joins its group, in milliseconds: long enough for a join to end
+#: inside it (see :meth:`_KafkaConsumer._poll`).
+JOIN_POLL_MS = 1000
 #: Longest a consumer may spend rejoining its group before it gives up and the worker makes a new one, in
 #: seconds.
 REJOIN_PATIENCE_S = 3 * DEFAULT_SESSION_TIMEOUT_MS / 1000
@@ -111,15 +116,23 @@ class _KafkaConsumer(Consumer):
             _rejoin_failures.pop(self.group, None)
             raise
         compat.set_metadata_backoff(self.kafka, METADATA_BACKOFF_MS)
+        self.listener = _RebalanceListener(self)
+        self.kafka.subscribe([self.topic], listener=self.listener)
         try:
-            # Know the topic's partitions before joining: a group leader without them assigns nothing
-            # until its next metadata refresh, minutes later.
-            self.kafka.partitions_for_topic(self.topic)
+            # Wait for the metadata of the subscription before the first poll joins the group.  A group
+            # leader that joins without the topic's partitions assigns nothing until its next metadata
+            # refresh, minutes later; one that joins before the answer for its new subscription has come
+            # assigns them, but then takes the answer for a change and makes the group rebalance again,
+            # which held a fresh queue's first messages and retries meanwhile (issue 11).
+            deadline = time.monotonic() + METADATA_WAIT_S
+            while compat.known_partitions(self.kafka, self.topic) is None:
+                if time.monotonic() > deadline:
+                    self.kafka.partitions_for_topic(self.topic)  # asks Kafka for every topic's
+                    break
+                time.sleep(0.002)
         except KafkaError as e:
             self.kafka.close(autocommit=False)
             raise KafkaConnectionError(f"no metadata for {self.topic!r}: {e}") from None
-        self.listener = _RebalanceListener(self)
-        self.kafka.subscribe([self.topic], listener=self.listener)
 
     def ack(self, message: MessageProxy) -> None:
         assert isinstance(message, _KafkaMessageProxy)
@@ -268,8 +281,10 @@ class _KafkaConsumer(Consumer):
             self._settled_at = now
             _rejoin_failures.pop(self.group, None)
         else:
-            # A join needs time to finish: never poll for nothing while one is under way.
-            timeout_ms = max(timeout_ms, POLL_SLICE_MS)
+            # Let the join end inside this poll: kafka-python 3.0.12 drops a join that completes after the
+            # poll awaiting it timed out and starts another, so a fresh queue's group rebalanced twice and
+            # held its first messages and retries meanwhile (issue 11).
+            timeout_ms = max(timeout_ms, JOIN_POLL_MS)
             # A consumer that has not settled in this long is replaced: the worker restarts it, and what it
             # held un-acked is delivered again.  When its replacements cannot rejoin either, the process is
             # beyond repair (see give_up).
