@@ -29,6 +29,8 @@ from collections.abc import Callable
 import dramatiq
 from dramatiq.middleware import default_middleware
 
+from bench import kafka_cleanup
+
 #: Longest wait for one message, in seconds.
 WAIT_S = 30.0
 
@@ -91,6 +93,10 @@ def measure(make_broker: Callable[[], dramatiq.Broker], rounds: int) -> dict[str
     finally:
         worker.stop()
         broker.close()
+        clients = getattr(broker, "clients", None)  # (a KafkaBroker: its topics and groups go too)
+        if clients is not None:
+            servers, prefix = clients.bootstrap_servers, broker.topic_prefix
+            kafka_cleanup.delete_prefix(servers, prefix, client_id="bench-latency")
     return figures
 
 

@@ -54,6 +54,7 @@ from urllib.parse import urlsplit
 import httpx
 import psycopg2
 
+from bench import kafka_cleanup
 from bench import pipeline_data as data
 from bench.pipeline_cpu import Components, listener, snapshot
 from bench.pipeline_load import LoadResult, closed_loop, open_loop
@@ -254,22 +255,7 @@ def stop(ctx: Context) -> None:
     if not ctx.options.keep:
         drop_database(ctx.server_url, ctx.database_name)
         with contextlib.suppress(Exception):
-            _delete_kafka_prefix(ctx.kafka, f"bench{ctx.run}.")
-
-
-def _delete_kafka_prefix(servers: list[str], prefix: str) -> None:
-    from kafka import KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=servers, client_id="bench-pipeline")
-    try:
-        topics = [t for t in admin.list_topics() if t.startswith(prefix)]
-        if topics:
-            admin.delete_topics(topics, timeout_ms=30_000)
-        groups = [g["group_id"] for g in admin.list_groups() if g["group_id"].startswith(prefix)]
-        if groups:
-            admin.delete_groups(groups)
-    finally:
-        admin.close()
+            kafka_cleanup.delete_prefix(ctx.kafka, f"bench{ctx.run}.", client_id="bench-pipeline")
 
 
 # -- measurements --------------------------------------------------------------------------------------
