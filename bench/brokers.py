@@ -553,9 +553,10 @@ def _create_topics(ctx: Context, topics: list[str]) -> None:
 
 def cleanup_kafka(ctx: Context) -> str:
     """Delete every topic and consumer group of this run; returns what was done, for the report."""
-    from bench import kafka_cleanup  # (not at the top: the dramatiq-kafka child has its own kafka-python)
+    # (not at the top: the dramatiq-kafka child, which imports this module, has no test harness)
+    from tests.livestack import delete_topics_with_prefix
 
-    return kafka_cleanup.delete_prefix(ctx.kafka, ctx.prefix, client_id="bench-brokers")
+    return delete_topics_with_prefix(ctx.kafka, ctx.prefix, client_id="bench-brokers")
 
 
 def _sample_message_bytes() -> bytes:

@@ -29,7 +29,7 @@ from collections.abc import Callable
 import dramatiq
 from dramatiq.middleware import default_middleware
 
-from bench import kafka_cleanup
+from tests.livestack import delete_topics_with_prefix
 
 #: Longest wait for one message, in seconds.
 WAIT_S = 30.0
@@ -96,7 +96,7 @@ def measure(make_broker: Callable[[], dramatiq.Broker], rounds: int) -> dict[str
         clients = getattr(broker, "clients", None)  # (a KafkaBroker: its topics and groups go too)
         if clients is not None:
             servers, prefix = clients.bootstrap_servers, broker.topic_prefix
-            kafka_cleanup.delete_prefix(servers, prefix, client_id="bench-latency")
+            delete_topics_with_prefix(servers, prefix, client_id="bench-latency")
     return figures
 
 

@@ -54,12 +54,11 @@ from urllib.parse import urlsplit
 import httpx
 import psycopg2
 
-from bench import kafka_cleanup
 from bench import pipeline_data as data
 from bench.pipeline_cpu import Components, listener, snapshot
 from bench.pipeline_load import LoadResult, closed_loop, open_loop
 from pipeline import settings
-from tests.livestack import Stack, create_database, drop_database, free_port
+from tests.livestack import Stack, create_database, delete_topics_with_prefix, drop_database, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -255,7 +254,7 @@ def stop(ctx: Context) -> None:
     if not ctx.options.keep:
         drop_database(ctx.server_url, ctx.database_name)
         with contextlib.suppress(Exception):
-            kafka_cleanup.delete_prefix(ctx.kafka, f"bench{ctx.run}.", client_id="bench-pipeline")
+            delete_topics_with_prefix(ctx.kafka, f"bench{ctx.run}.", client_id="bench-pipeline")
 
 
 # -- measurements --------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -480,14 +480,28 @@ def start_stack(
         stack.close(delete_topics=delete_topics)
 
 
-def delete_topics_with_prefix(servers: str, prefix: str) -> None:
-    """Delete the topics whose names start with ``prefix`` (a stack's own)."""
+def delete_topics_with_prefix(servers: str | Sequence[str], prefix: str, *, client_id: str = "tests") -> str:
+    """Delete the topics and consumer groups whose names start with ``prefix`` (a stack's or a benchmark's
+    own), so that runs do not pile them up: a local Kafka holding thousands of partitions restarts after a
+    crash, and answers metadata, far slower.  Returns what was done.
+
+    A group whose member has not left yet cannot be deleted; it expires on its own.
+    """
     from kafka import KafkaAdminClient
 
-    admin = KafkaAdminClient(bootstrap_servers=servers.split(","))
+    admin = KafkaAdminClient(
+        bootstrap_servers=servers.split(",") if isinstance(servers, str) else list(servers),
+        client_id=client_id,
+    )
     try:
         topics = [topic for topic in admin.list_topics() if topic.startswith(prefix)]
         if topics:
-            admin.delete_topics(topics)
+            admin.delete_topics(topics, timeout_ms=30_000)
+        groups = [g["group_id"] for g in admin.list_groups() if g["group_id"].startswith(prefix)]
+        deleted_groups = 0
+        if groups:
+            outcome = admin.delete_groups(groups)
+            deleted_groups = sum(1 for status in outcome.values() if status == "OK")
+        return f"deleted {len(topics)} topics and {deleted_groups}/{len(groups)} groups under {prefix!r}"
     finally:
         admin.close()
