@@ -32,7 +32,8 @@ def test_killing_the_only_kafka_node_twice_under_load_pauses_the_workers_and_los
     stack = make_stack(workers=2, KAFKA_SEND_TIMEOUT_MS="3000")
     stack.wait_consuming(2)
     processes = stack.alive()
-    plan = Plan(uuid.uuid4().hex[:8], singles=1500, batches=10, batch_size=150)
+    # (long enough to outlast both crashes and the workers' return: the check below needs it still running)
+    plan = Plan(uuid.uuid4().hex[:8], singles=2500, batches=10, batch_size=150)
     load = Load(stack.url, plan, pace=0.03, figures=figures).start()
     load.wait_accepted(plan.submissions // 4)
     ledger = Ledger(stack, load)
@@ -49,6 +50,7 @@ def test_killing_the_only_kafka_node_twice_under_load_pauses_the_workers_and_los
     # submissions accepted after the crashes reach their outcome
     stack.wait_consuming(2, timeout=RESUME_S)
     accepted = load.accepted_count
+    assert accepted < plan.submissions, "the load ended before the workers were back: lengthen it"
     load.wait_accepted(accepted + 1, timeout=RESUME_S)
     wanted = ledger.ids
     deadline = back + 2 * RESUME_S
