@@ -10,11 +10,11 @@ failed message replayed from before the change).  ``validate_users`` is pure (Ce
 ``persist_users`` writes every outcome of the chunk in one transaction of a few statements, each taking
 the whole chunk as one JSON parameter (a handful of round trips per message whatever its size, none per
 record), and is idempotent: a redelivered message never writes a second row, and never turns ``stored``
-into ``duplicate``.  Transient database errors are
-retried with backoff by Dramatiq's ``Retries``; when the retries run out the message goes to the
-failed-message topic and ``record_failure`` (Dramatiq's ``on_retry_exhausted`` callback, itself retried)
-marks its submissions ``failed``.  Not ``on_failure``: that callback fires on *every* failed attempt, which
-would mark ``failed`` a submission still being retried.
+into ``duplicate``.  Transient database errors are retried with backoff by Dramatiq's ``Retries``; when
+the retries run out the message goes to the failed-message topic and ``record_failure`` (Dramatiq's
+``on_retry_exhausted`` callback, itself retried) marks its submissions ``failed``.  Not ``on_failure``:
+that callback fires on *every* failed attempt, which would mark ``failed`` a submission still being
+retried.
 """
 
 from __future__ import annotations
