@@ -1,7 +1,8 @@
 """``python -m pipeline <command>`` (also installed as ``bup``): the service's command line.
 
 Commands: ``migrate`` (apply database migrations; the Procfile's ``release`` line), ``dlq`` (inspect and
-replay failed messages), ``upload`` (send a CSV/JSON/NDJSON file to the API and follow its batch).
+replay failed messages), ``partitions`` (show or grow a queue's partitions), ``upload`` (send a
+CSV/JSON/NDJSON file to the API and follow its batch).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from pipeline import settings
 
 #: Modules that add a sub-command: each has ``register(subparsers)`` setting ``handler`` on its parser.
-COMMAND_MODULES = ["pipeline.cli_dlq", "pipeline.cli_upload"]
+COMMAND_MODULES = ["pipeline.cli_dlq", "pipeline.cli_partitions", "pipeline.cli_upload"]
 
 
 def _migrate(args: argparse.Namespace) -> int:

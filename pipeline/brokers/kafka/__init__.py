@@ -17,13 +17,14 @@ The modules, by what they hold:
 * :mod:`.consumer`: the consumer of one topic; :mod:`.rebalance`: what it does when partitions move;
 * :mod:`.offsets`: per-partition ack bookkeeping and the acked offsets kept in commit metadata;
 * :mod:`.topics`: a queue's topics, created, or found when the app may not create them;
-* :mod:`.admin`: :class:`KafkaAdmin` (``broker.admin``): lag, replicas, failed messages and their replay;
+* :mod:`.admin`: :class:`KafkaAdmin` (``broker.admin``): lag, replicas, partitions grown, failed messages
+  and their replay;
 * :mod:`.deadletters`: the failed-message records; :mod:`.clients`: the kafka-python clients;
 * :mod:`.errors`: the error tree; :mod:`.metrics`: the delivery-error counter of ``confirm_delivery=False``;
 * :mod:`.compat`: every private kafka-python and Dramatiq name we use.
 """
 
-from .admin import KafkaAdmin
+from .admin import KafkaAdmin, PartitionGrowth
 from .broker import (
     DEFAULT_COMMIT_INTERVAL_MS,
     DEFAULT_DEAD_LETTER_RETENTION_MS,
@@ -53,6 +54,7 @@ __all__ = [
     "MessageFailed",
     "MissingRight",
     "MissingTopics",
+    "PartitionGrowth",
     "RecordTooLarge",
     "TopicSpec",
 ]

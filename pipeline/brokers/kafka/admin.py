@@ -1,7 +1,8 @@
-"""Operations on a broker's topics and groups that are not the transport: lag, replicas, failed messages.
+"""Operations on a broker's topics and groups that are not the transport: lag, replicas, partitions,
+failed messages.
 
-The web's health and metrics, the ``dlq`` commands and ``KafkaBroker.join`` use them through
-``broker.admin``.
+The web's health and metrics, the ``dlq`` and ``partitions`` commands and ``KafkaBroker.join`` use them
+through ``broker.admin``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from dramatiq.common import dq_name, q_name, xq_name
+from dramatiq.logging import get_logger
 from dramatiq.message import Message
 from kafka import TopicPartition
 from kafka.admin import OffsetSpec
@@ -24,6 +26,30 @@ from .offsets import decode_acked
 
 if TYPE_CHECKING:
     from .broker import KafkaBroker
+
+#: How often :meth:`KafkaAdmin.grow_partitions` looks whether Kafka's metadata shows the new partitions, in
+#: seconds.
+GROWTH_POLL_S = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
+class PartitionGrowth:
+    """What :meth:`KafkaAdmin.grow_partitions` did to one topic.
+
+    Attributes:
+      topic(str): The topic's full name, prefix included.
+      before(int): Its partitions before.
+      after(int): Its partitions now; ``before`` when it had as many already.
+    """
+
+    topic: str
+    before: int
+    after: int
+
+    @property
+    def grown(self) -> bool:
+        """Whether partitions were added to the topic."""
+        return self.after > self.before
 
 
 class KafkaAdmin:
@@ -37,6 +63,7 @@ class KafkaAdmin:
     """
 
     def __init__(self, broker: KafkaBroker) -> None:
+        self.logger = get_logger(__name__, type(self))
         self.broker = broker
         self.clients = broker.clients
 
@@ -105,6 +132,103 @@ class KafkaAdmin:
             except Exception as error:  # a diagnostic must not hide what it diagnoses
                 parts.append(f"{name}: cannot inspect ({type(error).__name__}: {error})")
         return "; ".join(parts)
+
+    # -- partitions ---------------------------------------------------------------------------------------
+    def partition_counts(self, queue_name: str) -> dict[str, int]:
+        """The partitions of the queue's topic and of its ``.DQ`` topic, by topic name (prefix included).
+
+        Parameters:
+          queue_name(str): A declared queue.
+
+        Raises:
+          QueueNotFound: If the queue hasn't been declared.
+          MissingTopics: If the queue's topics are missing and the broker may not create them.
+          KafkaConnectionError: If Kafka cannot be reached.
+        """
+        canonical = q_name(queue_name)
+        self.broker.ensure_topics(canonical)
+        names = [self.broker.topic_for(name) for name in (canonical, dq_name(canonical))]
+        described = self.clients.admin_call("describe_topics", names)
+        found = {topic["name"]: len(topic["partitions"]) for topic in described}
+        return {name: found.get(name, 0) for name in names}
+
+    def grow_partitions(self, queue_name: str, count: int) -> list[PartitionGrowth]:
+        """Give the queue's topic and its ``.DQ`` topic ``count`` partitions each, while they are in use.
+
+        Running producers and consumers see the new partitions at their next metadata refresh (within
+        ``metadata_max_age_ms``: :data:`~.clients.DEFAULT_METADATA_MAX_AGE_MS` with this broker's
+        clients); each consumer group then rebalances, and the new partitions, which have no committed
+        offset, are read from their first message.  A ``partition_key`` maps to its partition modulo the
+        partition count, so after growing, a key's new messages may go to another partition than its older
+        ones, and the two may be processed out of order.  The failed-message (``.XQ``) topic keeps its
+        partitions: no consumer group shares it out.  A topic that has ``count`` partitions already is left
+        as it is, and nothing is changed unless every topic can grow.
+
+        Parameters:
+          queue_name(str): A declared queue.
+          count(int): The partitions each topic should have.
+
+        Returns:
+          What was done to each topic (queue first, then ``.DQ``).
+
+        Raises:
+          ValueError: If ``count`` is less than a topic's partitions (Kafka cannot remove partitions), or
+            less than 1.
+          QueueNotFound: If the queue hasn't been declared.
+          MissingTopics: If the queue's topics are missing and the broker may not create them.
+          MissingRight: If Kafka refused for want of a right (ALTER on the topics).
+          KafkaConnectionError: If Kafka cannot be reached or refused for another reason.
+        """
+        if count < 1:
+            raise ValueError(f"a topic has at least one partition, not {count}")
+        before = self.partition_counts(queue_name)
+        above = {topic: n for topic, n in before.items() if n > count}
+        if above:
+            had = ", ".join(f"{topic!r} has {n}" for topic, n in above.items())
+            raise ValueError(
+                f"cannot give the topics of {queue_name!r} {count} partitions ({had}): Kafka can add "
+                "partitions to a topic but never remove them"
+            )
+        wanted = {topic: count for topic, n in before.items() if n < count}
+        if wanted:
+            try:
+                self.clients.admin_call("create_partitions", wanted, timeout_ms=self.clients.timeout_ms)
+            except MissingRight as e:
+                raise MissingRight(
+                    f"this app lacks the ALTER right on {', '.join(map(repr, wanted))} (Kafka's "
+                    f"CreatePartitions), which adding partitions needs; grant it or ask the Kafka service's "
+                    f"operator ({e})"
+                ) from None
+            self._wait_for_partitions(wanted)
+            for topic in wanted:
+                self.logger.info("Topic %s grown from %d to %d partitions", topic, before[topic], count)
+        return [PartitionGrowth(topic, n, max(n, count)) for topic, n in before.items()]
+
+    def _wait_for_partitions(self, wanted: dict[str, int]) -> None:
+        """Wait until Kafka's metadata shows each topic of ``wanted`` with its count of partitions, each with
+        a leader: Kafka answers CreatePartitions before its metadata shows them, and a command that returned
+        would otherwise still see, and show, the old counts.
+
+        Raises:
+          KafkaConnectionError: If the metadata does not show them within the clients' timeout.
+        """
+        deadline = time.monotonic() + self.clients.timeout_ms / 1000
+        while True:
+            described = self.clients.admin_call("describe_topics", list(wanted))
+            ready = {
+                topic["name"]
+                for topic in described
+                if len(topic["partitions"]) == wanted.get(topic["name"])
+                and all(p["leader_id"] >= 0 for p in topic["partitions"])
+            }
+            if ready >= wanted.keys():
+                return
+            if time.monotonic() > deadline:
+                raise KafkaConnectionError(
+                    f"Kafka took the new partitions of {sorted(wanted.keys() - ready)} but its metadata does "
+                    f"not show them after {self.clients.timeout_ms} ms"
+                )
+            time.sleep(GROWTH_POLL_S)
 
     # -- failed messages ----------------------------------------------------------------------------------
     def failed_count(self, queue_name: str) -> int:

@@ -25,6 +25,12 @@ from .errors import KafkaConnectionError, MissingRight
 
 #: Time after which a silent consumer is dropped from its group, in milliseconds.
 DEFAULT_SESSION_TIMEOUT_MS = 10_000
+#: Most time between two metadata refreshes of a consumer or the producer, in milliseconds: short, so that
+#: partitions added to a topic while it is in use are sent to and consumed within seconds (kafka-python's
+#: default, 5 minutes, left them idle that long).  Each refresh asks for the client's own topics only (a
+#: consumer's subscription, the topics the producer sends to): one small request per client.
+#: ``client_options`` (or ``producer_options``, ``consumer_options``) may set another.
+DEFAULT_METADATA_MAX_AGE_MS = 5_000
 #: Least time between two metadata requests of a consumer or the producer, in milliseconds: short, so that
 #: a fresh queue's topic is found at once (while Kafka is unreachable, connection backoff spaces them out).
 METADATA_BACKOFF_MS = 10
@@ -97,6 +103,10 @@ class KafkaClients:
         # every request; ``client_options={"metrics_enabled": True}`` turns them back on.
         if "metrics_enabled" in known:
             options.setdefault("metrics_enabled", False)
+        # The admin client asks Kafka for a topic's partitions at each call that needs them: a periodic
+        # refresh would gain it nothing.
+        if client is not KafkaAdminClient and "metadata_max_age_ms" in known:
+            options.setdefault("metadata_max_age_ms", DEFAULT_METADATA_MAX_AGE_MS)
         return options
 
     @property
