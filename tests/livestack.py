@@ -123,6 +123,80 @@ def log_tail(path: Path, chars: int = 3000) -> str:
 
 
 # ======================================================================================================
+# Hosts: a process capped at a fraction of a core stands in for a machine of its own
+# ======================================================================================================
+
+#: Where the cgroup v1 CPU controller is mounted (``cpu.cfs_quota_us``, ``cgroup.procs``).
+CPU_CGROUP_ROOT = Path("/sys/fs/cgroup/cpu")
+#: Where the cgroup v1 CPU accounting controller is mounted (``cpuacct.usage``), when it is apart.
+CPUACCT_CGROUP_ROOT = Path("/sys/fs/cgroup/cpuacct")
+#: The CFS period of a capped host, in microseconds: short, so that a host spends its share in slices of
+#: a few milliseconds rather than stalling for most of the kernel's default 100 ms period (a stall that
+#: would look like a rebalance pause).
+CPU_PERIOD_US = 10_000
+
+
+def cpu_caps_problem() -> str | None:
+    """Why processes cannot be capped here (no writable cgroup v1 CPU controller), or None."""
+    if not (CPU_CGROUP_ROOT / "cpu.cfs_quota_us").exists():
+        return f"no cgroup v1 CPU controller at {CPU_CGROUP_ROOT}"
+    if not os.access(CPU_CGROUP_ROOT, os.W_OK):
+        return f"{CPU_CGROUP_ROOT} is not writable (capping a process at a share of a core needs root)"
+    return None
+
+
+@dataclass
+class CpuCap:
+    """A cgroup of its own capped at ``cores`` of CPU: whatever :meth:`argv` starts runs inside it, the
+    processes it forks too, as on a machine of that size.
+
+    >>> cap = CpuCap("bench-host-1", 0.2); worker = spawn("host1", cap.argv(["dramatiq", "pipeline"]), ...)
+    """
+
+    name: str
+    cores: float
+
+    def __post_init__(self) -> None:
+        problem = cpu_caps_problem()
+        if problem:
+            raise RuntimeError(problem)
+        self.cpu = CPU_CGROUP_ROOT / self.name
+        self.cpu.mkdir(exist_ok=True)
+        (self.cpu / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+        (self.cpu / "cpu.cfs_quota_us").write_text(str(max(1000, round(self.cores * CPU_PERIOD_US))))
+        self.cpuacct: Path | None = CPUACCT_CGROUP_ROOT / self.name
+        try:
+            self.cpuacct.mkdir(exist_ok=True)
+        except OSError:
+            self.cpuacct = None
+
+    def argv(self, argv: list[str]) -> list[str]:
+        """``argv`` run inside the cgroup: the shell joins it, then becomes ``argv`` (so nothing escapes)."""
+        joins = f"echo $$ > {self.cpu}/cgroup.procs"
+        if self.cpuacct is not None:
+            joins += f" && echo $$ > {self.cpuacct}/cgroup.procs"
+        return ["/bin/sh", "-c", f'{joins} && exec "$@"', "capped", *argv]
+
+    def cpu_seconds(self) -> float:
+        """CPU time used inside the cgroup so far (0 without the accounting controller)."""
+        if self.cpuacct is None:
+            return 0.0
+        return int((self.cpuacct / "cpuacct.usage").read_text()) / 1e9
+
+    def throttled(self) -> tuple[int, float]:
+        """Periods in which the cap held the cgroup back so far, and how long in all, in seconds."""
+        stat = dict(line.split() for line in (self.cpu / "cpu.stat").read_text().splitlines())
+        return int(stat["nr_throttled"]), int(stat["throttled_time"]) / 1e9
+
+    def remove(self) -> None:
+        """Remove the cgroup (once its processes have ended)."""
+        for path in (self.cpu, self.cpuacct):
+            if path is not None:
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+
+
+# ======================================================================================================
 # Services: this checkout's own Kafka and PostgreSQL, through scripts/*.sh
 # ======================================================================================================
 
@@ -300,20 +374,21 @@ class Stack:
             [sys.executable, "-m", "uvicorn", "web.app:app", "--host", "127.0.0.1", "--port", str(port)],
         )
 
-    def start_worker(self, processes: int = 1, threads: int = 4) -> subprocess.Popen:
-        worker = self._spawn(
-            f"worker{len(self.workers)}",
-            [
-                sys.executable,
-                "-m",
-                "dramatiq",
-                "pipeline",
-                "--processes",
-                str(processes),
-                "--threads",
-                str(threads),
-            ],
-        )
+    def start_worker(
+        self, processes: int = 1, threads: int = 4, *, cap: CpuCap | None = None
+    ) -> subprocess.Popen:
+        """Start ``dramatiq pipeline`` (the Procfile's worker line), within ``cap`` when one is given."""
+        argv = [
+            sys.executable,
+            "-m",
+            "dramatiq",
+            "pipeline",
+            "--processes",
+            str(processes),
+            "--threads",
+            str(threads),
+        ]
+        worker = self._spawn(f"worker{len(self.workers)}", cap.argv(argv) if cap is not None else argv)
         self.workers.append(worker)
         return worker
 
