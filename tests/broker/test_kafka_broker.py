@@ -625,6 +625,65 @@ def test_an_ack_that_arrives_while_its_partition_is_away_is_committed_once_the_p
     assert fake.committed[tp].offset == 1, fake.commits
 
 
+def test_a_consumer_whose_prefetch_was_full_at_a_rebalance_fetches_the_partition_it_kept(
+    kafka_bootstrap_servers, topic_prefix
+):
+    # Given a consumer of a one-partition queue that holds as many messages as its prefetch allows, so it
+    # has paused its partition, with more messages waiting behind them
+    broker = make_kafka_broker(kafka_bootstrap_servers, topic_prefix, partitions=1)
+    try:
+        broker.declare_queue("q")
+        for n in range(3):
+            broker.enqueue(dramatiq.Message(queue_name="q", actor_name="a", args=(n,), kwargs={}, options={}))
+        consumer = broker.consume("q", prefetch=1, timeout=50)
+        first = _next_message(consumer)
+        assert next(consumer) is None
+
+        # When the group rebalances and gives the consumer its partition again: another member joins the
+        # group for another topic (the delay topic), which it alone reads
+        joined = threading.Event()
+        stop_other = threading.Event()
+
+        def other_member() -> None:
+            other = broker.clients.new_consumer(group_id=broker.group_for("q"))
+            other.subscribe([broker.topic_for("q.DQ")])
+            while not stop_other.is_set():
+                other.poll(timeout_ms=50)
+                if other.assignment():
+                    joined.set()
+            other.close()
+
+        thread = threading.Thread(target=other_member)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 30
+            while not joined.is_set():
+                assert time.monotonic() < deadline, "the second member never got its partitions"
+                assert next(consumer) is None  # (the consumer rejoins inside its polls)
+            assert consumer.kafka.assignment() == {TopicPartition(broker.topic_for("q"), 0)}
+
+            # Then, once the message it held is acked, it fetches the next ones from the partition it kept
+            consumer.ack(first)
+            second = _next_message(consumer, timeout=10)
+            assert second.args == (1,)
+        finally:
+            stop_other.set()
+            thread.join()
+        consumer.close()
+    finally:
+        delete_topics(broker)
+        broker.close()
+
+
+def _next_message(consumer, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = next(consumer)
+        if message is not None:
+            return message
+    raise AssertionError(f"no message in {timeout} s")
+
+
 def test_a_consumer_left_without_partitions_says_why_and_what_to_do(monkeypatch, caplog):
     # Given a consumer of a group that has more members than its topic has partitions
     broker = KafkaBroker(middleware=[])

@@ -25,6 +25,10 @@ from .errors import KafkaConnectionError, MissingRight
 
 #: Time after which a silent consumer is dropped from its group, in milliseconds.
 DEFAULT_SESSION_TIMEOUT_MS = 10_000
+#: Time between two heartbeats of a consumer, in milliseconds.  A member learns that its group rebalances
+#: only from its next heartbeat, and the group waits for its slowest member, so every join or leave holds
+#: the whole group for up to this long: short, as a heartbeat costs next to nothing.
+DEFAULT_HEARTBEAT_INTERVAL_MS = 500
 #: Most time between two metadata refreshes of a consumer or the producer, in milliseconds: short, so that
 #: partitions added to a topic while it is in use are sent to and consumed within seconds (kafka-python's
 #: default, 5 minutes, left them idle that long).  Each refresh asks for the client's own topics only (a
@@ -225,7 +229,7 @@ class KafkaClients:
                 "enable_auto_commit": False,
                 "auto_offset_reset": "earliest",
                 "session_timeout_ms": DEFAULT_SESSION_TIMEOUT_MS,
-                "heartbeat_interval_ms": DEFAULT_SESSION_TIMEOUT_MS // 4,
+                "heartbeat_interval_ms": DEFAULT_HEARTBEAT_INTERVAL_MS,
                 **self.consumer_options,
                 **specific,
             },

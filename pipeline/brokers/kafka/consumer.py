@@ -17,7 +17,12 @@ from dramatiq.errors import DecodeError
 from dramatiq.logging import get_logger
 from dramatiq.message import Message
 from kafka import TopicPartition
-from kafka.errors import CommitFailedError, GroupAuthorizationFailedError, KafkaError
+from kafka.errors import (
+    CommitFailedError,
+    GroupAuthorizationFailedError,
+    KafkaError,
+    RebalanceInProgressError,
+)
 from kafka.structs import OffsetAndMetadata
 
 from . import compat
@@ -100,7 +105,6 @@ class _KafkaConsumer(Consumer):
         self.buffer: deque[_KafkaMessageProxy] = deque()
         self.epoch = 0
         self.dirty = False
-        self.paused = False
         self._acks: SimpleQueue[tuple[TopicPartition, int, int]] = SimpleQueue()
         self._acked_event = threading.Event()
         self._redeliver = False
@@ -343,19 +347,24 @@ class _KafkaConsumer(Consumer):
         try:
             # Bounded: during a Kafka outage the consumer thread must give up and let the worker restart it.
             self.kafka.commit(offsets=offsets, timeout_ms=self.broker.send_timeout_ms)
-        except CommitFailedError as e:
+        except (CommitFailedError, RebalanceInProgressError) as e:
+            # (kafka-python raises the second itself, without asking Kafka, while this member rejoins:
+            # the commit waits for the next call rather than tearing the consumer down)
             self.dirty = True
             self.logger.warning("Commit on %s failed (a rebalance is under way): %s", self.topic, e)
             return
         self._last_commit = time.monotonic()
         self.committed(offsets)
 
+    # Which partitions are paused is asked of kafka-python each time, never remembered here: a rebalance
+    # keeps the paused flag of every partition that stays assigned and gives new ones none, so a flag of our
+    # own went stale, and a consumer paused at a rebalance could sit on its kept partitions for good.
     def _pause(self) -> None:
-        if not self.paused:
-            self.kafka.pause(*self.kafka.assignment())
-            self.paused = True
+        unpaused = self.kafka.assignment() - self.kafka.paused()
+        if unpaused:
+            self.kafka.pause(*unpaused)
 
     def _resume(self) -> None:
-        if self.paused:
-            self.kafka.resume(*self.kafka.paused())
-            self.paused = False
+        paused = self.kafka.paused()
+        if paused:
+            self.kafka.resume(*paused)

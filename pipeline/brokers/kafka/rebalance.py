@@ -63,7 +63,6 @@ class _RebalanceListener(AsyncConsumerRebalanceListener):
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         consumer = self.consumer
         assigned = list(assigned)
-        consumer.paused = False  # new partitions start fetching; the consumer pauses the whole assignment
         commits = await compat.committed_offsets(consumer.kafka, assigned)
         for tp in assigned:
             committed = commits.get(tp)
