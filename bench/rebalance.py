@@ -1,6 +1,6 @@
 """How long a consumer stops fetching while a second one joins its group: eager against cooperative.
 
-    python -m bench.rebalance [--rounds 2]
+    python -m bench.rebalance [--rounds 2] [--heartbeats 2500,500]
 
 A producer writes a record every 2 ms to a 6-partition topic; consumer A (kafka-python, as our broker's
 consumers are) reads it alone, then consumer B joins the group.  Reported: A's longest pause between two
@@ -23,10 +23,14 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.coordinator.assignors.range import RangePartitionAssignor
 
+from pipeline.brokers.kafka.clients import DEFAULT_HEARTBEAT_INTERVAL_MS
+
 SERVERS = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
+#: The broker's consumers' heartbeat interval (``clients.DEFAULT_HEARTBEAT_INTERVAL_MS``), in milliseconds.
+HEARTBEAT_MS = DEFAULT_HEARTBEAT_INTERVAL_MS
 
 
-def longest_pause(assignor: Any) -> float:
+def longest_pause(assignor: Any, heartbeat_ms: int = HEARTBEAT_MS) -> float:
     """A's longest pause, in seconds, while B joins a group that uses ``assignor``."""
     topic = f"bench-rebalance-{uuid.uuid4().hex[:6]}"
     admin = KafkaAdminClient(bootstrap_servers=SERVERS)
@@ -49,6 +53,8 @@ def longest_pause(assignor: Any) -> float:
             auto_offset_reset="latest",
             enable_auto_commit=False,
             partition_assignment_strategy=(assignor,),
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=heartbeat_ms,
         )
         started.set()
         while not stop.is_set():
@@ -80,16 +86,18 @@ def longest_pause(assignor: Any) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--heartbeats", default=f"2500,{HEARTBEAT_MS}", help="heartbeat intervals to compare, in ms"
+    )
     args = parser.parse_args()
     for _ in range(args.rounds):
-        for name, assignor in (
-            ("eager (range)", RangePartitionAssignor),
-            ("cooperative", CooperativeStickyAssignor),
-        ):
-            print(
-                f"{name:14} A's longest pause while B joins: {longest_pause(assignor) * 1000:7.0f} ms",
-                flush=True,
-            )
+        for heartbeat in (int(ms) for ms in args.heartbeats.split(",")):
+            for name, assignor in (
+                ("eager (range)", RangePartitionAssignor),
+                ("cooperative", CooperativeStickyAssignor),
+            ):
+                pause = longest_pause(assignor, heartbeat) * 1000
+                print(f"{name:14} heartbeat {heartbeat:5} ms: A's longest pause while B joins {pause:7.0f} ms")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python -m bench.scaleout                       # the curve (1, 2, 4, 6, 8 hosts) and the events
     python -m bench.scaleout --only curve --hosts 1,2,4 --rows 20000
     python -m bench.scaleout --only events --rounds 5
+    python -m bench.scaleout --only soak --soak-minutes 10 --soak-hosts 4
 
 A *host* is the Procfile's worker line run with one process (``dramatiq pipeline --processes 1``, so one
 group member per host) in a CPU cgroup of its own capped at ``--cap`` of a core (``tests.livestack.CpuCap``,
@@ -22,6 +23,10 @@ The cap of the speed-up that a consumer group allows is ``P / ceil(P / N)`` for 
 the oldest host leaves by SIGTERM, 12 s later another is SIGKILLed (then the round restores two hosts).
 For each event: the longest stretch in which no host stored anything (distinct ``users.created_at``, one
 per storing transaction) in the 8 s before the event, and in the ``--after`` seconds from it.
+
+**Soak** (``--only soak``): single posts at ``--rate`` for ``--soak-minutes`` on ``--soak-hosts`` hosts; the
+resident memory, threads and open file descriptors of the web and of each worker process every 10 s, the
+backlog (posts due but not stored), and at the end whether every accepted post was stored once.
 
 Figures go to ``bench/results/scaleout-<time>.json`` and the curve to a PNG beside it
 (``--plot docs/scaleout.png`` writes it there).
@@ -66,6 +71,8 @@ SETTLE_QUIET_S = 3.0
 EVENT_SPACING_S = 12.0
 #: Seconds before an event whose longest stretch is its baseline.
 BEFORE_S = 8.0
+#: Seconds between two samples of the soak.
+SOAK_SAMPLE_S = 10.0
 
 
 @dataclass
@@ -359,8 +366,10 @@ def events(run: Run) -> list[dict[str, Any]]:
         remove_host(run, run.hosts[0], signal.SIGKILL)
         time.sleep(opts.after + 2)
         times = store_times(run, marks["join"] - BEFORE_S - 5)
-        spans = {"join": opts.after, "leave": opts.after, "kill": opts.after}
-        result: dict[str, Any] = {"round": number}
+        # A join's and a leave's window ends where the next event starts; a crash's runs the session
+        # timeout out, and the takeover after it.
+        spans = {"join": EVENT_SPACING_S, "leave": EVENT_SPACING_S, "kill": opts.after}
+        result: dict[str, Any] = {"round": number, "marks": marks, "stores": times}
         for event, at in marks.items():
             result[f"{event}_before"] = longest_stretch(times, at - BEFORE_S, at)
             result[f"{event}_after"] = longest_stretch(times, at, min(at + spans[event], time.time()))
@@ -394,6 +403,125 @@ def summarize_events(rounds: list[dict[str, Any]]) -> dict[str, dict[str, float]
             "added_max": max(r[f"{event}_after"] - r[f"{event}_before"] for r in rounds),
         }
     return out
+
+
+# -- soak ------------------------------------------------------------------------------------------------
+def _proc_figures(pid: int) -> dict[str, int]:
+    """Resident memory (KiB), threads and open file descriptors of a process."""
+    status = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
+    )
+    return {
+        "rss_kib": int(status["VmRSS"].split()[0]),
+        "threads": int(status["Threads"]),
+        "fds": len(os.listdir(f"/proc/{pid}/fd")),
+    }
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _worker_process(host: Host) -> int:
+    """The pid of the host's Dramatiq worker process (the main process forks it; ``exec`` kept the pid)."""
+    forked = _children(host.process.pid)
+    return forked[0] if forked else host.process.pid
+
+
+def soak(run: Run) -> dict[str, Any]:
+    """Single posts at ``--rate`` for ``--soak-minutes`` on ``--soak-hosts`` hosts: memory, threads, file
+    descriptors of the web and each worker process, and the backlog, every ``SOAK_SAMPLE_S`` seconds."""
+    import threading
+
+    opts = run.options
+    while len(run.hosts) < opts.soak_hosts:
+        add_host(run)
+    settle(run)
+    warm_id, _ = post_batch(run, 1000, f"{run.tag}sw")
+    wait_batch(run, warm_id, 1000)
+    assert run.stack.web is not None
+    processes = {"web": run.stack.web.pid} | {h.name: _worker_process(h) for h in run.hosts}
+    tag = f"{run.tag}k"
+    count = round(opts.rate * opts.soak_minutes * 60)
+    result: dict[str, Any] = {}
+    load = threading.Thread(
+        target=lambda: result.update(load=open_loop(run.stack.url, data.json_bodies(tag, count), rate=opts.rate))
+    )
+    samples: list[dict[str, Any]] = []
+    started = time.monotonic()
+    load.start()
+    pattern = f"% Bench{tag}n%"
+    while load.is_alive():
+        sample: dict[str, Any] = {"t": round(time.monotonic() - started, 1)}
+        for name, pid in processes.items():
+            sample[name] = _proc_figures(pid)
+        stored = _scalar(run, "SELECT count(*) FROM users WHERE name LIKE %s", pattern)
+        due = min(count, int((time.monotonic() - started) * opts.rate))
+        sample["backlog"] = max(0, due - stored)
+        samples.append(sample)
+        _say(
+            f"soak {sample['t']:.0f} s: backlog {sample['backlog']}; web {sample['web']['rss_kib'] // 1024} MiB; "
+            + " ".join(f"{h.name} {sample[h.name]['rss_kib'] // 1024} MiB" for h in run.hosts)
+        )
+        time.sleep(SOAK_SAMPLE_S)
+    load.join()
+    accepted = result["load"].accepted
+    deadline = time.monotonic() + COMMIT_TIMEOUT_S
+    while _scalar(run, "SELECT count(*) FROM users WHERE name LIKE %s", pattern) < accepted:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    statuses = dict(
+        run.stack.sql(
+            "SELECT s.status, count(*) FROM submissions s JOIN users u ON u.id = s.user_id "
+            "WHERE u.name LIKE %s GROUP BY 1",
+            pattern,
+        )
+    )
+    stored = _scalar(run, "SELECT count(*) FROM users WHERE name LIKE %s", pattern)
+    warm = [x for x in samples if x["t"] >= opts.soak_warmup_s] or samples
+    growth = {}
+    for name in processes:
+        first, last = warm[0][name], warm[-1][name]
+        growth[name] = {
+            "rss_mib": (round(first["rss_kib"] / 1024, 1), round(last["rss_kib"] / 1024, 1)),
+            "rss_growth": round(last["rss_kib"] / first["rss_kib"] - 1, 3),
+            "threads": (min(x[name]["threads"] for x in warm), max(x[name]["threads"] for x in warm)),
+            "fds": (min(x[name]["fds"] for x in warm), max(x[name]["fds"] for x in warm)),
+        }
+    return {
+        "sent": result["load"].sent,
+        "accepted": accepted,
+        "errors": dict(result["load"].errors),
+        "stored": stored,
+        "lost": accepted - stored,
+        "statuses": statuses,
+        "backlog_max": max(x["backlog"] for x in warm),
+        "growth": growth,
+        "samples": samples,
+    }
+
+
+def render_soak(soak_result: dict[str, Any], options: argparse.Namespace) -> str:
+    lines = [
+        f"{options.soak_minutes:g} min at {options.rate:g} posts/s on {options.soak_hosts} hosts: "
+        f"{soak_result['accepted']:,} accepted, {soak_result['stored']:,} stored, lost {soak_result['lost']}, "
+        f"outcomes {soak_result['statuses']}, errors {soak_result['errors']}, largest backlog "
+        f"{soak_result['backlog_max']} posts",
+        "",
+        f"| process | RSS after {options.soak_warmup_s:g} s -> at the end | growth | threads (min-max) "
+        "| open fds (min-max) |",
+        "|---|---|---:|---|---|",
+    ]
+    for name, g in soak_result["growth"].items():
+        lines.append(
+            f"| {name} | {g['rss_mib'][0]} -> {g['rss_mib'][1]} MiB | {g['rss_growth']:+.1%} | "
+            f"{g['threads'][0]}-{g['threads'][1]} | {g['fds'][0]}-{g['fds'][1]} |"
+        )
+    return "\n".join(lines)
 
 
 # -- report ----------------------------------------------------------------------------------------------
@@ -481,8 +609,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of single posts (10)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of join/leave/kill (5)")
     parser.add_argument("--event-rows", type=int, default=100_000, help="rows of each event round's batch")
-    parser.add_argument("--after", type=float, default=14.0, help="seconds measured after an event (14)")
-    parser.add_argument("--only", default="curve,events", help="curve, events or both")
+    parser.add_argument("--after", type=float, default=14.0, help="seconds measured after a crash (14)")
+    parser.add_argument("--soak-minutes", type=float, default=10.0, help="length of the soak (10)")
+    parser.add_argument("--soak-hosts", type=int, default=4, help="hosts during the soak (4)")
+    parser.add_argument("--soak-warmup-s", type=float, default=60.0, help="soak seconds before the baseline")
+    parser.add_argument("--only", default="curve,events", help="curve, events, soak (comma-separated)")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for web and hosts")
     parser.add_argument("--plot", type=Path, help="also write the curve's PNG here")
     options = parser.parse_args(argv)
@@ -530,6 +661,9 @@ def main(argv: list[str] | None = None) -> int:
             results["events"] = events(run)
             results["events_summary"] = summarize_events(results["events"])
             print(render_events(results["events_summary"], options.rounds), flush=True)
+        if "soak" in options.only:
+            results["soak"] = soak(run)
+            print(render_soak(results["soak"], options), flush=True)
         moves = rebalances(stack.topic_prefix)
         results["rebalances"] = moves
         if moves:
