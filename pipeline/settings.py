@@ -91,6 +91,27 @@ def _kafka_options(env: Mapping[str, str]) -> dict[str, Any]:
     return options
 
 
+#: Heroku's one-off and scheduled dynos (``run.4711``): numbered anew each time, so not names that last.
+_ONE_OFF_DYNOS = {"run", "scheduler", "release"}
+
+
+def _group_instance_id(env: Mapping[str, str]) -> str:
+    """The stable name of this worker host for static group membership, or "" for dynamic membership.
+
+    ``KAFKA_GROUP_INSTANCE_ID`` when set; else, when ``KAFKA_STATIC_MEMBERSHIP`` is true, Heroku's dyno
+    name (``DYNO``, e.g. ``worker.1``: the same across restarts of that dyno).  ``KAFKA_STATIC_MEMBERSHIP``
+    false turns static membership off whatever is set.  A container's hostname is never used: it is new
+    at each start, and a name that changes brings nothing but partitions left idle.
+    """
+    explicit = env.get("KAFKA_GROUP_INSTANCE_ID", "").strip()
+    if not _bool("KAFKA_STATIC_MEMBERSHIP", bool(explicit)):
+        return ""
+    if explicit:
+        return explicit
+    kind, _, number = env.get("DYNO", "").partition(".")
+    return f"{kind}.{number}" if kind and number.isdigit() and kind not in _ONE_OFF_DYNOS else ""
+
+
 def _database_url(env: Mapping[str, str]) -> str:
     url = env.get("DATABASE_URL") or "postgresql://bup@127.0.0.1:55432/bup"
     # Heroku hands out postgres://, which some drivers refuse; peewee's playhouse accepts both.
@@ -136,6 +157,14 @@ KAFKA_BOOTSTRAP_SERVERS = _kafka_servers(_ENV)
 KAFKA_TOPIC_PREFIX = _str("KAFKA_TOPIC_PREFIX", _str("KAFKA_PREFIX", ""))
 #: Consumer group the workers join (prefixed like topics); one group serves every queue.
 KAFKA_GROUP_ID = _str("KAFKA_GROUP_ID", "bup-workers")
+#: The stable name of this worker host, for static group membership (empty: dynamic membership): a worker
+#: restarted within the session timeout (10 s) gets its partitions back with no rebalance, but one stopped
+#: for good leaves its partitions idle that long.  Set, or on Heroku the dyno name when
+#: ``KAFKA_STATIC_MEMBERSHIP`` is true.  That defaults to whether ``KAFKA_GROUP_INSTANCE_ID`` is set: a
+#: graceful restart of a dynamic member costs two rebalances of hundredths of a second, while a Heroku
+#: dyno's restart may outlast the 10 s and every scale-in would stall (docs/operating.md, "Restarts and
+#: static membership").
+KAFKA_GROUP_INSTANCE_ID = _group_instance_id(_ENV)
 #: Client id reported to Kafka.
 KAFKA_CLIENT_ID = _str("KAFKA_CLIENT_ID", "batch-user-processing")
 #: Whether the app creates the topics it needs.  False when the Kafka service's operator makes them (Heroku's

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import time
 
 import pytest
@@ -12,11 +13,23 @@ from kafka import KafkaConsumer, KafkaProducer
 from pipeline.brokers.kafka import compat
 
 #: Private names that are instance attributes, found on a client made against the real Kafka instead.
-_INSTANCE_ATTRIBUTES = {"_coordinator", "_cluster", "_metadata", "rejoining", "rejoin_needed", "config"}
+_INSTANCE_ATTRIBUTES = {
+    "_coordinator",
+    "_cluster",
+    "_metadata",
+    "rejoining",
+    "rejoin_needed",
+    "config",
+    "_heartbeat_enabled",
+}
+#: Private names that are a function's parameters, read from the frame of a running call.
+_PARAMETERS = {"worker_id"}
 
 
 def _resolve(path: str):
     module_name, _, name = path.rpartition(".")
+    if not module_name:
+        return importlib.import_module(path)
     try:
         return getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError):
@@ -27,6 +40,12 @@ def _resolve(path: str):
 def test_each_private_name_compat_uses_still_exists(owner, attribute, kafka_bootstrap_servers):
     # Given the class or module compat reaches into
     target = _resolve(owner)
+    if attribute in _PARAMETERS:
+        # Then the function still takes it
+        assert attribute in inspect.signature(target).parameters, (
+            f"{owner} takes no {attribute} any more: mend pipeline/brokers/kafka/compat.py"
+        )
+        return
     if attribute not in _INSTANCE_ATTRIBUTES:
         # Then it still has the name
         assert hasattr(target, attribute), (
@@ -101,3 +120,66 @@ def test_known_partitions_come_from_the_subscriptions_own_metadata(kafka_bootstr
         assert consumer._cluster.topics() == {topic}
     finally:
         consumer.close()
+
+
+def test_the_worker_process_index_is_the_one_dramatiqs_command_line_gave_the_process():
+    # Given a call of a function as Dramatiq's command line makes it, on the main thread
+    # (dramatiq.cli.worker_process(args, worker_id, ...) itself needs a whole worker process)
+    namespace = {"__name__": "dramatiq.cli", "probe": compat.worker_process_index}
+    exec("def worker_process(args, worker_id):\n    return probe()\n", namespace)
+    # Then inside it the index is known, and outside it (this test process) it is not
+    assert namespace["worker_process"](None, 3) == 3
+    assert compat.worker_process_index() is None
+    # ...and the real function still takes the index where compat looks for it
+    from dramatiq import cli
+
+    assert list(inspect.signature(cli.worker_process).parameters)[:2] == ["args", "worker_id"]
+
+
+def test_a_static_member_another_member_took_the_place_of_is_seen_as_fenced(
+    kafka_bootstrap_servers, kafka_broker
+):
+    # Given a topic and a static member of a group, with frequent heartbeats
+    kafka_broker.declare_queue("compat-fenced")
+    kafka_broker.ensure_topics("compat-fenced")
+    topic = kafka_broker.topic_for("compat-fenced")
+    group = f"{kafka_broker.topic_prefix}compat-fenced"
+    options = {
+        "bootstrap_servers": kafka_bootstrap_servers,
+        "group_id": group,
+        "group_instance_id": "host-p0",
+        "heartbeat_interval_ms": 300,
+        "session_timeout_ms": 10_000,
+    }
+    first = KafkaConsumer(**options)
+    second = KafkaConsumer(**options)
+    try:
+        for consumer in (first, second):
+            # (as the broker's consumer does: a leader that joins before it knows the topic's partitions
+            # assigns none)
+            consumer.partitions_for_topic(topic)
+            consumer.subscribe([topic])
+        _poll_until(first, lambda: bool(first.assignment()))
+        assert compat.fenced(first) is False
+        # When a second member joins with the same group_instance_id
+        _poll_until(second, lambda: bool(second.assignment()))
+        # Then the first learns from its next heartbeat that it was put out, and compat says so (while
+        # kafka-python itself goes on as if nothing happened)...
+        deadline = time.monotonic() + 10
+        while not compat.fenced(first) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert compat.fenced(first) is True
+        assert first.assignment()
+        # ...and it does not say so of the one that took its place
+        assert compat.fenced(second) is False
+    finally:
+        first.close(autocommit=False)
+        second.close(autocommit=False)
+
+
+def _poll_until(consumer, condition, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the consumer did not join its group in time"
+        # (long enough for a join to end inside it: kafka-python drops a join that outlasts its poll)
+        consumer.poll(timeout_ms=1000)

@@ -16,7 +16,7 @@ from dramatiq.errors import QueueJoinTimeout, QueueNotFound
 from dramatiq.message import Message
 from kafka.errors import KafkaError, MessageSizeTooLargeError, UnknownError
 
-from . import topics
+from . import compat, topics
 from .admin import KafkaAdmin
 from .clients import KafkaClients
 from .consumer import _KafkaConsumer
@@ -55,6 +55,14 @@ class KafkaBroker(Broker):
       middleware(list[Middleware]): The middleware to add to this broker (Dramatiq's defaults when None).
       topic_prefix(str): Put in front of every topic and consumer group name.
       group_id(str): Base name of the consumer groups; one group per topic is derived from it.
+      group_instance_id(str | None): The stable name of this worker host, for static group membership
+        (KIP-345): each consumer joins its group as ``<topic_prefix><group_instance_id>-p<process index>``
+        (the index Dramatiq's command line gave the worker process), so that a worker restarted within
+        the session timeout (10 s) gets its partitions back without a rebalance of the group; but a
+        static member never leaves its group, so the partitions of one stopped for good wait that long.
+        Each host needs a name of its own: a member that another takes the place of goes on as a dynamic
+        member, with a critical log.  None (or outside a worker process started by Dramatiq's command
+        line): dynamic members, which leave their group when they stop.
       client_id(str): Reported to Kafka by every client.
       create_topics(bool): Whether to create the topics a queue needs.  Off, or when Kafka refuses for want
         of rights (a managed Kafka whose operator makes the topics), the topics must exist: a missing one
@@ -95,6 +103,7 @@ class KafkaBroker(Broker):
         middleware: list[dramatiq.Middleware] | None = None,
         topic_prefix: str = "",
         group_id: str = "dramatiq",
+        group_instance_id: str | None = None,
         client_id: str = "dramatiq",
         create_topics: bool = True,
         partitions: int = DEFAULT_PARTITIONS,
@@ -123,6 +132,8 @@ class KafkaBroker(Broker):
         self.queues: set[str] = set()
         self.topic_prefix = topic_prefix
         self.group_id = group_id
+        self.group_instance_id = group_instance_id or None
+        self._process_index: int | None = None
         self.create_topics = create_topics
         self.partitions = partitions
         self.replication_factor = replication_factor
@@ -163,6 +174,26 @@ class KafkaBroker(Broker):
         """The consumer group that consumes ``queue_name``: ``<topic_prefix><group_id>.<queue_name>``, prefix
         included, as managed services' tenants need (Heroku: ``heroku kafka:consumer-groups:create``)."""
         return f"{self.topic_prefix}{self.group_id}.{queue_name}"
+
+    def member_instance_id(self) -> str | None:
+        """The ``group_instance_id`` this process's consumers join their groups with, or None for dynamic
+        members: ``<topic_prefix><group_instance_id>-p<process index>``, one name per worker process of a
+        host.  Each queue has a group of its own, so the name need not say which queue."""
+        if self.group_instance_id is None:
+            return None
+        if self._process_index is None:
+            self._process_index = compat.worker_process_index()
+            if self._process_index is None:
+                # Without the index, two processes of the host could take the same name and fence each
+                # other out of the group: dynamic members are safe.
+                self.logger.warning(
+                    "group_instance_id %r ignored: this is not a worker process of Dramatiq's command line, "
+                    "whose index tells a host's processes apart; the consumers join as dynamic members.",
+                    self.group_instance_id,
+                )
+                self.group_instance_id = None
+                return None
+        return f"{self.topic_prefix}{self.group_instance_id}-p{self._process_index}"
 
     def close(self) -> None:
         """Close the producer (after delivering what it holds) and the admin client."""

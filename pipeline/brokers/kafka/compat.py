@@ -7,6 +7,8 @@ then read the new version and mend the function here, nowhere else.
 
 from __future__ import annotations
 
+import sys
+import threading
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
@@ -23,6 +25,10 @@ PRIVATE_NAMES = (
     ("kafka.KafkaProducer", "_metadata"),  # an instance attribute, set in __init__
     ("kafka.cluster.ClusterMetadata", "config"),  # an instance attribute, set in __init__
     ("dramatiq.middleware.prometheus", "_run_exposition_server"),
+    ("kafka.coordinator.base.BaseCoordinator", "_heartbeat_enabled"),  # an instance attribute
+    # A parameter, read from the running call's frame (the function itself is public).
+    ("dramatiq.cli.worker_process", "worker_id"),
+    ("sys", "_current_frames"),  # CPython's, documented in the sys module
 )
 
 
@@ -84,6 +90,44 @@ def rebalance_under_way(consumer: KafkaConsumer) -> bool:
     if rejoining:
         coordinator.rejoin_needed = True
     return rejoining or bool(getattr(coordinator, "rejoin_needed", False))
+
+
+def fenced(consumer: KafkaConsumer) -> bool:
+    """Whether another member with the consumer's ``group_instance_id`` has taken its place in the group.
+
+    kafka-python 3.0.12 learns it from a heartbeat's FencedInstanceIdError, which it logs and answers by
+    stopping the heartbeats, and nothing else: the consumer believes itself a stable member and goes on
+    fetching the partitions that are now the other member's.  A stable member (not rejoining) whose
+    heartbeats are off is in that state and no other; a commit or a join of such a member raises
+    FencedInstanceIdError, which the caller takes the same way.  Call it from the consumer's own thread,
+    outside ``poll`` (a join, which also turns the heartbeats off, starts only inside ``poll``).
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is None or coordinator.group_instance_id is None:
+        return False
+    heartbeating = bool(getattr(coordinator, "_heartbeat_enabled", True))
+    return bool(coordinator.stable()) and not coordinator.rejoining and not heartbeating
+
+
+def worker_process_index() -> int | None:
+    """The index Dramatiq's command line gave this worker process (0 to ``--processes`` - 1), or None when
+    this process is not one of its worker processes.
+
+    Dramatiq 2.2.1 hands the index to ``dramatiq.cli.worker_process(args, worker_id, ...)`` only, which uses
+    it to name the process's logger; that call runs on the process's main thread for the process's whole
+    life (it builds the broker, starts the worker, then waits for SIGTERM), so the index is read from its
+    frame, from any thread.  The process's position among its siblings (``multiprocessing``'s private
+    ``_identity``) would also tell it, but only as long as Dramatiq starts no other process first.
+    """
+    main = threading.main_thread().ident
+    frame = sys._current_frames().get(main) if main is not None else None
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "worker_process" and frame.f_globals.get("__name__") == "dramatiq.cli":
+            index = frame.f_locals.get("worker_id")
+            return index if isinstance(index, int) else None
+        frame = frame.f_back
+    return None
 
 
 def run_prometheus_exporter() -> Any:

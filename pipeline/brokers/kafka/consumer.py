@@ -19,6 +19,7 @@ from dramatiq.message import Message
 from kafka import TopicPartition
 from kafka.errors import (
     CommitFailedError,
+    FencedInstanceIdError,
     GroupAuthorizationFailedError,
     KafkaError,
     RebalanceInProgressError,
@@ -54,6 +55,9 @@ EXIT_CONSUMER_STUCK = 3
 
 #: Consumers of each group in this process that gave up rejoining since one of them last settled.
 _rejoin_failures: dict[str, int] = {}
+#: The groups in which another member took this process's ``group_instance_id``: their consumers in this
+#: process join as dynamic members from then on, so that the two never take the name back and forth.
+_fenced_groups: set[str] = set()
 
 
 class _KafkaMessageProxy(MessageProxy):
@@ -111,14 +115,19 @@ class _KafkaConsumer(Consumer):
         self._last_commit = time.monotonic()
         self._settled_at = time.monotonic()
         self.group = broker.group_for(queue_name)
+        self.instance_id = None if self.group in _fenced_groups else broker.member_instance_id()
         try:
             self.kafka = broker.clients.new_consumer(
-                group_id=self.group, max_poll_records=min(500, self.prefetch)
+                group_id=self.group,
+                group_instance_id=self.instance_id,
+                max_poll_records=min(500, self.prefetch),
             )
         except KafkaConnectionError:
             # Kafka is away: consumers that could not rejoin meanwhile were waiting for it, not stuck.
             _rejoin_failures.pop(self.group, None)
             raise
+        if self.instance_id is not None:
+            self.logger.info("Joining group %s as static member %s.", self.group, self.instance_id)
         compat.set_metadata_backoff(self.kafka, METADATA_BACKOFF_MS)
         self.listener = _RebalanceListener(self)
         self.kafka.subscribe([self.topic], listener=self.listener)
@@ -171,6 +180,8 @@ class _KafkaConsumer(Consumer):
                     raise KafkaConnectionError(
                         f"a message of {self.topic!r} could not be handed on to Kafka; it is fetched again"
                     )
+                if self.instance_id is not None and compat.fenced(self.kafka):
+                    self._fenced()
                 self.drain_acks()
                 if (
                     self.dirty
@@ -208,6 +219,8 @@ class _KafkaConsumer(Consumer):
                 f"the app may not use the consumer group {self.group!r} (READ on the group is missing); "
                 f"make it with the service's tools, on Heroku `heroku kafka:consumer-groups:create {group}`"
             ) from None
+        except FencedInstanceIdError:
+            self._fenced()
         except KafkaError as e:
             raise KafkaConnectionError(f"consuming {self.topic!r}: {e}") from None
 
@@ -244,6 +257,28 @@ class _KafkaConsumer(Consumer):
         self.logger.critical("%s; exiting (code %d) to be restarted.", reason, EXIT_CONSUMER_STUCK)
         logging.shutdown()  # (flush what is logged: os._exit skips it)
         os._exit(EXIT_CONSUMER_STUCK)
+
+    def _fenced(self) -> NoReturn:
+        """Make way for a dynamic consumer: another member joined the group with this consumer's
+        ``group_instance_id``, and Kafka put it in this one's place.
+
+        Joining again under the same name would put this process back in the other's place, and the other
+        would do the same: the two would take the partitions from each other for as long as both run, and a
+        process that exited instead would do it again at each restart its supervisor makes.  As a dynamic
+        member, this process goes on sharing the work and fences nobody; what it held un-acked is delivered
+        again to the partitions' owner.
+
+        Raises:
+          KafkaConnectionError: Always, so that the worker closes this consumer and makes a new one.
+        """
+        _fenced_groups.add(self.group)
+        self.logger.critical(
+            "Another worker uses group_instance_id %s in group %s and took this consumer's place: this "
+            "process goes on as a dynamic member of the group. Give each worker host a name of its own.",
+            self.instance_id,
+            self.group,
+        )
+        raise KafkaConnectionError(f"fenced in group {self.group!r} by another {self.instance_id!r}")
 
     # -- shared with the rebalance listener ----------------------------------------------------------------
     def drain_acks(self) -> None:

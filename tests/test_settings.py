@@ -1,0 +1,34 @@
+"""``pipeline/settings.py``: the values it derives from more than one variable."""
+
+from __future__ import annotations
+
+import pytest
+from test_deploy_files import load_settings
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, ""),
+        ({"KAFKA_GROUP_INSTANCE_ID": "worker-0"}, "worker-0"),
+        ({"KAFKA_GROUP_INSTANCE_ID": "worker-0", "KAFKA_STATIC_MEMBERSHIP": "false"}, ""),
+        # Heroku's dyno name only when asked for...
+        ({"DYNO": "worker.1"}, ""),
+        ({"DYNO": "worker.1", "KAFKA_STATIC_MEMBERSHIP": "true"}, "worker.1"),
+        ({"DYNO": "worker.1", "KAFKA_GROUP_INSTANCE_ID": "w1", "KAFKA_STATIC_MEMBERSHIP": "true"}, "w1"),
+        # ...and never a one-off dyno's, numbered anew each time
+        ({"DYNO": "run.4711", "KAFKA_STATIC_MEMBERSHIP": "true"}, ""),
+        ({"DYNO": "scheduler.2", "KAFKA_STATIC_MEMBERSHIP": "true"}, ""),
+        # (nothing to go by: dynamic, even when asked for static)
+        ({"KAFKA_STATIC_MEMBERSHIP": "true"}, ""),
+    ],
+)
+def test_the_group_instance_id_is_named_or_herokus_dyno_name_when_allowed(env, expected):
+    settings, _ = load_settings(env)
+    found = settings.KAFKA_GROUP_INSTANCE_ID
+    assert found == expected
+
+
+def test_a_static_membership_flag_that_is_not_a_boolean_is_refused():
+    with pytest.raises(ValueError, match="KAFKA_STATIC_MEMBERSHIP"):
+        load_settings({"KAFKA_STATIC_MEMBERSHIP": "maybe"})
