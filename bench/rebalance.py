@@ -97,7 +97,10 @@ def main() -> None:
                 ("cooperative", CooperativeStickyAssignor),
             ):
                 pause = longest_pause(assignor, heartbeat) * 1000
-                print(f"{name:14} heartbeat {heartbeat:5} ms: A's longest pause while B joins {pause:7.0f} ms")
+                print(
+                    f"{name:14} heartbeat {heartbeat:5} ms: A's longest pause while B joins {pause:7.0f} ms",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

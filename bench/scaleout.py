@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import itertools
 import json
 import math
 import os
@@ -180,9 +181,7 @@ def cpu_figures(run: Run, into: dict[str, Any]) -> Iterator[None]:
     busy1, total1 = _machine_ticks()
     into["machine_busy"] = (busy1 - busy0) / max(1, total1 - total0)
     into["host_cores"] = [round((h.cap.cpu_seconds() - u) / seconds, 3) for h, u in zip(hosts, used0)]
-    into["host_throttled_s"] = [
-        round(h.cap.throttled()[1] - t[1], 2) for h, t in zip(hosts, throttled0)
-    ]
+    into["host_throttled_s"] = [round(h.cap.throttled()[1] - t[1], 2) for h, t in zip(hosts, throttled0)]
 
 
 # -- database --------------------------------------------------------------------------------------------
@@ -229,7 +228,7 @@ def longest_stretch(times: list[float], start: float, end: float) -> float:
     inside = [t for t in times if start <= t <= end]
     after = [t for t in times if t > end]
     points = ([before[-1]] if before else [start]) + inside + ([after[0]] if after else [end])
-    return max((b - a for a, b in zip(points, points[1:])), default=end - start)
+    return max((b - a for a, b in itertools.pairwise(points)), default=end - start)
 
 
 # -- the group coordinator's own account ----------------------------------------------------------------
@@ -332,7 +331,8 @@ def curve(run: Run) -> list[dict[str, Any]]:
         point = measure_point(run, hosts)
         points.append(point)
         _say(
-            f"  {hosts} hosts: {point['rows_per_s']:.0f} rows/s; singles p50 {point['single_p50_s'] * 1000:.0f} "
+            f"  {hosts} hosts: {point['rows_per_s']:.0f} rows/s; "
+            f"singles p50 {point['single_p50_s'] * 1000:.0f} "
             f"ms p99 {point['single_p99_s'] * 1000:.0f} ms; machine {point['machine_busy']:.0%} busy; "
             f"hosts {point['host_cores']} cores, throttled {point['host_throttled_s']} s"
         )
@@ -385,7 +385,12 @@ def events(run: Run) -> list[dict[str, Any]]:
         while len(run.hosts) < 2:
             add_host(run)
         wait_batch(run, batch_id, opts.event_rows)
-        left = _scalar(run, "SELECT count(*) FROM submissions WHERE batch_id = %s AND created_at > to_timestamp(%s)", batch_id, marks["kill"] + opts.after)
+        left = _scalar(
+            run,
+            "SELECT count(*) FROM submissions WHERE batch_id = %s AND created_at > to_timestamp(%s)",
+            batch_id,
+            marks["kill"] + opts.after,
+        )
         result["rows_after_window"] = left
     return rounds
 
@@ -448,7 +453,9 @@ def soak(run: Run) -> dict[str, Any]:
     count = round(opts.rate * opts.soak_minutes * 60)
     result: dict[str, Any] = {}
     load = threading.Thread(
-        target=lambda: result.update(load=open_loop(run.stack.url, data.json_bodies(tag, count), rate=opts.rate))
+        target=lambda: result.update(
+            load=open_loop(run.stack.url, data.json_bodies(tag, count), rate=opts.rate)
+        )
     )
     samples: list[dict[str, Any]] = []
     started = time.monotonic()
@@ -463,7 +470,8 @@ def soak(run: Run) -> dict[str, Any]:
         sample["backlog"] = max(0, due - stored)
         samples.append(sample)
         _say(
-            f"soak {sample['t']:.0f} s: backlog {sample['backlog']}; web {sample['web']['rss_kib'] // 1024} MiB; "
+            f"soak {sample['t']:.0f} s: backlog {sample['backlog']}; "
+            f"web {sample['web']['rss_kib'] // 1024} MiB; "
             + " ".join(f"{h.name} {sample[h.name]['rss_kib'] // 1024} MiB" for h in run.hosts)
         )
         time.sleep(SOAK_SAMPLE_S)
@@ -508,7 +516,8 @@ def soak(run: Run) -> dict[str, Any]:
 def render_soak(soak_result: dict[str, Any], options: argparse.Namespace) -> str:
     lines = [
         f"{options.soak_minutes:g} min at {options.rate:g} posts/s on {options.soak_hosts} hosts: "
-        f"{soak_result['accepted']:,} accepted, {soak_result['stored']:,} stored, lost {soak_result['lost']}, "
+        f"{soak_result['accepted']:,} accepted, {soak_result['stored']:,} stored, "
+        f"lost {soak_result['lost']}, "
         f"outcomes {soak_result['statuses']}, errors {soak_result['errors']}, largest backlog "
         f"{soak_result['backlog_max']} posts",
         "",
@@ -590,7 +599,8 @@ def plot(points: list[dict[str, Any]], path: Path, facts: str) -> None:
 def facts(options: argparse.Namespace) -> str:
     load = os.getloadavg()
     return (
-        f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, python {platform.python_version()}; hosts capped at "
+        f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, python {platform.python_version()}; "
+        f"hosts capped at "
         f"{options.cap:g} core, {options.threads} threads; {options.partitions} partitions; "
         f"BATCH_CHUNK_SIZE {options.chunk}; CSV {options.rows:,} rows; singles {options.rate:g}/s; "
         f"load before {load[0]:.2f}"
@@ -637,7 +647,9 @@ def main(argv: list[str] | None = None) -> int:
         "WORKER_PROCESSES": "1",
         **dict(pair.split("=", 1) for pair in options.env),
     }
-    stack = new_stack(",".join(settings.KAFKA_BOOTSTRAP_SERVERS), settings.DATABASE_URL, kind="scale", env=env)
+    stack = new_stack(
+        ",".join(settings.KAFKA_BOOTSTRAP_SERVERS), settings.DATABASE_URL, kind="scale", env=env
+    )
     run = Run(options=options, stack=stack, tag=uuid.uuid4().hex[:6])
     results: dict[str, Any] = {"facts": header, "options": {k: str(v) for k, v in vars(options).items()}}
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
@@ -668,7 +680,10 @@ def main(argv: list[str] | None = None) -> int:
         results["rebalances"] = moves
         if moves:
             slow = max(moves, key=lambda m: m["seconds"])
-            _say(f"{len(moves)} rebalances; the longest {slow['seconds']:.1f} s ({slow['group']}: {slow['reason']})")
+            _say(
+                f"{len(moves)} rebalances; the longest {slow['seconds']:.1f} s "
+                f"({slow['group']}: {slow['reason']})"
+            )
     finally:
         for host in list(run.hosts):
             remove_host(run, host, signal.SIGTERM)

@@ -12,7 +12,13 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from pipeline import cli_partitions
 from pipeline.__main__ import main
 from pipeline.brokers.kafka import KafkaBroker, PartitionGrowth
-from pipeline.brokers.kafka.clients import DEFAULT_METADATA_MAX_AGE_MS, KafkaClients
+from pipeline.brokers.kafka import clients as clients_module
+from pipeline.brokers.kafka.clients import (
+    DEFAULT_HEARTBEAT_INTERVAL_MS,
+    DEFAULT_METADATA_MAX_AGE_MS,
+    DEFAULT_SESSION_TIMEOUT_MS,
+    KafkaClients,
+)
 
 
 def _create_partitions_calls(broker: KafkaBroker, monkeypatch: pytest.MonkeyPatch) -> list[object]:
@@ -126,3 +132,29 @@ def test_consumers_and_the_producer_refresh_metadata_within_seconds_unless_the_o
         assert asked.options(client, {})["metadata_max_age_ms"] == 300_000, client
     # And the admin client, which asks afresh at each call, keeps kafka-python's default
     assert "metadata_max_age_ms" not in default.options(KafkaAdminClient, {})
+
+
+def test_a_consumers_session_timeout_and_heartbeat_come_from_the_client_options_when_set(monkeypatch):
+    # Given clients with default options, and clients whose common options (KAFKA_OPTIONS) set both
+    made: list[dict] = []
+
+    class _Recorder:
+        DEFAULT_CONFIG = KafkaConsumer.DEFAULT_CONFIG
+
+        def __init__(self, *topics, **options):
+            made.append(options)
+
+    monkeypatch.setattr(clients_module, "KafkaConsumer", _Recorder)
+    servers = {"bootstrap_servers": ["127.0.0.1:1"], "client_id": "t", "timeout_ms": 1000}
+    tuned = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 300, "enable_auto_commit": True}
+    # When each makes a consumer
+    KafkaClients(**servers).new_consumer(group_id="g")
+    KafkaClients(**servers, client_options=tuned).new_consumer(group_id="g")
+    # Then the defaults hold unless set, the settings win when set, and commits stay ours alone
+    default, asked = made
+    assert (default["session_timeout_ms"], default["heartbeat_interval_ms"]) == (
+        DEFAULT_SESSION_TIMEOUT_MS,
+        DEFAULT_HEARTBEAT_INTERVAL_MS,
+    )
+    assert (asked["session_timeout_ms"], asked["heartbeat_interval_ms"]) == (6000, 300)
+    assert default["enable_auto_commit"] is False and asked["enable_auto_commit"] is False

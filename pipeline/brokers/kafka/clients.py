@@ -228,12 +228,13 @@ class KafkaClients:
             {
                 "enable_auto_commit": False,
                 "auto_offset_reset": "earliest",
-                "session_timeout_ms": DEFAULT_SESSION_TIMEOUT_MS,
-                "heartbeat_interval_ms": DEFAULT_HEARTBEAT_INTERVAL_MS,
                 **self.consumer_options,
                 **specific,
             },
         )
+        # Tunables: the client options (``KAFKA_OPTIONS``) may set them.
+        options.setdefault("session_timeout_ms", DEFAULT_SESSION_TIMEOUT_MS)
+        options.setdefault("heartbeat_interval_ms", DEFAULT_HEARTBEAT_INTERVAL_MS)
         options.setdefault("reconnect_backoff_max_ms", CONSUMER_RECONNECT_BACKOFF_MAX_MS)
         try:
             return KafkaConsumer(*topics, **options)
