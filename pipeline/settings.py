@@ -171,8 +171,8 @@ KAFKA_CLIENT_ID = _str("KAFKA_CLIENT_ID", "batch-user-processing")
 #: multi-tenant plans): the topics are then looked up, and a missing one is named with how to make it.  Even
 #: when true, a Kafka that refuses for want of rights is taken the same way.
 KAFKA_CREATE_TOPICS = _bool("KAFKA_CREATE_TOPICS", True)
-#: Partitions of each topic the broker creates (existing topics are used as they are).
-KAFKA_PARTITIONS = _int("KAFKA_PARTITIONS", 6, minimum=1)
+#: Partitions of each topic the broker creates (existing topics are used as they are; docs/scaling.md).
+KAFKA_PARTITIONS = _int("KAFKA_PARTITIONS", 12, minimum=1)
 #: Replication factor of each topic the broker creates.
 KAFKA_REPLICATION_FACTOR = _int("KAFKA_REPLICATION_FACTOR", 1, minimum=1)
 #: ``min.insync.replicas`` of each topic the broker creates; 0 means 2 when the replication factor is 3 or

@@ -24,8 +24,9 @@ from .deadletters import failure_headers
 from .errors import KafkaConnectionError, MessageFailed, RecordTooLarge
 from .metrics import delivery_errors
 
-#: Partitions of each topic the broker creates.
-DEFAULT_PARTITIONS = 6
+#: Partitions of each topic the broker creates: a consumer group shares P partitions among N members
+#: evenly only when N divides P, and 12 divides among 1, 2, 3, 4, 6 and 12 worker processes.
+DEFAULT_PARTITIONS = 12
 #: Replication factor of each topic the broker creates.
 DEFAULT_REPLICATION_FACTOR = 1
 #: How long ``enqueue`` waits for Kafka's acknowledgement before it raises, in milliseconds: longer than a
