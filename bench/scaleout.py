@@ -596,6 +596,85 @@ def plot(points: list[dict[str, Any]], path: Path, facts: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def combine(paths: list[Path]) -> dict[int, list[dict[str, Any]]]:
+    """The curves of several runs (their JSON files), by partition count: for each N, the run whose rows/s
+    is the median of the runs' (so that one point's figures stay those of one run)."""
+    by_partitions: dict[int, list[list[dict[str, Any]]]] = {}
+    for path in paths:
+        result = json.loads(path.read_text())
+        if "curve" in result:
+            by_partitions.setdefault(int(result["options"]["partitions"]), []).append(result["curve"])
+    combined = {}
+    for partitions, curves in by_partitions.items():
+        points = []
+        for hosts in sorted({p["hosts"] for curve in curves for p in curve}):
+            runs = sorted(
+                (p for curve in curves for p in curve if p["hosts"] == hosts), key=lambda p: p["rows_per_s"]
+            )
+            points.append({**runs[len(runs) // 2], "runs": [round(p["rows_per_s"]) for p in runs]})
+        base = points[0]["rows_per_s"] / points[0]["cap"]
+        for point in points:
+            point["speedup"] = point["rows_per_s"] / base
+            point["of_cap"] = point["speedup"] / point["cap"]
+        combined[partitions] = points
+    return combined
+
+
+def plot_report(curves: dict[int, list[dict[str, Any]]], path: Path) -> None:
+    """One PNG of several partition counts' median curves: rows/s against the group's cap, and latency."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, lat) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for partitions, points in sorted(curves.items()):
+        hosts = [p["hosts"] for p in points]
+        line = ax.plot(hosts, [p["rows_per_s"] for p in points], "o-", label=f"{partitions} partitions")[0]
+        base = points[0]["rows_per_s"]
+        ax.plot(
+            hosts,
+            [base * p["cap"] for p in points],
+            "--",
+            color=line.get_color(),
+            alpha=0.5,
+            label="its cap, P / ceil(P / N) x 1 host",
+        )
+        lat.plot(
+            hosts, [p["single_p99_s"] * 1000 for p in points], "o-", label=f"p99, {partitions} partitions"
+        )
+        lat.plot(
+            hosts,
+            [p["single_p50_s"] * 1000 for p in points],
+            "o:",
+            color=lat.lines[-1].get_color(),
+            label=f"p50, {partitions} partitions",
+        )
+    busy = curves[max(curves)]
+    ax2 = ax.twinx()
+    ax2.plot(
+        [p["hosts"] for p in busy],
+        [p["machine_busy"] * 100 for p in busy],
+        "s:",
+        color="tab:red",
+        label=f"machine busy % ({max(curves)} partitions)",
+    )
+    ax2.set_ylim(0, 105)
+    ax2.set_ylabel("machine CPU busy, % of 2 cores")
+    ax2.legend(loc="lower right", fontsize=8)
+    ax.set_xlabel("worker hosts (one process each, capped at 0.2 core)")
+    ax.set_ylabel("CSV rows stored per second")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title("Throughput over hosts (median of the runs)")
+    lat.set_yscale("log")
+    lat.set_xlabel("worker hosts")
+    lat.set_ylabel("request -> row, ms (log)")
+    lat.set_title("Single posts at 50/s")
+    lat.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def facts(options: argparse.Namespace) -> str:
     load = os.getloadavg()
     return (
@@ -626,6 +705,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", default="curve,events", help="curve, events, soak (comma-separated)")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for web and hosts")
     parser.add_argument("--plot", type=Path, help="also write the curve's PNG here")
+    parser.add_argument(
+        "--report", type=Path, nargs="+", help="run nothing: the median curve of these runs' JSON files"
+    )
     options = parser.parse_args(argv)
     options.hosts = [int(n) for n in options.hosts.split(",")]
     options.only = set(options.only.split(","))
@@ -634,6 +716,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     options = parse(argv)
+    if options.report:
+        for partitions, points in sorted(combine(options.report).items()):
+            print(
+                f"P={partitions}, the median of {len(points[0]['runs'])} runs for each N (all runs' rows/s: "
+                + "; ".join(f"{p['hosts']}: {p['runs']}" for p in points)
+                + ")"
+            )
+            print(render_curve(points, partitions))
+        if options.plot:
+            plot_report(combine(options.report), options.plot)
+        return 0
     problem = cpu_caps_problem()
     if problem:
         print(f"bench.scaleout needs CPU caps: {problem}", file=sys.stderr)
