@@ -65,8 +65,8 @@ def test_a_three_node_kafka_loses_a_node_by_restart_then_by_crash_under_load_and
         assert {len(p["replica_nodes"]) for p in cluster.partitions(topic)} == {3}, topic
         assert cluster.topic_config(topic, "min.insync.replicas") == "2", topic
     # ...and a load of singles and batches under way
-    # (long enough to outlast both losses: about 70 s)
-    plan = Plan(uuid.uuid4().hex[:8], singles=3000, batches=12, batch_size=150)
+    # (long enough to outlast both losses and both returns, each node's start included: about 95 s)
+    plan = Plan(uuid.uuid4().hex[:8], singles=4200, batches=12, batch_size=150)
     load = Load(stack.url, plan, pace=0.08, figures=figures).start()
     load.wait_accepted(plan.submissions // 6)
 
