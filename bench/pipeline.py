@@ -62,7 +62,7 @@ from tests.livestack import Stack, create_database, delete_topics_with_prefix, d
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
-#: Targets of issue 13 (per-record cost): ours over the baseline, at least.
+#: The per-record cost targets: ours over the baseline, at least.
 SINGLE_TARGET = 0.2
 BATCH_TARGET = 0.3
 #: Seconds to wait for a phase's last outcome before giving up on it.

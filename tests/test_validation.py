@@ -206,7 +206,7 @@ def test_phone_numbers_that_are_not_e164_like_are_errors(phone):
 
 
 def test_other_address_fields_of_a_real_csv_are_kept_with_the_address_as_trimmed_strings():
-    # Given the address columns of an ordinary export (issue 13, item 5)
+    # Given the address columns of an ordinary export
     address = {"line1": "1 Main St", "city": "Paris", "zip": " 75001 ", "postalCode": "", "country": "FR"}
     # When
     user, errors = validate_record({"name": "Ada", "age": "1", "address": address}, source="csv")

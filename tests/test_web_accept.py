@@ -50,7 +50,7 @@ def test_a_posted_user_is_enqueued_as_is_and_answered_202_with_its_id(web_client
     assert body["status"] == "queued" and signer.verify(body["id"], SUBMISSION)
     assert response.headers["location"] == f"/api/submissions/{body['id']}"
     [message] = enqueued(web_broker)
-    # (the first stage of the worker's pipeline, piped into persist_users: issue 13, two trips not three)
+    # (the first stage of the worker's pipeline, piped into persist_users: two trips, not three)
     assert (message.queue_name, message.actor_name) == ("users", "validate_users")
     assert message.args == ([{"id": body["id"], "row": None, "data": user, "errors": []}], None, "json")
     assert message.options["pipe_target"]["actor_name"] == "persist_users"

@@ -62,7 +62,7 @@ DEFAULT_LINGER_MS = 5
 DEFAULT_MAX_RECORDS = 100
 #: Most bytes of request bodies in one message of single posts.  Kafka takes a record of at most 1 MiB
 #: (``max_request_size``) and a body may grow up to 3x when re-encoded (``\u`` escapes): a post larger than
-#: this travels alone, as before.
+#: this travels alone, in a message of its own.
 DEFAULT_MAX_GROUP_BYTES = 256 * 1024
 _SINGLE_FAILURE = "the queue cannot take the submission right now; retry later"
 _BATCH_FAILURE = (

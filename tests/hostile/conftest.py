@@ -27,7 +27,7 @@ from web_support import TEST_SETTINGS, make_client
 from pipeline.settings import WebSettings
 from web.ids import IdSigner, record_id
 
-#: Every status ``POST /api/user`` and ``POST /api/users`` may answer (issue 4; 503 only when Kafka fails).
+#: Every status ``POST /api/user`` and ``POST /api/users`` may answer (503 only when Kafka fails).
 DOCUMENTED_POST_STATUSES = frozenset({202, 400, 401, 413, 415, 422, 503})
 
 

@@ -136,7 +136,7 @@ class _KafkaConsumer(Consumer):
             # leader that joins without the topic's partitions assigns nothing until its next metadata
             # refresh, minutes later; one that joins before the answer for its new subscription has come
             # assigns them, but then takes the answer for a change and makes the group rebalance again,
-            # which held a fresh queue's first messages and retries meanwhile (issue 11).
+            # which held a fresh queue's first messages and retries meanwhile.
             deadline = time.monotonic() + METADATA_WAIT_S
             while compat.known_partitions(self.kafka, self.topic) is None:
                 if time.monotonic() > deadline:
@@ -322,7 +322,7 @@ class _KafkaConsumer(Consumer):
         else:
             # Let the join end inside this poll: kafka-python 3.0.12 drops a join that completes after the
             # poll awaiting it timed out and starts another, so a fresh queue's group rebalanced twice and
-            # held its first messages and retries meanwhile (issue 11).
+            # held its first messages and retries meanwhile.
             timeout_ms = max(timeout_ms, JOIN_POLL_MS)
             # A consumer that has not settled in this long is replaced: the worker restarts it, and what it
             # held un-acked is delivered again.  When its replacements cannot rejoin either, the process is
