@@ -12,12 +12,13 @@ WORKDIR /app
 # Dependencies first, in a layer of their own: a change to our code does not reinstall them. Empty packages
 # stand in for ours so that pip can read the project; the real code is installed below.
 COPY pyproject.toml README.md ./
-RUN mkdir pipeline web \
-    && touch pipeline/__init__.py web/__init__.py \
+RUN mkdir dramatiq_kafka_broker pipeline web \
+    && touch dramatiq_kafka_broker/__init__.py pipeline/__init__.py web/__init__.py \
     && pip install . \
     && pip uninstall -y batch-user-processing \
-    && rm -rf pipeline web build ./*.egg-info
+    && rm -rf dramatiq_kafka_broker pipeline web build ./*.egg-info
 
+COPY dramatiq_kafka_broker ./dramatiq_kafka_broker
 COPY pipeline ./pipeline
 COPY web ./web
 RUN pip install --no-deps . && rm -rf build ./*.egg-info

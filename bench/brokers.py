@@ -248,7 +248,7 @@ class Knobs:
     linger_ms: int | None = None  # producer
     prefetch: int | None = None  # the Worker's queue prefetch, which is also our consumer's max_poll_records
     commit_interval_ms: int | None = None
-    poll_slice_ms: int | None = None  # pipeline.brokers.kafka.consumer.POLL_SLICE_MS
+    poll_slice_ms: int | None = None  # dramatiq_kafka_broker.consumer.POLL_SLICE_MS
     pure_python_crc: bool = False  # kafka-python's own CRC-32C even when the crc32c package is installed
     confirm_delivery: bool | None = None  # False: enqueue does not wait for Kafka's ack
 
@@ -266,7 +266,7 @@ def scenario_ours(
     import kafka.record.util as kafka_record_util
 
     from pipeline.broker import build_broker
-    from pipeline.brokers.kafka import consumer as ours
+    from dramatiq_kafka_broker import consumer as ours
 
     knobs = knobs or Knobs()
     overrides: dict[str, Any] = {}

@@ -101,7 +101,7 @@ def measure(make_broker: Callable[[], dramatiq.Broker], rounds: int) -> dict[str
 
 
 def _kafka() -> dramatiq.Broker:
-    from pipeline.brokers.kafka import KafkaBroker
+    from dramatiq_kafka_broker import KafkaBroker
 
     return KafkaBroker(
         bootstrap_servers=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092"),

@@ -23,7 +23,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.coordinator.assignors.range import RangePartitionAssignor
 
-from pipeline.brokers.kafka.clients import DEFAULT_HEARTBEAT_INTERVAL_MS
+from dramatiq_kafka_broker.clients import DEFAULT_HEARTBEAT_INTERVAL_MS
 
 SERVERS = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
 #: The broker's consumers' heartbeat interval (``clients.DEFAULT_HEARTBEAT_INTERVAL_MS``), in milliseconds.

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from pipeline.broker import build_broker
-from pipeline.brokers.kafka import FailedMessage, KafkaBroker
+from dramatiq_kafka_broker import FailedMessage, KafkaBroker
 from pipeline.contract import QUEUE
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from dramatiq.errors import DramatiqError
 
 from pipeline.broker import build_broker
-from pipeline.brokers.kafka import KafkaBroker
+from dramatiq_kafka_broker import KafkaBroker
 from pipeline.contract import QUEUE
 
 #: Exit code when the partitions could not be shown or grown (refused, or Kafka unreachable).

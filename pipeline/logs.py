@@ -7,7 +7,7 @@ line (the line breaks of a message or a traceback become ``" | "``).
 * The web calls :func:`configure` when ``web.app`` is imported: its own lines and uvicorn's (errors and
   access lines) go to stdout in one format.
 * Dramatiq's worker processes log through a pipe to the ``dramatiq`` main process, which writes them out;
-  :func:`one_line` (called by the ``WorkerLogs`` middleware of ``pipeline.broker`` when a worker process
+  :func:`one_line` (called by the ``WorkerLogs`` middleware of ``pipeline.middleware`` when a worker process
   boots) keeps Dramatiq's handlers and format and only folds the lines.  The Procfile sends the main
   process's stderr to stdout.
 """

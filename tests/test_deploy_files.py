@@ -752,7 +752,7 @@ def test_the_wheel_of_the_copied_sources_keeps_the_operator_page_assets(tmp_path
     for name in copy_build_sources(tmp_path / "stub-all"):
         if "/" not in name:
             shutil.copy2(tmp_path / "stub-all" / name, stub / name)
-    for package in ("pipeline", "web"):
+    for package in ("dramatiq_kafka_broker", "pipeline", "web"):
         (stub / package).mkdir()
         (stub / package / "__init__.py").touch()
     _build_wheel(stub, tmp_path / "stub-wheel")

@@ -19,7 +19,7 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import prometheus
 
 from pipeline import settings
-from pipeline.broker import middleware as service_middleware
+from pipeline.middleware import middleware as service_middleware
 
 pytestmark = pytest.mark.postgres
 

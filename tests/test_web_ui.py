@@ -54,7 +54,7 @@ class _UnreachableAdmin:
     """The KafkaBroker's ``admin`` operations, failing as they do when Kafka is down."""
 
     def failed_count(self, queue_name: str) -> int:
-        from pipeline.brokers.kafka import KafkaConnectionError
+        from dramatiq_kafka_broker import KafkaConnectionError
 
         raise KafkaConnectionError("list_partition_offsets: NoBrokersAvailable")
 

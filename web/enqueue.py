@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 import dramatiq
 from dramatiq.errors import BrokerError
 
-from pipeline.brokers.kafka import KafkaSetupError
+from dramatiq_kafka_broker import KafkaSetupError
 from pipeline.contract import (
     PERSIST_USERS,
     QUEUE,

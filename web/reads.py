@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from pipeline.brokers.kafka import KafkaSetupError
+from dramatiq_kafka_broker import KafkaSetupError
 from pipeline.contract import OUTCOMES, REJECTED, Status
 from web.errors import DatabaseUnavailable, InvalidParameter, NotFound
 from web.ids import BATCH, parse_submission_id

@@ -11,7 +11,7 @@ import pytest
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import default_middleware
 
-from pipeline.brokers.kafka import KafkaBroker
+from dramatiq_kafka_broker import KafkaBroker
 
 
 def fast_middleware() -> list[dramatiq.Middleware]:

@@ -1,5 +1,5 @@
 """Fails loudly when an upgrade of kafka-python or Dramatiq removes a private name that
-``pipeline.brokers.kafka.compat`` uses: mend that module, nowhere else."""
+``dramatiq_kafka_broker.compat`` uses: mend that module, nowhere else."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
-from pipeline.brokers.kafka import compat
+from dramatiq_kafka_broker import compat
 
 #: Private names that are instance attributes, found on a client made against the real Kafka instead.
 _INSTANCE_ATTRIBUTES = {
@@ -43,13 +43,13 @@ def test_each_private_name_compat_uses_still_exists(owner, attribute, kafka_boot
     if attribute in _PARAMETERS:
         # Then the function still takes it
         assert attribute in inspect.signature(target).parameters, (
-            f"{owner} takes no {attribute} any more: mend pipeline/brokers/kafka/compat.py"
+            f"{owner} takes no {attribute} any more: mend dramatiq_kafka_broker/compat.py"
         )
         return
     if attribute not in _INSTANCE_ATTRIBUTES:
         # Then it still has the name
         assert hasattr(target, attribute), (
-            f"{owner}.{attribute} is gone: mend pipeline/brokers/kafka/compat.py"
+            f"{owner}.{attribute} is gone: mend dramatiq_kafka_broker/compat.py"
         )
         return
     # (an instance attribute: look on a live client)
@@ -63,7 +63,7 @@ def test_each_private_name_compat_uses_still_exists(owner, attribute, kafka_boot
             "kafka.cluster.ClusterMetadata": consumer._cluster,
         }
         assert hasattr(instances[owner], attribute), (
-            f"{owner}.{attribute} is gone: mend pipeline/brokers/kafka/compat.py"
+            f"{owner}.{attribute} is gone: mend dramatiq_kafka_broker/compat.py"
         )
     finally:
         consumer.close()

@@ -23,9 +23,9 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.structs import OffsetAndMetadata
 
-from pipeline.brokers.kafka import KafkaBroker
-from pipeline.brokers.kafka.clients import KafkaClients
-from pipeline.brokers.kafka.metrics import DELIVERY_ERRORS_METRIC
+from dramatiq_kafka_broker import KafkaBroker
+from dramatiq_kafka_broker.clients import KafkaClients
+from dramatiq_kafka_broker.metrics import DELIVERY_ERRORS_METRIC
 from tests.broker.conftest import delete_topics, make_kafka_broker
 from tests.livestack import spawn, stop, stop_all
 
@@ -530,7 +530,7 @@ class _FlakyAdmin:
 )
 def test_admin_calls_are_made_again_while_a_coordinator_or_leader_moves(monkeypatch, errors, calls, answers):
     # Given a broker whose admin client fails with these errors before it answers
-    monkeypatch.setattr("pipeline.brokers.kafka.clients.ADMIN_RETRY_BACKOFF_S", 0)
+    monkeypatch.setattr("dramatiq_kafka_broker.clients.ADMIN_RETRY_BACKOFF_S", 0)
     broker = KafkaBroker(middleware=[])
     flaky = _FlakyAdmin(list(errors))
     monkeypatch.setattr(KafkaClients, "admin", property(lambda self: flaky))

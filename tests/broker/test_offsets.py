@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.brokers.kafka.offsets import MAX_COMMIT_METADATA, PartitionState, decode_acked, encode_acked
+from dramatiq_kafka_broker.offsets import MAX_COMMIT_METADATA, PartitionState, decode_acked, encode_acked
 
 
 @pytest.mark.parametrize(

@@ -11,9 +11,9 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
 from pipeline import cli_partitions
 from pipeline.__main__ import main
-from pipeline.brokers.kafka import KafkaBroker, PartitionGrowth
-from pipeline.brokers.kafka import clients as clients_module
-from pipeline.brokers.kafka.clients import (
+from dramatiq_kafka_broker import KafkaBroker, PartitionGrowth
+from dramatiq_kafka_broker import clients as clients_module
+from dramatiq_kafka_broker.clients import (
     DEFAULT_HEARTBEAT_INTERVAL_MS,
     DEFAULT_METADATA_MAX_AGE_MS,
     DEFAULT_SESSION_TIMEOUT_MS,

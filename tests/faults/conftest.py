@@ -36,7 +36,7 @@ from conftest import (
 from livestack import ARTIFACTS, ROOT, Services, Stack, new_stack
 
 from faults.load import FIGURES, Figures
-from pipeline.brokers.kafka import KafkaBroker, KafkaConnectionError
+from dramatiq_kafka_broker import KafkaBroker, KafkaConnectionError
 
 #: The queue of the user pipeline (``pipeline.contract.QUEUE``) and the workers' consumer group base name.
 QUEUE = "users"

@@ -24,7 +24,7 @@ import pytest
 
 from faults.cluster import LocalCluster
 from faults.load import Ledger, Load, Plan
-from pipeline.brokers.kafka import DEFAULT_SEND_TIMEOUT_MS
+from dramatiq_kafka_broker import DEFAULT_SEND_TIMEOUT_MS
 
 pytestmark = pytest.mark.slow
 

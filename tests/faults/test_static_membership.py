@@ -23,13 +23,13 @@ from livestack import spawn
 
 from faults.conftest import QUEUE, FaultStack
 from faults.load import Ledger, Load, Plan
-from pipeline.brokers.kafka.clients import DEFAULT_SESSION_TIMEOUT_MS
+from dramatiq_kafka_broker.clients import DEFAULT_SESSION_TIMEOUT_MS
 
 pytestmark = pytest.mark.slow
 
 #: How long the group keeps a silent static member, in seconds.
 SESSION_TIMEOUT_S = DEFAULT_SESSION_TIMEOUT_MS / 1000
-#: What ``pipeline/brokers/kafka/rebalance.py`` logs when its group moves partitions (either queue's).
+#: What ``dramatiq_kafka_broker/rebalance.py`` logs when its group moves partitions (either queue's).
 REBALANCE = re.compile(r"Partitions (?:revoked from|assigned to) ")
 #: What a consumer logs when another member took its group_instance_id (``consumer.py``).
 FENCED = "Another worker uses group_instance_id"

@@ -128,13 +128,14 @@ def tenant_broker_factory(
     from broker.conftest import fast_middleware
 
     import pipeline.broker
+    import pipeline.kafka_security
 
     made: list[Any] = []
 
     def make(variables: dict[str, str] | None = None, **overrides: Any) -> Any:
-        monkeypatch.setattr(
-            pipeline.broker, "settings", settings_for({**platform_variables, **(variables or {})})
-        )
+        settings = settings_for({**platform_variables, **(variables or {})})
+        for module in (pipeline.broker, pipeline.kafka_security):
+            monkeypatch.setattr(module, "settings", settings)
         parameters: dict[str, Any] = {
             "middleware": fast_middleware(),
             "partitions": 2,

@@ -23,7 +23,7 @@ from kafka.admin import (
     ResourceType,
 )
 
-from pipeline.brokers.kafka import MissingRight, MissingTopics
+from dramatiq_kafka_broker import MissingRight, MissingTopics
 
 from .conftest import ROOT
 

@@ -133,7 +133,7 @@ def worker_process_index() -> int | None:
 def run_prometheus_exporter() -> Any:
     """Dramatiq's Prometheus exporter server (the body of the process Dramatiq forks for it).
 
-    Dramatiq names it only privately; ``pipeline.broker.serve_worker_metrics`` runs it on our port.
+    Dramatiq names it only privately; the service's ``serve_worker_metrics`` runs it on our port.
     """
     from dramatiq.middleware import prometheus
 

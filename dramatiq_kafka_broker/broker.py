@@ -92,7 +92,7 @@ class KafkaBroker(Broker):
     Raises:
       ValueError: If ``min_insync_replicas`` is one Kafka could never meet.
 
-    >>> from pipeline.brokers.kafka import KafkaBroker
+    >>> from dramatiq_kafka_broker import KafkaBroker
     >>> broker = KafkaBroker(bootstrap_servers="127.0.0.1:9092", topic_prefix="dev.")
     >>> dramatiq.set_broker(broker)
     """

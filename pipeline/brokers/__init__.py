@@ -1,1 +1,0 @@
-"""Dramatiq brokers written for this project. ``kafka`` is the only module that imports kafka-python."""
