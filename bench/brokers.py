@@ -265,8 +265,8 @@ def scenario_ours(
     """Our KafkaBroker, configured from settings like the service's, with Dramatiq's default middleware."""
     import kafka.record.util as kafka_record_util
 
-    from pipeline.broker import build_broker
     from dramatiq_kafka_broker import consumer as ours
+    from pipeline.broker import build_broker
 
     knobs = knobs or Knobs()
     overrides: dict[str, Any] = {}

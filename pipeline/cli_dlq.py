@@ -11,8 +11,8 @@ import json
 import time
 from typing import Any
 
-from pipeline.broker import build_broker
 from dramatiq_kafka_broker import FailedMessage, KafkaBroker
+from pipeline.broker import build_broker
 from pipeline.contract import QUEUE
 
 

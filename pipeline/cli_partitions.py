@@ -13,8 +13,8 @@ from typing import Any
 
 from dramatiq.errors import DramatiqError
 
-from pipeline.broker import build_broker
 from dramatiq_kafka_broker import KafkaBroker
+from pipeline.broker import build_broker
 from pipeline.contract import QUEUE
 
 #: Exit code when the partitions could not be shown or grown (refused, or Kafka unreachable).

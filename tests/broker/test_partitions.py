@@ -9,8 +9,6 @@ import time
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
-from pipeline import cli_partitions
-from pipeline.__main__ import main
 from dramatiq_kafka_broker import KafkaBroker, PartitionGrowth
 from dramatiq_kafka_broker import clients as clients_module
 from dramatiq_kafka_broker.clients import (
@@ -19,6 +17,8 @@ from dramatiq_kafka_broker.clients import (
     DEFAULT_SESSION_TIMEOUT_MS,
     KafkaClients,
 )
+from pipeline import cli_partitions
+from pipeline.__main__ import main
 
 
 def _create_partitions_calls(broker: KafkaBroker, monkeypatch: pytest.MonkeyPatch) -> list[object]:

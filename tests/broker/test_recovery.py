@@ -13,10 +13,10 @@ import kafka.errors
 import pytest
 from dramatiq.middleware import Pipelines, Retries
 
-from dramatiq_kafka_broker.middleware import DurablePipelines, DurableRetries
 from dramatiq_kafka_broker import KafkaBroker, KafkaConnectionError, RecordTooLarge, compat
 from dramatiq_kafka_broker import consumer as consumer_module
 from dramatiq_kafka_broker.consumer import _KafkaConsumer
+from dramatiq_kafka_broker.middleware import DurablePipelines, DurableRetries
 from tests.broker.conftest import delete_topics, fast_middleware, make_kafka_broker
 
 

@@ -35,8 +35,8 @@ from conftest import (
 )
 from livestack import ARTIFACTS, ROOT, Services, Stack, new_stack
 
-from faults.load import FIGURES, Figures
 from dramatiq_kafka_broker import KafkaBroker, KafkaConnectionError
+from faults.load import FIGURES, Figures
 
 #: The queue of the user pipeline (``pipeline.contract.QUEUE``) and the workers' consumer group base name.
 QUEUE = "users"

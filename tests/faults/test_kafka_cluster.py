@@ -22,9 +22,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from dramatiq_kafka_broker import DEFAULT_SEND_TIMEOUT_MS
 from faults.cluster import LocalCluster
 from faults.load import Ledger, Load, Plan
-from dramatiq_kafka_broker import DEFAULT_SEND_TIMEOUT_MS
 
 pytestmark = pytest.mark.slow
 

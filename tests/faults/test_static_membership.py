@@ -21,9 +21,9 @@ from collections.abc import Callable
 import pytest
 from livestack import spawn
 
+from dramatiq_kafka_broker.clients import DEFAULT_SESSION_TIMEOUT_MS
 from faults.conftest import QUEUE, FaultStack
 from faults.load import Ledger, Load, Plan
-from dramatiq_kafka_broker.clients import DEFAULT_SESSION_TIMEOUT_MS
 
 pytestmark = pytest.mark.slow
 
