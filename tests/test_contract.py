@@ -52,9 +52,22 @@ def test_importing_the_web_loads_no_actor_and_builds_no_broker():
 
 def test_dramatiqs_command_line_gets_the_actors_and_the_global_broker_from_the_package():
     # When the package is imported the way ``dramatiq pipeline`` imports it
-    loaded = fresh(LOADED.format(imports="import dramatiq.cli, pipeline"))
+    loaded = fresh(
+        LOADED.format(
+            imports="sys.argv = ['dramatiq', 'pipeline', '--processes', '2']\nimport dramatiq.cli, pipeline"
+        )
+    )
     # Then
     assert loaded["actors"] is True and loaded["broker"] is True and loaded["web"] is False
+
+
+def test_a_foreign_dramatiq_app_that_imports_the_contract_gets_no_actor_of_ours():
+    # When a worker of another app (``dramatiq theirapp``) imports the contract to send to our actors by name
+    loaded = fresh(
+        LOADED.format(imports="sys.argv = ['dramatiq', 'theirapp']\nimport dramatiq.cli, pipeline.contract")
+    )
+    # Then
+    assert loaded == {"actors": False, "worker": False, "web": False, "broker": False}
 
 
 def test_the_worker_declares_every_actor_of_the_contract_on_its_queue():

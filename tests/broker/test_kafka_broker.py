@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import logging
 import os
 import signal
@@ -88,6 +89,31 @@ def sender(kafka_bootstrap_servers: str, topic_prefix: str):
     yield broker, work
     delete_topics(broker)
     broker.close()
+
+
+@pytest.mark.slow  # (a real worker process)
+def test_a_foreign_dramatiq_app_on_the_broker_declares_only_its_own_actors(
+    kafka_bootstrap_servers, topic_prefix, sender, tmp_path
+):
+    # Given another team's app (tests/broker/worker_app.py) run by `dramatiq` on our broker (``sender`` made
+    # the test's broker global, so the actor below is declared on it)
+    @dramatiq.actor
+    def report() -> None:  # the worker process runs the real one
+        raise AssertionError("runs in the worker process only")
+
+    log = tmp_path / "log"
+    worker = spawn_worker(kafka_bootstrap_servers, topic_prefix, log)
+    try:
+        # When it runs a message that reports what the worker process declared and loaded
+        report.send()
+        report_file = Path(f"{log}.report")
+        wait_until(report_file.exists, timeout=120)
+        reported = json.loads(report_file.read_text().splitlines()[0])
+    finally:
+        stop(worker)
+    # Then it declared its own actors only, and loaded nothing of the service
+    assert reported["actors"] == ["report", "work"]
+    assert reported["service_modules"] == []
 
 
 @pytest.mark.slow  # (real worker processes)

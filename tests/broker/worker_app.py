@@ -1,4 +1,5 @@
-"""Actors that the Kafka-only tests run in real ``dramatiq`` worker processes.
+"""Actors that the Kafka-only tests run in real ``dramatiq`` worker processes: another team's app on our
+broker, which imports the broker package and nothing of the service.
 
 Run as ``dramatiq tests.broker.worker_app``; configured by the test through the environment:
 ``TEST_KAFKA`` (bootstrap servers), ``TEST_PREFIX`` (topic prefix), ``TEST_LOG`` (file every processed
@@ -7,7 +8,9 @@ message is appended to, as ``<pid> <n>``), ``TEST_SLEEP_MS`` (work per message),
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 import time
 
 import dramatiq
@@ -33,5 +36,17 @@ def work(n: int) -> None:
     fd = os.open(_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, f"{os.getpid()} {n}\n".encode())
+    finally:
+        os.close(fd)
+
+
+@dramatiq.actor(max_retries=0)
+def report() -> None:
+    """Record the actors this worker declared and the service's modules it loaded, as one JSON line."""
+    loaded = sorted(name for name in sys.modules if name.split(".")[0] in {"pipeline", "web"})
+    line = json.dumps({"pid": os.getpid(), "actors": sorted(broker.actors), "service_modules": loaded})
+    fd = os.open(_LOG + ".report", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
     finally:
         os.close(fd)
