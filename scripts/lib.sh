@@ -15,6 +15,7 @@
 #                                right to create topics; LOCAL_KAFKA_PORT stays the operator's plaintext listener
 #   LOCAL_KAFKA_PREFIX           the managed tenant's prefix of topics and groups (default tenant-1234.)
 #   LOCAL_PG_PORT                PostgreSQL's port on 127.0.0.1 (default 55432)
+#   LOCAL_PG_DIR                 where its cluster lives (default .local/pg): a second cluster needs its own
 #   LOCAL_PG_USER                system user that runs PostgreSQL when we are root (default postgres)
 #   LOCAL_START_TIMEOUT          seconds to wait for a service to accept connections (default 120)
 #   PYTHON                       interpreter that creates .venv (default: the first python3.X >= 3.11 found)
@@ -34,6 +35,7 @@ LOCAL_KAFKA_HEAP=${LOCAL_KAFKA_HEAP:-512m}
 LOCAL_KAFKA_SECURITY=${LOCAL_KAFKA_SECURITY:-plaintext}
 LOCAL_KAFKA_PREFIX=${LOCAL_KAFKA_PREFIX:-tenant-1234.}
 LOCAL_PG_PORT=${LOCAL_PG_PORT:-55432}
+LOCAL_PG_DIR=${LOCAL_PG_DIR:-$LOCAL_DIR/pg}
 LOCAL_PG_USER=${LOCAL_PG_USER:-postgres}
 LOCAL_START_TIMEOUT=${LOCAL_START_TIMEOUT:-120}
 

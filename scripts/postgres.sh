@@ -16,12 +16,12 @@ set -euo pipefail
 # LOCAL_PG_USER (a checkout under /root, say), in a folder under /var/lib that .local/pg links to; the server
 # is always given the real path, which it can reach.
 set_paths() {
-    PG_DIR=$(readlink -f "$LOCAL_DIR/pg" 2>/dev/null || echo "$LOCAL_DIR/pg")
+    PG_DIR=$(readlink -f "$LOCAL_PG_DIR" 2>/dev/null || echo "$LOCAL_PG_DIR")
     PGDATA=$PG_DIR/data
     PGLOG=$PG_DIR/log/postgresql.log
 }
 set_paths
-LOCK=$LOCAL_DIR/pg.lock
+LOCK=$LOCAL_PG_DIR.lock
 
 # The directory holding `postgres`, `initdb` and `pg_ctl`: Debian keeps the server outside PATH, in
 # /usr/lib/postgresql/<major>/bin (`pg_config --bindir` may name the client's). An existing cluster needs
@@ -104,19 +104,19 @@ answers() {
 init_cluster() {
     [ -f "$PGDATA/PG_VERSION" ] && return 0
     say "creating a PostgreSQL cluster in .local/pg/data"
-    rm -rf "$LOCAL_DIR/pg" # (a link is removed, not its target)
-    mkdir -p "$LOCAL_DIR/pg/log"
+    rm -rf "$LOCAL_PG_DIR" # (a link is removed, not its target)
+    mkdir -p "$LOCAL_PG_DIR/log"
     if is_root; then
-        chown -R "$LOCAL_PG_USER:" "$LOCAL_DIR/pg"
-        if ! as_owner test -w "$LOCAL_DIR/pg/log"; then
+        chown -R "$LOCAL_PG_USER:" "$LOCAL_PG_DIR"
+        if ! as_owner test -w "$LOCAL_PG_DIR/log"; then
             local outside
-            outside=/var/lib/batch-user-processing/pg-$(printf '%s' "$ROOT" | sha256sum | cut -c1-12)
+            outside=/var/lib/batch-user-processing/pg-$(printf '%s' "$LOCAL_PG_DIR" | sha256sum | cut -c1-12)
             say "user $LOCAL_PG_USER cannot reach $LOCAL_DIR (a parent folder is closed to it): the cluster goes to $outside, linked from .local/pg"
             rm -rf "$LOCAL_DIR/pg" "$outside"
             mkdir -p "$outside/log"
             chmod 755 /var/lib/batch-user-processing
             chown -R "$LOCAL_PG_USER:" "$outside"
-            ln -s "$outside" "$LOCAL_DIR/pg"
+            ln -s "$outside" "$LOCAL_PG_DIR"
         fi
     fi
     set_paths

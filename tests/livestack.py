@@ -235,13 +235,20 @@ class Services:
         *,
         kafka_problem: Callable[[str], str | None],
         postgres_problem: Callable[[str], str | None],
+        where: Mapping[str, str] | None = None,
     ) -> None:
         self.kafka = kafka
         self.database_url = database_url
         self.kafka_problem = kafka_problem
         self.postgres_problem = postgres_problem
-        # The scripts manage the local services only when the environment names them (or nothing).
-        self.env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka, "DATABASE_URL": database_url}
+        # The scripts manage the local services only when the environment names them (or nothing); ``where``
+        # names a set of services of its own (LOCAL_KAFKA_PORT, LOCAL_KAFKA_DIR, LOCAL_PG_PORT, LOCAL_PG_DIR).
+        self.env = {
+            **os.environ,
+            **(where or {}),
+            "KAFKA_BOOTSTRAP_SERVERS": kafka,
+            "DATABASE_URL": database_url,
+        }
         self.faults: list[str] = []
 
     def _script(self, name: str, action: str) -> None:
@@ -277,7 +284,7 @@ class Services:
         """Every local Kafka node is killed with SIGKILL (a crash: no controlled shutdown, no goodbye to its
         clients) inside the block, and up and answering after it."""
         self.faults.append("kafka kill -9")
-        kafka_dir = Path(os.environ.get("LOCAL_KAFKA_DIR") or ROOT / ".local" / "kafka")
+        kafka_dir = Path(self.env.get("LOCAL_KAFKA_DIR") or ROOT / ".local" / "kafka")
         try:
             for pid_file in kafka_dir.glob("node-*/kafka.pid"):
                 pid = int(pid_file.read_text())
