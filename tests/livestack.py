@@ -2,7 +2,9 @@
 
 * Processes: :func:`spawn` starts one in a process group of its own, its output in ``<logs>/<name>.log``;
   :func:`stop` / :func:`stop_all` send SIGTERM to the group (all of them at once) and SIGKILL whatever is
-  still there after the timeout; :func:`running` does both around a block; :func:`log_tail` reads a log.
+  still there after the timeout; :func:`running` does both around a block; :func:`log_tail` reads a log;
+  :func:`group_members` and :func:`wait_group_gone` tell what of a group still runs; :func:`wait_until`
+  polls for a condition while watching processes that must not exit meanwhile.
 * Services: :class:`Services` stops and starts this checkout's Kafka and PostgreSQL with ``scripts/*.sh``
   (:func:`run_script`), waiting until they answer again.
 * Stacks: :class:`Stack` is a web (``uvicorn web.app:app``) and ``dramatiq pipeline`` workers on a
@@ -12,8 +14,8 @@
 
 Users: the session-wide ``stack`` of ``tests/conftest.py`` (e2e, hostile), the fault suite's ``make_stack``
 (``tests/faults/conftest.py``), the operator page's (``tests/test_ui_browser.py``), the managed suite's
-(``tests/managed``), the broker's worker processes (``tests/broker/test_kafka_broker.py``), and the
-benchmarks (``bench/pipeline.py``, ``bench/brokers.py``, as ``tests.livestack``)."""
+(``tests/managed``), the broker's worker processes (``tests/broker/test_kafka_broker.py``), the rehearsal of
+the deploy files (``tests/test_deploy_files.py``), and the benchmarks (``bench/``)."""
 
 from __future__ import annotations
 
@@ -76,24 +78,56 @@ def _signal_group(process: subprocess.Popen, sig: int) -> None:
         os.killpg(process.pid, sig)
 
 
+def group_members(process: subprocess.Popen) -> list[int]:
+    """The pids still running in the process group of ``process`` (:func:`spawn` made it lead one): it, and
+    what it started, also after it has exited itself.  Zombies, which only wait to be reaped, are left out.
+    [] once they have all ended, and also when ``process`` has been reaped and its number has since gone to
+    a new process that leads a group of its own (not ``process``'s group any more)."""
+    reaped = process.poll() is not None
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _parent, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError, ValueError):
+            continue  # (gone meanwhile)
+        if int(group) != process.pid or state in ("Z", "X"):
+            continue
+        if reaped and int(stat.parent.name) == process.pid:
+            return []
+        members.append(int(stat.parent.name))
+    return members
+
+
+def wait_group_gone(process: subprocess.Popen, timeout: float) -> bool:
+    """Wait up to ``timeout`` s until nothing of ``process``'s group runs (:func:`group_members`); whether
+    it came to that."""
+    deadline = time.monotonic() + timeout
+    while group_members(process):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def stop_all(
     processes: Iterable[subprocess.Popen | None],
     sig: int = signal.SIGTERM,
     *,
     timeout: float = STOP_TIMEOUT_S,
 ) -> None:
-    """Send ``sig`` to the process group of every process still running, all at once (they shut down side
-    by side, not one after the other), wait up to ``timeout`` s in all, then SIGKILL what is left."""
-    running = [p for p in processes if p is not None and p.poll() is None]
-    for process in running:
+    """Send ``sig`` to the process group of every process whose group still runs (the process itself, or
+    only what it started: a main process that exited may leave its children behind), all at once (they
+    shut down side by side, not one after the other), wait up to ``timeout`` s in all until each group has
+    ended, then SIGKILL what is left of it."""
+    groups = [p for p in processes if p is not None and (p.poll() is None or group_members(p))]
+    for process in groups:
         _signal_group(process, sig)
     deadline = time.monotonic() + timeout
-    for process in running:
-        try:
-            process.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
+    for process in groups:
+        if not wait_group_gone(process, max(0.0, deadline - time.monotonic())):
             _signal_group(process, signal.SIGKILL)
-            process.wait(timeout=KILL_TIMEOUT_S)
+            wait_group_gone(process, KILL_TIMEOUT_S)
+        process.wait(timeout=KILL_TIMEOUT_S)
 
 
 def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, *, timeout: float = STOP_TIMEOUT_S) -> int:
@@ -120,6 +154,34 @@ def log_tail(path: Path, chars: int = 3000) -> str:
         return path.read_text(errors="replace")[-chars:]
     except OSError:
         return ""
+
+
+def wait_until(
+    what: str,
+    problem: Callable[[], str | None],
+    *,
+    timeout: float,
+    interval: float = 0.2,
+    watch: Iterable[tuple[str, subprocess.Popen, Path]] = (),
+) -> None:
+    """Call ``problem`` (why there is no ``what`` yet, or None once there is) every ``interval`` s until it
+    says None.  Raises AssertionError after ``timeout`` s with its last word and the ends of the logs of
+    ``watch`` (``(name, process, log)``), or at once when one of those processes has exited."""
+    watched = list(watch)
+    deadline = time.monotonic() + timeout
+    while True:
+        for name, process, log in watched:
+            if process.poll() is not None:
+                raise AssertionError(
+                    f"{name} exited with {process.returncode} while waiting for {what}:\n{log_tail(log)}"
+                )
+        reason = problem()
+        if reason is None:
+            return
+        if time.monotonic() >= deadline:
+            logs = "".join(f"\n--- {name}:\n{log_tail(log, 1500)}" for name, _, log in watched)
+            raise AssertionError(f"waited {timeout:g} s in vain for {what}: {reason}{logs}")
+        time.sleep(interval)
 
 
 # ======================================================================================================

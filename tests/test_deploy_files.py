@@ -21,6 +21,7 @@ compose's own ordering) stays unproven here.
 from __future__ import annotations
 
 import contextlib
+import functools
 import graphlib
 import hashlib
 import importlib.util
@@ -37,7 +38,7 @@ import time
 import tomllib
 import uuid
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -47,7 +48,19 @@ import httpx
 import jsonschema
 import pytest
 import yaml
-from livestack import ARTIFACTS, create_database, drop_database, free_port
+from livestack import (
+    ARTIFACTS,
+    create_database,
+    delete_topics_with_prefix,
+    drop_database,
+    free_port,
+    log_tail,
+    spawn,
+    stop,
+    stop_all,
+    wait_group_gone,
+    wait_until,
+)
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
@@ -783,10 +796,6 @@ def _snapshot(directory: Path) -> dict[str, tuple[int, int]]:
     }
 
 
-def _tail(log: Path, lines: int = 40) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else ""
-
-
 def _docker_stop(process: subprocess.Popen) -> str | None:
     """Stop as ``docker stop`` does: SIGTERM to the main process only, then the grace period.  Returns what
     went wrong, or None when it and everything it started ended in time."""
@@ -797,64 +806,27 @@ def _docker_stop(process: subprocess.Popen) -> str | None:
         process.wait(timeout=STOP_GRACE_SECONDS)
     except subprocess.TimeoutExpired:
         return f"still running {STOP_GRACE_SECONDS} s after SIGTERM (Docker would SIGKILL it)"
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(process.pid, 0)
-        except ProcessLookupError:
-            return None
-        time.sleep(0.1)
-    return "its main process exited but processes it started are still running"
+    if not wait_group_gone(process, 3):
+        return "its main process exited but processes it started are still running"
+    return None
 
 
-def _kill_group(process: subprocess.Popen) -> None:
-    """Whatever is left of ``process`` and what it started: SIGTERM to its group, then SIGKILL."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            process.poll()  # reaps the main process, so that only live ones keep the group
-            try:
-                os.killpg(process.pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.1)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=10)
+def _healthcheck_problem(argv: list[str], env: Mapping[str, str], cwd: Path, timeout: float) -> str | None:
+    """Run a healthcheck command once, as Docker does: why it failed, or None when it passed."""
+    try:
+        result = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"timed out after {timeout} s"
+    if result.returncode == 0:
+        return None
+    said = (result.stdout + result.stderr).strip().splitlines()
+    return f"exit {result.returncode}: {said[-1] if said else ''}"
 
 
-def _wait_healthy(
-    name: str,
-    argv: list[str],
-    env: Mapping[str, str],
-    cwd: Path,
-    timeout: float,
-    processes: Iterable[tuple[str, subprocess.Popen, Path]],
-) -> None:
-    """Run a healthcheck command until it passes, as Docker does, while the processes keep running."""
-    deadline = time.monotonic() + HEALTHY_TIMEOUT_SECONDS
-    last = ""
-    while time.monotonic() < deadline:
-        for process_name, process, log in processes:
-            if process.poll() is not None:
-                raise AssertionError(
-                    f"{process_name} exited with {process.returncode} before {name} was healthy:\n"
-                    + _tail(log)
-                )
-        try:
-            result = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            last = f"timed out after {timeout} s"
-        else:
-            if result.returncode == 0:
-                return
-            said = (result.stdout + result.stderr).strip().splitlines()
-            last = f"exit {result.returncode}: {said[-1] if said else ''}"
-        time.sleep(0.5)
-    raise AssertionError(f"{name}'s healthcheck {argv} did not pass in {HEALTHY_TIMEOUT_SECONDS} s: {last}")
+def _delete_topics(servers: str, prefix: str) -> None:
+    """Best effort: the rehearsal's topics (and groups) on the shared Kafka."""
+    with contextlib.suppress(Exception):
+        delete_topics_with_prefix(servers, prefix, client_id="deploy-tests")
 
 
 @pytest.mark.slow
@@ -941,27 +913,24 @@ def test_the_compose_stack_rehearsed_without_docker_stores_a_posted_user(
                 stderr=subprocess.STDOUT,
                 timeout=60,
             )
-        assert migrate.returncode == 0, _tail(migrate_log)
+        assert migrate.returncode == 0, log_tail(migrate_log)
 
         for service in ("web", "worker"):
             command = services[service].get("command") or dockerfile_cmd()
-            log_path = logs / f"{service}.log"
-            with log_path.open("wb") as log:
-                process = subprocess.Popen(
-                    command,
-                    env=container_env(service),
-                    cwd=app_dir,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            started.append((service, process, log_path))
+            process = spawn(service, command, env=container_env(service), logs=logs, cwd=app_dir)
+            started.append((service, process, logs / f"{service}.log"))
 
         for service in ("web", "worker"):
             check = services[service]["healthcheck"]
             argv = [mapped(word) for word in healthcheck_argv(check["test"])]
             timeout = duration_seconds(check.get("timeout", "30s"))
-            _wait_healthy(service, argv, container_env(service), app_dir, timeout, started)
+            wait_until(
+                f"{service}'s healthcheck {argv} to pass",
+                functools.partial(_healthcheck_problem, argv, container_env(service), app_dir, timeout),
+                timeout=HEALTHY_TIMEOUT_SECONDS,
+                interval=0.5,
+                watch=started,
+            )
 
         # The postgres service's own healthcheck, against the local server of the same major version.
         if shutil.which("pg_isready"):
@@ -985,7 +954,7 @@ def test_the_compose_stack_rehearsed_without_docker_stores_a_posted_user(
                 if reply.status_code == 200 and outcome.get("status") != "queued":
                     break
                 time.sleep(0.2)
-            assert outcome.get("status") == "stored", f"{outcome}\n{_tail(logs / 'worker.log')}"
+            assert outcome.get("status") == "stored", f"{outcome}\n{log_tail(logs / 'worker.log')}"
             assert outcome["user"]["name"] == f"Ada Compose{tag}"
             # The operator page and its static files come from the copied web/static.
             page = api.get("/")
@@ -995,8 +964,7 @@ def test_the_compose_stack_rehearsed_without_docker_stores_a_posted_user(
         for service, process, _ in started:
             stop_problems[service] = _docker_stop(process)
     finally:
-        for _, process, _ in started:
-            _kill_group(process)
+        stop_all([process for _, process, _ in started], timeout=STOP_GRACE_SECONDS)
         drop_database(database_url, db_name)
         _delete_topics(kafka_bootstrap_servers, f"deploy{run}.")
 
@@ -1021,45 +989,32 @@ def test_worker_metrics_port_moves_the_workers_exporter(tmp_path, kafka_bootstra
     }
     env.pop("dramatiq_prom_port", None)
     log_path = tmp_path / "worker.log"
-    with log_path.open("wb") as log:
-        worker = subprocess.Popen(
-            ["dramatiq", "pipeline", "--processes", "1", "--threads", "1"],
-            env={**env, "PATH": f"{VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}"},
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    worker = spawn(
+        "worker",
+        ["dramatiq", "pipeline", "--processes", "1", "--threads", "1"],
+        env={**env, "PATH": f"{VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}"},
+        logs=tmp_path,
+    )
+    watch = [("the worker", worker, log_path)]
     try:
-        deadline = time.monotonic() + 30
-        while "serve_worker_metrics' is ready" not in log_path.read_text(errors="replace"):
-            assert worker.poll() is None and time.monotonic() < deadline, _tail(log_path)
-            time.sleep(0.2)
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline:
+        wait_until(
+            "the worker's metrics exporter to be ready",
+            lambda: None if "serve_worker_metrics' is ready" in log_path.read_text(errors="replace") else "",
+            timeout=30,
+            watch=watch,
+        )
+        answers: list[httpx.Response] = []
+
+        def no_answer() -> str | None:
             try:
-                answer = httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
-            except httpx.TransportError:
-                time.sleep(0.2)
-                continue
-            # (Dramatiq's exporter; its metrics appear once messages have been processed)
-            assert answer.status_code == 200, answer.text[:300]
-            return
-        raise AssertionError(f"nothing answers on WORKER_METRICS_PORT={port}")
+                answers.append(httpx.get(f"http://127.0.0.1:{port}/", timeout=2))
+            except httpx.TransportError as error:
+                return repr(error)
+            return None
+
+        wait_until(f"an answer on WORKER_METRICS_PORT={port}", no_answer, timeout=3, watch=watch)
+        # (Dramatiq's exporter; its metrics appear once messages have been processed)
+        assert answers[-1].status_code == 200, answers[-1].text[:300]
     finally:
-        _kill_group(worker)
+        stop(worker, timeout=STOP_GRACE_SECONDS)
         _delete_topics(kafka_bootstrap_servers, prefix)
-
-
-def _delete_topics(servers: str, prefix: str) -> None:
-    """Best effort: the rehearsal's topics on the shared Kafka."""
-    from kafka import KafkaAdminClient
-
-    with contextlib.suppress(Exception):
-        admin = KafkaAdminClient(bootstrap_servers=servers.split(","), request_timeout_ms=10_000)
-        try:
-            topics = [name for name in admin.list_topics() if name.startswith(prefix)]
-            if topics:
-                admin.delete_topics(topics)
-        finally:
-            admin.close()
