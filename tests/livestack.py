@@ -36,9 +36,10 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import psycopg2
 
+from pipeline.contract import OUTCOMES
+
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"
-TERMINAL = {"stored", "duplicate", "invalid", "failed"}
 #: Seconds a process gets to exit after SIGTERM (a worker finishes its messages) before it is SIGKILLed.
 STOP_TIMEOUT_S = 60.0
 #: Seconds to wait for a process to be gone after SIGKILL.
@@ -504,11 +505,11 @@ class Stack:
         raise AssertionError(f"web did not become ready; see {self.logs}")
 
     def outcome(self, client: httpx.Client, submission_id: str, timeout: float = 90) -> dict:
-        """Poll a submission until it has a terminal outcome."""
+        """Poll a submission until it has an outcome (``pipeline.contract.OUTCOMES``)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             response = client.get(f"/api/submissions/{submission_id}")
-            if response.status_code == 200 and response.json()["status"] in TERMINAL:
+            if response.status_code == 200 and response.json()["status"] in OUTCOMES:
                 return response.json()
             time.sleep(0.1)
         raise AssertionError(f"no outcome for {submission_id} within {timeout} s")

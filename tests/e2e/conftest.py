@@ -11,7 +11,6 @@ import pytest
 from livestack import (  # noqa: F401  (re-exported)
     ARTIFACTS,
     ROOT,
-    TERMINAL,
     Stack,
     create_database,
     drop_database,

@@ -13,7 +13,9 @@ import httpx
 import pytest
 from kafka import KafkaAdminClient, TopicPartition
 from kafka.admin import OffsetSpec
-from livestack import E2E_ENV, ROOT, TERMINAL, Stack, start_stack
+from livestack import E2E_ENV, ROOT, Stack, start_stack
+
+from pipeline.contract import OUTCOMES as TERMINAL
 
 pytestmark = pytest.mark.slow
 

@@ -31,7 +31,8 @@ from typing import Any
 
 import httpx
 
-TERMINAL = ("stored", "duplicate", "invalid", "failed")
+from pipeline.contract import OUTCOMES
+
 #: Pause of a client before it sends again a body that was answered 503, in seconds.
 RETRY_PAUSE_S = 0.2
 
@@ -55,13 +56,13 @@ class Figures:
             "sent": self.sent,
             "faults": len(self.faults),
             "503": self.answers_503,
-            **{k: self.outcomes.get(k, 0) for k in TERMINAL},
+            **{str(k): self.outcomes.get(k, 0) for k in OUTCOMES},
             "lost": self.lost or 0,
             "duplicated": self.duplicated or 0,
         }
 
     def line(self) -> str:
-        outcomes = " ".join(f"{k}={self.outcomes.get(k, 0)}" for k in TERMINAL)
+        outcomes = " ".join(f"{k}={self.outcomes.get(k, 0)}" for k in OUTCOMES)
         return (
             f"{self.test}: sent={self.sent} (in {self.requests} requests, {self.answers_503} answered 503) "
             f"faults={len(self.faults)} [{', '.join(self.faults)}] {outcomes} lost={self.lost} "
@@ -357,7 +358,7 @@ class Ledger:
         rows = self.stack.sql(
             "SELECT count(*) FROM submissions WHERE id = ANY(%s) AND status = ANY(%s)",
             self.ids,
-            list(TERMINAL),
+            [str(k) for k in OUTCOMES],
         )
         return int(rows[0][0])
 
@@ -427,7 +428,7 @@ class Ledger:
             user_by_key[key].append(user_id)
 
         # 1. Every 202 id has exactly one terminal outcome, and the API says the same as the table.
-        lost = [i for i in ids if i not in rows or rows[i][0] not in TERMINAL]
+        lost = [i for i in ids if i not in rows or rows[i][0] not in OUTCOMES]
         if len(set(ids)) != len(ids):
             problems.append(f"the API gave the same id twice: {len(ids) - len(set(ids))} repeats")
         for submission_id in ids:
@@ -494,7 +495,7 @@ class Ledger:
 
         report = Report(dict(outcomes), lost, duplicated, problems, {i: rows[i][:3] for i in rows})
         if self.load.figures is not None:
-            self.load.figures.outcomes = {k: outcomes.get(k, 0) for k in TERMINAL}
+            self.load.figures.outcomes = {str(k): outcomes.get(k, 0) for k in OUTCOMES}
             self.load.figures.lost = len(lost)
             self.load.figures.duplicated = duplicated
         return report
@@ -512,7 +513,7 @@ class Ledger:
                     problems.append(
                         f"batch {accepted.batch_id}: {answer.get('state')} count={answer.get('count')}"
                     )
-                if sum(counts.get(k, 0) for k in TERMINAL) != size or counts.get("queued") != 0:
+                if sum(counts.get(k, 0) for k in OUTCOMES) != size or counts.get("queued") != 0:
                     problems.append(f"batch {accepted.batch_id}: counts {counts} do not add up to {size}")
                 listed = {item["id"] for item in answer.get("items", [])}
                 wanted = {i for i, r in zip(accepted.ids, accepted.item.records, strict=True) if not r.valid}
