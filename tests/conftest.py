@@ -8,6 +8,7 @@ CI must never turn green by skipping. Add fixtures of your own in a section belo
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ import pytest
 #: Where ``./run.local.sh`` runs its services when the environment names none (as in ``scripts/lib.sh``,
 #: whose ``LOCAL_KAFKA_PORT`` moves the local Kafka: a fault test may then break a Kafka of its own).
 DEFAULT_KAFKA_BOOTSTRAP_SERVERS = f"127.0.0.1:{os.environ.get('LOCAL_KAFKA_PORT') or 19092}"
-DEFAULT_DATABASE_URL = "postgresql://bup@127.0.0.1:55432/bup"
+DEFAULT_DATABASE_URL = f"postgresql://bup@127.0.0.1:{os.environ.get('LOCAL_PG_PORT') or 55432}/bup"
 #: Seconds a service gets to answer the probe made once per test session.
 PROBE_TIMEOUT_S = 10
 
@@ -216,3 +217,84 @@ def stack(kafka_bootstrap_servers: str, database_url: str) -> Iterator[Any]:
 
     with start_stack(kafka_bootstrap_servers, database_url) as running:
         yield running
+
+
+# ======================================================================================================
+# The run's figures: the fault suite's (``tests.faults.load.FIGURES``) and the hostile suite's
+# (``tests.hostile.conftest.TALLY``), printed at the end of the run.  Under pytest-xdist each worker hands
+# its own to the controller (``workeroutput``), which prints those of the whole run.
+# ======================================================================================================
+
+
+def _suite_figures() -> tuple[list[Any], Any]:
+    from tests.faults.load import FIGURES
+    from tests.hostile.conftest import TALLY
+
+    return FIGURES, TALLY
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        figures, tally = _suite_figures()
+        workeroutput["suite_figures"] = json.dumps(
+            {
+                "faults": [item.asdict() for item in figures],
+                "cases": dict(tally.cases),
+                "server_errors": tally.server_errors,
+            }
+        )
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    sent = getattr(node, "workeroutput", {}).get("suite_figures")
+    if not sent:
+        return
+    from tests.faults.load import Figures
+
+    figures, tally = _suite_figures()
+    data = json.loads(sent)
+    figures.extend(Figures(**item) for item in data["faults"])
+    tally.cases.update(data["cases"])
+    tally.server_errors.extend(data["server_errors"])
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if hasattr(terminalreporter.config, "workerinput"):
+        return  # (a worker's figures go to the controller)
+    figures, tally = _suite_figures()
+    _fault_summary(terminalreporter, figures)
+    _hostile_summary(terminalreporter, tally)
+
+
+def _fault_summary(terminalreporter: Any, figures: list[Any]) -> None:
+    """Print the fault suite's figures and write them to ``tests/artifacts/fault-figures.json``."""
+    from tests.livestack import ARTIFACTS
+
+    if not figures:
+        return
+    terminalreporter.write_sep("-", "fault injection")
+    totals: dict[str, int] = {}
+    for item in figures:
+        terminalreporter.write_line(item.line())
+        for key, value in item.totals().items():
+            totals[key] = totals.get(key, 0) + value
+    terminalreporter.write_line("total: " + ", ".join(f"{k}={v}" for k, v in totals.items()))
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "fault-figures.json").write_text(
+        json.dumps({"tests": [f.asdict() for f in figures], "totals": totals}, indent=2) + "\n"
+    )
+
+
+def _hostile_summary(terminalreporter: Any, tally: Any) -> None:
+    """Print how many hostile cases were sent, and how many 5xx came back."""
+    if not tally.cases:
+        return
+    total = sum(tally.cases.values())
+    parts = ", ".join(f"{source} {count}" for source, count in sorted(tally.cases.items()))
+    terminalreporter.write_sep("-", "hostile input")
+    terminalreporter.write_line(f"cases sent: {total} ({parts})")
+    terminalreporter.write_line(f"5xx seen: {len(tally.server_errors)}")
+    for line in tally.server_errors[:20]:
+        terminalreporter.write_line(f"  {line}")

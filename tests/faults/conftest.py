@@ -14,7 +14,6 @@ checks both services answer before the next test runs: other suites share them i
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -26,17 +25,17 @@ from typing import Any
 
 import psycopg2
 import pytest
-from conftest import (
+
+from dramatiq_kafka_broker import KafkaBroker, KafkaConnectionError
+from tests.conftest import (
     DEFAULT_DATABASE_URL,
     DEFAULT_KAFKA_BOOTSTRAP_SERVERS,
     _kafka_problem,
     _postgres_problem,
     in_ci,
 )
-from livestack import ARTIFACTS, ROOT, Services, Stack, new_stack
-
-from dramatiq_kafka_broker import KafkaBroker, KafkaConnectionError
-from faults.load import FIGURES, Figures
+from tests.faults.load import FIGURES, Figures
+from tests.livestack import ROOT, Services, Stack, new_stack, run_script
 
 #: The queue of the user pipeline (``pipeline.contract.QUEUE``) and the workers' consumer group base name.
 QUEUE = "users"
@@ -45,14 +44,75 @@ GROUP_ID = "bup-workers"
 PERSISTED = re.compile(r"\] persisted \S+ stored=(\d+) duplicate=(\d+) invalid=(\d+) skipped=(\d+)")
 
 
+#: Where the services of a lane listen: lane ``gw<n>`` (pytest-xdist's worker ``n``) on the Kafka port
+#: ``LANE_KAFKA_PORT + 10 n`` (its controller on the next) and the PostgreSQL port ``LANE_POSTGRES_PORT + n``:
+#: clear of the session's (19092, 55432), the managed suite's (19392...) and the clusters' (30000 and up).
+LANE_KAFKA_PORT = 19492
+LANE_POSTGRES_PORT = 55532
+
+
+def _lane() -> dict[str, str] | None:
+    """The services of this process's lane, when the suite runs in parallel (pytest-xdist), else None.
+
+    The fault tests stop, kill and restart Kafka and PostgreSQL: beside other tests, they break services of
+    their own, one set per xdist worker, in ``.local/lanes/<worker>/``.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return None
+    n = int(worker.removeprefix("gw"))
+    where = ROOT / ".local" / "lanes" / worker
+    return {
+        "LOCAL_KAFKA_PORT": str(LANE_KAFKA_PORT + 10 * n),
+        "LOCAL_KAFKA_DIR": str(where / "kafka"),
+        "LOCAL_PG_PORT": str(LANE_POSTGRES_PORT + n),
+        "LOCAL_PG_DIR": str(where / "pg"),
+    }
+
+
+@pytest.fixture(scope="session")
+def lane() -> Iterator[dict[str, str] | None]:
+    """This process's lane (:func:`_lane`), its Kafka and PostgreSQL started new for the session and
+    stopped at its end; None when the suite runs in one process, on the session's services."""
+    where = _lane()
+    if where is None:
+        yield None
+        return
+    env = {k: v for k, v in os.environ.items() if k not in {"KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL"}}
+    env.update(where)
+    for directory in (where["LOCAL_KAFKA_DIR"], where["LOCAL_PG_DIR"]):
+        subprocess.run(["rm", "-rf", directory], check=True)  # (a fresh Kafka: no topics of earlier runs)
+    try:
+        run_script("kafka.sh", "up", env=env, quiet=True)
+        run_script("postgres.sh", "up", env=env, quiet=True)
+        yield where
+    finally:
+        for script in ("kafka.sh", "postgres.sh"):
+            run_script(script, "down", env=env, quiet=True)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap_servers(kafka_bootstrap_servers: str, lane: dict[str, str] | None) -> str:
+    """The Kafka the fault tests break: the lane's, or the session's when the suite runs in one process."""
+    return f"127.0.0.1:{lane['LOCAL_KAFKA_PORT']}" if lane else kafka_bootstrap_servers
+
+
+@pytest.fixture(scope="session")
+def database_url(database_url: str, lane: dict[str, str] | None) -> str:
+    """The PostgreSQL the fault tests break: the lane's, or the session's in a run of one process."""
+    return f"postgresql://bup@127.0.0.1:{lane['LOCAL_PG_PORT']}/bup" if lane else database_url
+
+
 def _is_local(kafka: str, database_url: str) -> bool:
     return kafka == DEFAULT_KAFKA_BOOTSTRAP_SERVERS and database_url == DEFAULT_DATABASE_URL
 
 
 @pytest.fixture
-def services(kafka_bootstrap_servers: str, database_url: str) -> Iterator[Services]:
+def services(
+    kafka_bootstrap_servers: str, database_url: str, lane: dict[str, str] | None
+) -> Iterator[Services]:
     """The local services, to be stopped and started by the test (skips for external ones, fails in CI)."""
-    if not _is_local(kafka_bootstrap_servers, database_url):
+    if lane is None and not _is_local(kafka_bootstrap_servers, database_url):
         message = (
             f"fault injection stops this checkout's own services ({DEFAULT_KAFKA_BOOTSTRAP_SERVERS}, "
             f"{DEFAULT_DATABASE_URL}); the environment names others"
@@ -65,6 +125,7 @@ def services(kafka_bootstrap_servers: str, database_url: str) -> Iterator[Servic
         database_url,
         kafka_problem=_kafka_problem,
         postgres_problem=_postgres_problem,
+        where=lane,
     )
     yield services
     # Whatever happened in the test, leave both services answering for the tests that follow.
@@ -218,20 +279,3 @@ def figures(request: pytest.FixtureRequest) -> Figures:
     found = Figures(test=request.node.name)
     FIGURES.append(found)
     return found
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Print the suite's figures and write them to ``tests/artifacts/fault-figures.json``."""
-    if not FIGURES:
-        return
-    terminalreporter.write_sep("-", "fault injection")
-    totals: dict[str, int] = {}
-    for item in FIGURES:
-        terminalreporter.write_line(item.line())
-        for key, value in item.totals().items():
-            totals[key] = totals.get(key, 0) + value
-    terminalreporter.write_line("total: " + ", ".join(f"{k}={v}" for k, v in totals.items()))
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    (ARTIFACTS / "fault-figures.json").write_text(
-        json.dumps({"tests": [f.asdict() for f in FIGURES], "totals": totals}, indent=2) + "\n"
-    )

@@ -18,13 +18,13 @@ from typing import Any
 import anyio
 import pytest
 from dramatiq.brokers.stub import StubBroker
-
-# The stack (real web + worker processes on Kafka and PostgreSQL) of the end-to-end suite, reused here.
-from livestack import Stack  # noqa: F401
 from starlette.testclient import TestClient
-from web_support import TEST_SETTINGS, make_client
 
 from pipeline.settings import WebSettings
+
+# The stack (real web + worker processes on Kafka and PostgreSQL) of the end-to-end suite, reused here.
+from tests.livestack import Stack  # noqa: F401
+from tests.web_support import TEST_SETTINGS, make_client
 from web.ids import IdSigner, record_id
 
 #: Every status ``POST /api/user`` and ``POST /api/users`` may answer (503 only when Kafka fails).
@@ -138,19 +138,6 @@ def asgi_post(
     }
     anyio.run(app, scope, receive, send)
     return Answer(status, answer_headers, b"".join(parts)), pulled
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Print the figures of the run: how many hostile cases were sent, and how many 5xx came back."""
-    if not TALLY.cases:
-        return
-    total = sum(TALLY.cases.values())
-    parts = ", ".join(f"{source} {count}" for source, count in sorted(TALLY.cases.items()))
-    terminalreporter.write_sep("-", "hostile input")
-    terminalreporter.write_line(f"cases sent: {total} ({parts})")
-    terminalreporter.write_line(f"5xx seen: {len(TALLY.server_errors)}")
-    for line in TALLY.server_errors[:20]:
-        terminalreporter.write_line(f"  {line}")
 
 
 #: Limits roomy enough for the hand-picked monsters (100k levels of nesting, megabyte strings).
