@@ -1,4 +1,4 @@
-"""End-to-end benchmark of the user pipeline (issue 4, "Performance"): users per second from the HTTP
+"""End-to-end benchmark of the user pipeline: users per second from the HTTP
 request to the committed row, for single posts and for CSV batches, and the API's latency at a fixed
 request rate, each beside its baseline measured in the same run.
 

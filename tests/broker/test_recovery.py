@@ -1,4 +1,4 @@
-"""A consumer's way back after Kafka failed it (issue 11, item 5): a replaced consumer leaves its group
+"""A consumer's way back after Kafka failed it: a replaced consumer leaves its group
 whatever its last commit did, and a message whose hand-off could not reach Kafka waits for Kafka un-acked,
 spending no retry and failing nothing."""
 

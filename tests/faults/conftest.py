@@ -186,7 +186,7 @@ class FaultStack(Stack):
         """SIGTERM to the ``dramatiq`` main process only, as ``docker stop`` or ``kill <pid>`` do; returns the
         exit code.  (``Stack.stop`` signals the whole process group, so each worker process gets SIGTERM
         twice -- once directly, once forwarded by its parent -- and Dramatiq takes the second one as "kill
-        now": see the report of issue 5.)"""
+        now", and exits mid-work.)"""
         os.kill(process.pid, signal.SIGTERM)
         return process.wait(timeout=timeout)
 
