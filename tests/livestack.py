@@ -15,7 +15,10 @@
 Users: the session-wide ``stack`` of ``tests/conftest.py`` (e2e, hostile), the fault suite's ``make_stack``
 (``tests/faults/conftest.py``), the operator page's (``tests/test_ui_browser.py``), the managed suite's
 (``tests/managed``), the broker's worker processes (``tests/broker/test_kafka_broker.py``), the rehearsal of
-the deploy files (``tests/test_deploy_files.py``), and the benchmarks (``bench/``)."""
+the deploy files (``tests/test_deploy_files.py``), and the benchmarks (``bench/``).
+
+Imported as ``tests.livestack`` by all of them (``tests/`` is a package): one module, so one set of constants
+and helpers."""
 
 from __future__ import annotations
 

@@ -48,7 +48,11 @@ import httpx
 import jsonschema
 import pytest
 import yaml
-from livestack import (
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+from tests.livestack import (
     ARTIFACTS,
     create_database,
     delete_topics_with_prefix,
@@ -61,9 +65,6 @@ from livestack import (
     wait_group_gone,
     wait_until,
 )
-from packaging.requirements import Requirement
-from packaging.specifiers import SpecifierSet
-from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"

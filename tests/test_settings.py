@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from test_deploy_files import load_settings
+
+from tests.test_deploy_files import load_settings
 
 
 @pytest.mark.parametrize(

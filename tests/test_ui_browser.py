@@ -18,8 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import in_ci
-from livestack import Stack, new_stack
+
+from tests.conftest import in_ci
+from tests.livestack import Stack, new_stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.postgres]
 

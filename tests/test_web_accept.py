@@ -7,7 +7,8 @@ import threading
 
 import pytest
 from dramatiq.brokers.stub import StubBroker
-from web_support import (
+
+from tests.web_support import (
     BatchingBroker,
     FailingBroker,
     HangingBroker,
@@ -19,7 +20,6 @@ from web_support import (
     make_client,
     single_records,
 )
-
 from web.ids import BATCH, SUBMISSION, IdSigner, parse_submission_id
 
 signer = IdSigner("test-secret")

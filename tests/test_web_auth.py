@@ -6,8 +6,8 @@ import logging
 
 import pytest
 from dramatiq.brokers.stub import StubBroker
-from web_support import assert_error, enqueued, make_client
 
+from tests.web_support import assert_error, enqueued, make_client
 from web.auth import token_matches
 
 TOKEN = "s3cret-token"

@@ -7,7 +7,8 @@ import schemathesis
 from dramatiq.brokers.stub import StubBroker
 from hypothesis import HealthCheck, settings
 from schemathesis import checks
-from web_support import make_client
+
+from tests.web_support import make_client
 
 
 @schemathesis.serializer("application/x-ndjson")

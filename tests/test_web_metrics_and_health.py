@@ -5,8 +5,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from dramatiq.brokers.stub import StubBroker
-from web_support import assert_error, make_client
 
+from tests.web_support import assert_error, make_client
 from web.ids import IdSigner
 
 

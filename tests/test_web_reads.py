@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from web_support import assert_error, make_client
 
+from tests.web_support import assert_error, make_client
 from web.ids import IdSigner, record_id
 
 pytestmark = pytest.mark.postgres

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from web_support import assert_error
 
+from tests.web_support import assert_error
 from web.ids import IdSigner
 
 other_signer = IdSigner("not-the-test-secret")

@@ -14,8 +14,8 @@ from typing import Any
 import dramatiq
 import httpx
 from dramatiq.brokers.stub import StubBroker
-from web_support import assert_error, enqueued, make_client, single_records
 
+from tests.web_support import assert_error, enqueued, make_client, single_records
 from web.ids import SUBMISSION, IdSigner
 
 signer = IdSigner("test-secret")

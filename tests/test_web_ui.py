@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from dramatiq.brokers.stub import StubBroker
 from starlette.testclient import TestClient
-from web_support import assert_error, make_client
 
+from tests.web_support import assert_error, make_client
 from web import ui
 
 

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from livestack import (  # noqa: F401  (re-exported)
+
+from tests.livestack import (  # noqa: F401  (re-exported)
     ARTIFACTS,
     ROOT,
     Stack,

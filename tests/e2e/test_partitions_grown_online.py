@@ -13,9 +13,9 @@ import httpx
 import pytest
 from kafka import KafkaAdminClient, TopicPartition
 from kafka.admin import OffsetSpec
-from livestack import E2E_ENV, ROOT, Stack, start_stack
 
 from pipeline.contract import OUTCOMES as TERMINAL
+from tests.livestack import E2E_ENV, ROOT, Stack, start_stack
 
 pytestmark = pytest.mark.slow
 

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from kafka import KafkaAdminClient
-from livestack import run_script
+
+from tests.livestack import run_script
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -15,9 +15,14 @@ from collections.abc import Callable
 
 import pytest
 
-from faults.conftest import QUEUE
-from faults.load import Load, Plan
-from faults.test_static_membership import SESSION_TIMEOUT_S, _paused_seconds, _start_host, _wait_for_line
+from tests.faults.conftest import QUEUE
+from tests.faults.load import Load, Plan
+from tests.faults.test_static_membership import (
+    SESSION_TIMEOUT_S,
+    _paused_seconds,
+    _start_host,
+    _wait_for_line,
+)
 
 pytestmark = pytest.mark.slow
 

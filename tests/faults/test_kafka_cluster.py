@@ -1,6 +1,6 @@
 """A Kafka of three nodes loses one node, then another, under load: the system carries on.
 
-Issue 6's "a Kafka of several brokers by configuration alone": the stack is the same web and worker
+A Kafka of several brokers by configuration alone: the stack is the same web and worker
 processes as everywhere else, given ``KAFKA_BOOTSTRAP_SERVERS`` with three addresses and
 ``KAFKA_REPLICATION_FACTOR=3`` and nothing more.  The cluster is started by ``scripts/kafka.sh`` with
 ``LOCAL_KAFKA_NODES=3`` (:mod:`faults.cluster`), beside the session's single-node Kafka.
@@ -23,8 +23,8 @@ from collections.abc import Iterator
 import pytest
 
 from dramatiq_kafka_broker import DEFAULT_SEND_TIMEOUT_MS
-from faults.cluster import LocalCluster
-from faults.load import Ledger, Load, Plan
+from tests.faults.cluster import LocalCluster
+from tests.faults.load import Ledger, Load, Plan
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""The only Kafka node crashes (SIGKILL) twice, a few seconds apart, under load (issue 11, item 5).
+"""The only Kafka node crashes (SIGKILL) twice, a few seconds apart, under load.
 
 A crash is not a controlled shutdown: nobody tells the clients, the group coordinator comes back with the
 members it had, and the second crash lands while the consumers are still rejoining after the first.  Once
@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from faults.load import Ledger, Load, Plan
+from tests.faults.load import Ledger, Load, Plan
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,7 @@ import uuid
 
 import pytest
 
-from faults.load import Item, Ledger, Load, Plan, Record
+from tests.faults.load import Item, Ledger, Load, Plan, Record
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from faults.load import Ledger, Load, Plan
+from tests.faults.load import Ledger, Load, Plan
 
 pytestmark = pytest.mark.slow
 

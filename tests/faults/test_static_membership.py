@@ -19,11 +19,11 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-from livestack import spawn
 
 from dramatiq_kafka_broker.clients import DEFAULT_SESSION_TIMEOUT_MS
-from faults.conftest import QUEUE, FaultStack
-from faults.load import Ledger, Load, Plan
+from tests.faults.conftest import QUEUE, FaultStack
+from tests.faults.load import Ledger, Load, Plan
+from tests.livestack import spawn
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from faults.load import Item, Ledger, Load, Plan
+from tests.faults.load import Item, Ledger, Load, Plan
 
 pytestmark = pytest.mark.slow
 

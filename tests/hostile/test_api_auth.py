@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from dramatiq.brokers.stub import StubBroker
 from starlette.routing import Route
-from web_support import TEST_SETTINGS, enqueued, make_client
 
 import web.auth
-from hostile.conftest import asgi_post, check_answer
+from tests.hostile.conftest import asgi_post, check_answer
+from tests.web_support import TEST_SETTINGS, enqueued, make_client
 from web.app import create_app
 
 TOKEN = "hostile-T0ken-9f8e7d6c5b4a"

@@ -21,9 +21,9 @@ from dramatiq.brokers.stub import StubBroker
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
-from web_support import TEST_SETTINGS, batch_records, enqueued, make_client
 
-from hostile.conftest import DOCUMENTED_POST_STATUSES, Answer, asgi_post, check_answer
+from tests.hostile.conftest import DOCUMENTED_POST_STATUSES, Answer, asgi_post, check_answer
+from tests.web_support import TEST_SETTINGS, batch_records, enqueued, make_client
 from web.parsing import MAX_DEPTH
 
 #: Examples per property; about a dozen properties, so a couple of thousand requests in all.

@@ -14,9 +14,9 @@ import schemathesis
 from dramatiq.brokers.stub import StubBroker
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from web_support import TEST_SETTINGS, make_client
 
-from hostile.conftest import SEED_NAMES, check_answer
+from tests.hostile.conftest import SEED_NAMES, check_answer
+from tests.web_support import TEST_SETTINGS, make_client
 from web.app import create_app
 
 pytestmark = pytest.mark.postgres

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 from dramatiq.brokers.stub import StubBroker
-from web_support import TEST_SETTINGS, batch_records, enqueued, make_client
 
-from hostile.conftest import DOCUMENTED_POST_STATUSES, ROOMY, asgi_post, check_answer
+from tests.hostile.conftest import DOCUMENTED_POST_STATUSES, ROOMY, asgi_post, check_answer
+from tests.web_support import TEST_SETTINGS, batch_records, enqueued, make_client
 
 JSON = "application/json"
 NDJSON = "application/x-ndjson"

@@ -15,8 +15,9 @@ import uuid
 from typing import Any
 
 import pytest
-from e2e.conftest import ROOT, Stack
 from kafka import KafkaProducer
+
+from tests.e2e.conftest import ROOT, Stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.postgres]
 

@@ -17,9 +17,9 @@ import schemathesis
 from dramatiq.brokers.stub import StubBroker
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi import checks as openapi_checks
-from web_support import TEST_SETTINGS
 
-from hostile.conftest import check_answer
+from tests.hostile.conftest import check_answer
+from tests.web_support import TEST_SETTINGS
 from web.app import create_app
 
 pytestmark = pytest.mark.postgres

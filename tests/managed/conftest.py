@@ -23,8 +23,9 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from conftest import in_ci
-from livestack import run_script
+
+from tests.conftest import in_ci
+from tests.livestack import run_script
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The operator's plaintext port of the suite's Kafka (its controller, SSL and SASL_SSL ports follow).
@@ -125,10 +126,9 @@ def tenant_broker_factory(
 ) -> Iterator[Any]:
     """Builds KafkaBrokers with :func:`pipeline.broker.build_broker` from nothing but the platform's variables
     (``variables`` adds or overrides some); each is closed at the test's end."""
-    from broker.conftest import fast_middleware
-
     import pipeline.broker
     import pipeline.kafka_security
+    from tests.broker.conftest import fast_middleware
 
     made: list[Any] = []
 

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from livestack import ARTIFACTS, ROOT, Stack, log_tail, new_stack, running
+
+from tests.livestack import ARTIFACTS, ROOT, Stack, log_tail, new_stack, running
 
 pytestmark = [pytest.mark.managed, pytest.mark.slow]
 
