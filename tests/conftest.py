@@ -146,7 +146,7 @@ def web_broker():
 @pytest.fixture
 def web_client(web_broker):
     """A Starlette TestClient of ``create_app(web_broker)`` with the small limits of ``web_support``."""
-    from web_support import make_client
+    from tests.web_support import make_client
 
     with make_client(web_broker) as client:
         yield client
@@ -213,7 +213,7 @@ def sql(clean_database):
 @pytest.fixture(scope="session")
 def stack(kafka_bootstrap_servers: str, database_url: str) -> Iterator[Any]:
     """Web + one worker process on the real Kafka and a PostgreSQL database of their own, for the session."""
-    from livestack import start_stack
+    from tests.livestack import start_stack
 
     with start_stack(kafka_bootstrap_servers, database_url) as running:
         yield running
