@@ -6,7 +6,6 @@ import logging
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Iterable
 from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -24,13 +23,12 @@ from kafka.errors import (
     KafkaError,
     RebalanceInProgressError,
 )
-from kafka.structs import OffsetAndMetadata
 
 from . import compat
+from .assignment import Assignment
 from .clients import DEFAULT_SESSION_TIMEOUT_MS, METADATA_BACKOFF_MS
 from .deadletters import failure_reason
 from .errors import KafkaConnectionError, MissingRight
-from .offsets import PartitionState, encode_acked
 from .rebalance import _RebalanceListener
 
 if TYPE_CHECKING:
@@ -93,8 +91,9 @@ class _KafkaConsumer(Consumer):
 
     ``__next__`` and ``close`` run on the worker's consumer thread, the only one that touches the
     kafka-python consumer (which is not thread-safe); ``ack`` and ``nack`` run on worker threads and only
-    put the acked offset on a queue that ``__next__`` reads.  A partition is committed up to its lowest
-    unacked offset, with the acked ones above it in the commit's metadata (:mod:`.offsets`).
+    put the acked offset on a queue that ``__next__`` reads.  What the consumer holds -- its partitions,
+    what it knows of each, the messages fetched and not handed out -- is its :class:`.Assignment`, which
+    says what to hand out and what to commit; the consumer makes the calls to Kafka.
     """
 
     def __init__(self, broker: KafkaBroker, queue_name: str, prefetch: int, timeout: int) -> None:
@@ -104,11 +103,7 @@ class _KafkaConsumer(Consumer):
         self.prefetch = max(1, prefetch)
         self.timeout = timeout
         self.topic = broker.topic_for(queue_name)
-        self.states: dict[TopicPartition, PartitionState] = {}
-        self.revoked: dict[TopicPartition, PartitionState] = {}
-        self.buffer: deque[_KafkaMessageProxy] = deque()
-        self.epoch = 0
-        self.dirty = False
+        self.assignment: Assignment[_KafkaMessageProxy] = Assignment()
         self._acks: SimpleQueue[tuple[TopicPartition, int, int]] = SimpleQueue()
         self._acked_event = threading.Event()
         self._redeliver = False
@@ -129,7 +124,7 @@ class _KafkaConsumer(Consumer):
         if self.instance_id is not None:
             self.logger.info("Joining group %s as static member %s.", self.group, self.instance_id)
         compat.set_metadata_backoff(self.kafka, METADATA_BACKOFF_MS)
-        self.listener = _RebalanceListener(self)
+        self.listener = _RebalanceListener(self._partitions_revoked, self._partitions_assigned)
         self.kafka.subscribe([self.topic], listener=self.listener)
         try:
             # Wait for the metadata of the subscription before the first poll joins the group.  A group
@@ -182,21 +177,22 @@ class _KafkaConsumer(Consumer):
                     )
                 if self.instance_id is not None and compat.fenced(self.kafka):
                     self._fenced()
-                self.drain_acks()
+                self._drain_acks()
                 if (
-                    self.dirty
+                    self.assignment.dirty
                     and (time.monotonic() - self._last_commit) * 1000 >= self.broker.commit_interval_ms
                 ):
                     self._commit()
-                if self.buffer:
-                    return self.buffer.popleft()
+                message = self.assignment.pop()
+                if message is not None:
+                    return message
 
                 remaining_ms = int((deadline - time.monotonic()) * 1000)
-                room = self.prefetch - self._outstanding()
+                room = self.prefetch - self.assignment.outstanding()
                 if room <= 0:
                     self._pause()
                     # Keeps the group membership alive; a rebalance may hand us new, unpaused partitions.
-                    self._take(self._poll(0))
+                    self.assignment.take(self._poll(0), self._message_of)
                     if remaining_ms <= 0:
                         return None
                     self._acked_event.wait(min(POLL_SLICE_MS, remaining_ms) / 1000)
@@ -206,9 +202,9 @@ class _KafkaConsumer(Consumer):
                 self._resume()
                 batch = self._poll(max(0, min(POLL_SLICE_MS, remaining_ms)), room)
                 if batch:
-                    self._take(batch)
+                    self.assignment.take(batch, self._message_of)
                     continue
-                if self.dirty:
+                if self.assignment.dirty:
                     self._commit()
                 if remaining_ms <= 0:
                     return None
@@ -233,7 +229,7 @@ class _KafkaConsumer(Consumer):
         ``max_poll_interval_ms``) while no consumer gets a partition.
         """
         try:
-            self.drain_acks()
+            self._drain_acks()
             self._commit(force=True)
         except KafkaError as e:
             self.logger.warning("Committing before closing the consumer of %s: %s", self.topic, e)
@@ -280,40 +276,50 @@ class _KafkaConsumer(Consumer):
         )
         raise KafkaConnectionError(f"fenced in group {self.group!r} by another {self.instance_id!r}")
 
-    # -- shared with the rebalance listener ----------------------------------------------------------------
-    def drain_acks(self) -> None:
+    # -- rebalances (relayed by the listener, on kafka-python's IO thread) --------------------------------
+    async def _partitions_revoked(self, partitions: list[TopicPartition]) -> None:
+        """Commit what was acked of the partitions taken away, then give them up."""
+        revoked = self.assignment.held(partitions)
+        if not revoked:
+            return
+        self._drain_acks()
+        offsets = self.assignment.offsets_to_commit(revoked)
+        if offsets:
+            try:
+                await compat.commit_offsets(self.kafka, offsets, self.broker.send_timeout_ms)
+                self.assignment.committed(offsets)
+            except KafkaError as e:
+                self.logger.warning("Commit of revoked partitions of %s failed: %s", self.topic, e)
+        # Unacked messages of those partitions go to their next owner.
+        self.assignment.revoke(revoked)
+        self.logger.info("Partitions revoked from %s: %s", self.topic, sorted(tp.partition for tp in revoked))
+
+    async def _partitions_assigned(self, partitions: list[TopicPartition]) -> None:
+        """Take the new assignment, with each partition's committed offset and the acks above it."""
+        commits = await compat.committed_offsets(self.kafka, partitions)
+        for tp, position in self.assignment.assign(partitions, commits).items():
+            self.kafka.seek(tp, position)
+        self.logger.info(
+            "Partitions assigned to %s: %s", self.topic, sorted(tp.partition for tp in partitions)
+        )
+        if not partitions:
+            self.logger.warning(
+                "No partition of %s is left for this consumer: its group has more consumers than the topic "
+                "has partitions, so some worker processes idle. Run fewer, or give the topic more partitions "
+                "(kafka-topics.sh --alter --partitions N; KAFKA_PARTITIONS for new topics).",
+                self.topic,
+            )
+
+    # -- internals ----------------------------------------------------------------------------------------
+    def _drain_acks(self) -> None:
         """Record the acks that worker threads queued."""
         while True:
             try:
                 tp, offset, epoch = self._acks.get_nowait()
             except Empty:
                 return
-            state = self.states.get(tp) or self.revoked.get(tp)
-            if state is None or state.epoch != epoch:
-                continue  # the partition was revoked since: its new owner has the message again
-            state.acked.add(offset)
-            state.outstanding -= 1
-            self.dirty = True
+            self.assignment.ack(tp, offset, epoch)
 
-    def offsets_to_commit(
-        self, partitions: Iterable[TopicPartition]
-    ) -> dict[TopicPartition, OffsetAndMetadata]:
-        """The commit of each partition that moved on since its last one."""
-        offsets = {}
-        for tp in partitions:
-            state = self.states[tp]
-            point = state.commit_point()
-            if point is not None and (point != state.committed or state.acked):
-                offsets[tp] = OffsetAndMetadata(point, encode_acked(point, state.acked), -1)
-        return offsets
-
-    def committed(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
-        """Note that ``offsets`` were committed."""
-        for tp, done in offsets.items():
-            if tp in self.states:
-                self.states[tp].committed = done.offset
-
-    # -- internals ----------------------------------------------------------------------------------------
     def _poll(self, timeout_ms: int, max_records: int | None = None) -> dict[TopicPartition, list[Any]]:
         now = time.monotonic()
         if not compat.rebalance_under_way(self.kafka):
@@ -337,32 +343,15 @@ class _KafkaConsumer(Consumer):
                 raise KafkaConnectionError(reason)
         return self.kafka.poll(timeout_ms=timeout_ms, max_records=max_records)
 
-    def _outstanding(self) -> int:
-        return len(self.buffer) + sum(state.outstanding for state in self.states.values())
-
-    def _take(self, batch: dict[TopicPartition, list[Any]]) -> None:
-        for tp, records in batch.items():
-            state = self.states.get(tp)
-            if state is None:
-                continue
-            for record in records:
-                state.position = record.offset + 1
-                state.pending.append(record.offset)
-                if record.offset in state.skip:
-                    # Acked by this partition's previous owner after its last commit point.
-                    state.skip.discard(record.offset)
-                    state.acked.add(record.offset)
-                    self.dirty = True
-                    continue
-                try:
-                    message = Message.decode(record.value)
-                except DecodeError as e:
-                    self._reject_undecodable(tp, record, e)
-                    state.acked.add(record.offset)
-                    self.dirty = True
-                    continue
-                state.outstanding += 1
-                self.buffer.append(_KafkaMessageProxy(message, tp, record.offset, state.epoch, self))
+    def _message_of(self, tp: TopicPartition, record: Any, epoch: int) -> _KafkaMessageProxy | None:
+        """The message of a fetched record, or None for one that is not a Dramatiq message (moved to the
+        failed topic)."""
+        try:
+            message = Message.decode(record.value)
+        except DecodeError as e:
+            self._reject_undecodable(tp, record, e)
+            return None
+        return _KafkaMessageProxy(message, tp, record.offset, epoch, self)
 
     def _reject_undecodable(self, tp: TopicPartition, record: Any, error: Exception) -> None:
         origin = f"{tp.topic}:{tp.partition}:{record.offset}"
@@ -373,10 +362,9 @@ class _KafkaConsumer(Consumer):
 
     def _commit(self, *, force: bool = False) -> None:
         """Commit every partition up to its lowest unacked offset (with the acked ones above it)."""
-        if not (self.dirty or force):
+        if not (self.assignment.dirty or force):
             return
-        offsets = self.offsets_to_commit(list(self.states))
-        self.dirty = False
+        offsets = self.assignment.collect_commit()
         if not offsets:
             return
         try:
@@ -385,11 +373,11 @@ class _KafkaConsumer(Consumer):
         except (CommitFailedError, RebalanceInProgressError) as e:
             # (kafka-python raises the second itself, without asking Kafka, while this member rejoins:
             # the commit waits for the next call rather than tearing the consumer down)
-            self.dirty = True
+            self.assignment.commit_failed()
             self.logger.warning("Commit on %s failed (a rebalance is under way): %s", self.topic, e)
             return
         self._last_commit = time.monotonic()
-        self.committed(offsets)
+        self.assignment.committed(offsets)
 
     # Which partitions are paused is asked of kafka-python each time, never remembered here: a rebalance
     # keeps the paused flag of every partition that stays assigned and gives new ones none, so a flag of our

@@ -17,7 +17,7 @@ _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
 class PartitionState:
-    """What one consumer knows of one assigned partition.
+    """What one consumer knows of one assigned partition; its :class:`.Assignment` keeps it.
 
     Attributes:
       epoch(int): Which ownership of the partition this is; an ack of an earlier epoch is stale (the

@@ -1,92 +1,34 @@
-"""What a consumer does when its group moves partitions to or from it."""
+"""How kafka-python's word that the group moved partitions to or from a consumer reaches the consumer."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Iterable
 
-from dramatiq.logging import get_logger
 from kafka import TopicPartition
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
-from kafka.errors import KafkaError
 
-from . import compat
-from .offsets import PartitionState, decode_acked
-
-if TYPE_CHECKING:
-    from .consumer import _KafkaConsumer
+#: What the listener relays a callback to: a coroutine function given the partitions moved.
+Relay = Callable[[list[TopicPartition]], Awaitable[None]]
 
 
 class _RebalanceListener(AsyncConsumerRebalanceListener):
-    """Commits what was acked before partitions leave, and picks up their state when they come.
+    """Relays kafka-python's rebalance callbacks to the consumer, and keeps nothing of its own.
 
     kafka-python 3 runs these callbacks on its IO thread while the consumer thread waits inside ``poll``
-    (or ``close``), so they never run alongside ``__next__``; they must not call blocking consumer APIs,
-    hence :mod:`.compat`'s coroutines.
+    (or ``close``), so they never run alongside ``__next__``; what they relay to must not call blocking
+    consumer APIs, hence :mod:`.compat`'s coroutines.
+
+    Parameters:
+      on_revoked(Relay): Awaited with the partitions taken away (or lost), before the group hands out any.
+      on_assigned(Relay): Awaited with the whole of the new assignment.
     """
 
-    def __init__(self, consumer: _KafkaConsumer) -> None:
-        self.logger = get_logger(__name__, type(self))
-        self.consumer = consumer
+    def __init__(self, on_revoked: Relay, on_assigned: Relay) -> None:
+        self._on_revoked = on_revoked
+        self._on_assigned = on_assigned
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        consumer = self.consumer
-        revoked = [tp for tp in revoked if tp in consumer.states]
-        if not revoked:
-            return
-        consumer.drain_acks()
-        offsets = consumer.offsets_to_commit(revoked)
-        if offsets:
-            try:
-                await compat.commit_offsets(consumer.kafka, offsets, consumer.broker.send_timeout_ms)
-                consumer.committed(offsets)
-            except KafkaError as e:
-                self.logger.warning("Commit of revoked partitions of %s failed: %s", consumer.topic, e)
-        for tp in revoked:
-            # Kept aside until the assignment is known: if the partition comes back to us, what is in flight
-            # stays in flight instead of being fetched and run a second time.
-            consumer.revoked[tp] = consumer.states.pop(tp)
-        # Unacked messages of those partitions go to their next owner; drop what was not handed out.
-        first_dropped: dict[TopicPartition, int] = {}
-        for message in consumer.buffer:
-            if message.partition in revoked:
-                consumer.revoked[message.partition].outstanding -= 1
-                first_dropped.setdefault(message.partition, message.offset)
-        for tp, offset in first_dropped.items():
-            # Should the partition come back, fetching starts again at the first message not handed out.
-            consumer.revoked[tp].forget_from(offset)
-        consumer.buffer = type(consumer.buffer)(m for m in consumer.buffer if m.partition not in revoked)
-        self.logger.info(
-            "Partitions revoked from %s: %s", consumer.topic, sorted(tp.partition for tp in revoked)
-        )
+        await self._on_revoked(list(revoked))
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        consumer = self.consumer
-        assigned = list(assigned)
-        commits = await compat.committed_offsets(consumer.kafka, assigned)
-        for tp in assigned:
-            committed = commits.get(tp)
-            previous = consumer.revoked.pop(tp, None)
-            if previous is not None and committed is not None and committed.offset == previous.committed:
-                # Nobody moved the partition on since we last owned it: carry on where we were.  Acks that
-                # came in while it was away are in its state but were never committed: commit them now.
-                consumer.states[tp] = previous
-                if previous.position is not None:
-                    consumer.kafka.seek(tp, previous.position)
-                consumer.dirty = True
-                continue
-            consumer.epoch += 1
-            state = consumer.states[tp] = PartitionState(consumer.epoch)
-            if committed is not None and committed.offset >= 0:
-                state.skip = decode_acked(committed.offset, committed.metadata)
-        consumer.revoked.clear()
-        self.logger.info(
-            "Partitions assigned to %s: %s", consumer.topic, sorted(tp.partition for tp in assigned)
-        )
-        if not assigned:
-            self.logger.warning(
-                "No partition of %s is left for this consumer: its group has more consumers than the topic "
-                "has partitions, so some worker processes idle. Run fewer, or give the topic more partitions "
-                "(kafka-topics.sh --alter --partitions N; KAFKA_PARTITIONS for new topics).",
-                consumer.topic,
-            )
+        await self._on_assigned(list(assigned))
