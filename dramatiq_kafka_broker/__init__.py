@@ -14,8 +14,11 @@ processes on any number of hosts share a queue's partitions.
 The modules, by what they hold:
 
 * :mod:`.broker`: :class:`KafkaBroker`, the transport (declare, enqueue, consume, join, flush, close);
-* :mod:`.consumer`: the consumer of one topic; :mod:`.rebalance`: what it does when partitions move;
-* :mod:`.offsets`: per-partition ack bookkeeping and the acked offsets kept in commit metadata;
+* :mod:`.consumer`: the consumer of one topic, and what it does when its group moves partitions
+  (:mod:`.rebalance` relays kafka-python's callbacks to it);
+* :mod:`.assignment`: what a consumer holds of its assigned partitions (states, fetched messages, acks);
+* :mod:`.offsets`: one partition's ack bookkeeping and the acked offsets kept in commit metadata;
+* :mod:`.middleware`: ``DurablePipelines`` and ``DurableRetries``, hand-offs that are durable on Kafka;
 * :mod:`.topics`: a queue's topics, created, or found when the app may not create them;
 * :mod:`.admin`: :class:`KafkaAdmin` (``broker.admin``): lag, replicas, partitions grown, failed messages
   and their replay;

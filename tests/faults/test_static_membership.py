@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 
 #: How long the group keeps a silent static member, in seconds.
 SESSION_TIMEOUT_S = DEFAULT_SESSION_TIMEOUT_MS / 1000
-#: What ``dramatiq_kafka_broker/rebalance.py`` logs when its group moves partitions (either queue's).
+#: What a consumer (``dramatiq_kafka_broker/consumer.py``) logs when its group moves partitions.
 REBALANCE = re.compile(r"Partitions (?:revoked from|assigned to) ")
 #: What a consumer logs when another member took its group_instance_id (``consumer.py``).
 FENCED = "Another worker uses group_instance_id"
