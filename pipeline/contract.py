@@ -11,16 +11,17 @@ Messages, all on :data:`QUEUE`:
   :data:`SINGLE_SOURCE`, each :class:`BatchRecord`'s ``id`` the submission's and ``row`` None), or one
   chunk of a batch of ``POST /api/users`` (``source`` ``json``, ``ndjson`` or ``csv``);
 * ``register_batch(batch_id, count, source)``: sent once every chunk of the batch is durable in Kafka;
-* ``process_user(SubmissionPayload)`` and ``process_users(ChunkPayload)``: a single post and a chunk as the
-  web sent them before the pipeline above; they build it (still run: messages already in Kafka, and
-  ``dlq replay`` of old failed ones).
+* ``process_user(SubmissionPayload)`` and ``process_users(ChunkPayload)``: a single post and a chunk that
+  build the pipeline above in the worker.  The web sends neither, but messages of this form may still sit
+  in Kafka or on the failed-message topic (``dlq replay``), so the worker keeps taking them.
 
 The result of ``validate_users``, a ``list[ValidatedRecord]``, is what ``persist_users`` receives (the
 worker's ``Pipelines`` middleware sends it).  ``record_failure`` is Dramatiq's ``on_retry_exhausted``
 callback (the failed message as ``Message.asdict()``).
 
 Every submission ends with one :class:`Status` (``submissions.status``); the API answers ``queued`` for a
-submission that has none yet.
+submission that has none yet.  Text that quotes a client (a field path, an error message) goes through
+:func:`storable_text` on either side before it is stored or answered.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ class BatchRecord(TypedDict):
 
 
 class ChunkPayload(TypedDict):
-    """The argument of ``process_users`` (earlier versions): a chunk of a batch and the batch's form."""
+    """The argument of ``process_users``: a chunk of a batch and the batch's form."""
 
     batch_id: str
     source: str
@@ -101,3 +102,16 @@ class ValidatedRecord(TypedDict):
     batch_id: str | None
     user: dict[str, Any] | None
     errors: list[FieldError]
+
+
+def storable_text(text: str) -> str:
+    """``text`` with NUL and lone surrogates spelled as JSON escapes (``\\u0000``, ``\\ud800``).
+
+    PostgreSQL cannot store NUL in ``text``/``jsonb`` and UTF-8 cannot encode a lone surrogate, yet error
+    messages and field paths quote clients' keys, which may hold either: escaped, the text can be stored
+    in the ``errors`` column and sent in an answer.  Text holding neither comes back as it is.
+    """
+    if "\x00" not in text and text.isascii():
+        return text
+    escaped = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return escaped.replace("\x00", "\\u0000")

@@ -47,7 +47,7 @@ import cerberus
 from cerberus import errors as cerberus_errors
 
 from pipeline import settings
-from pipeline.contract import FieldError
+from pipeline.contract import FieldError, storable_text
 
 #: Most fields of a nested ``name`` or ``address`` object checked one by one; a larger one is one error.
 MAX_NESTED_KEYS = 20
@@ -87,7 +87,7 @@ _PHONE_SEPARATORS = re.compile(r"[\s\-.()]+")
 _WHITESPACE_RUN = re.compile(r"\s+")
 _CSV_INTEGER = re.compile(r"\s*[+-]?[0-9]{1,20}\s*")
 
-#: Outcome of :func:`validate_record`: the normalised user (or None) and every error.
+#: Every error found in a record, in field order.
 ErrorList = list[FieldError]
 
 #: An error of our own rule ``storable``; its info is the dotted path, inside the record, of the value.
@@ -109,13 +109,6 @@ def _is_storable(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def _printable(text: str) -> str:
-    """``text`` made storable for an error message: NUL and lone surrogates spelled as escapes."""
-    if _is_storable(text):
-        return text
-    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
 
 
 def _unstorable_paths(value: Any, path: str) -> Iterable[str]:
@@ -417,7 +410,7 @@ def _errors_of(validator: UserValidator) -> ErrorList:
 def _storable_errors(errors: ErrorList) -> ErrorList:
     # Field names come from the client (an unknown key, a key of additional_info) and end up in a jsonb
     # column: one that PostgreSQL cannot store would fail the whole chunk.
-    return [{"field": _printable(e["field"]), "message": _printable(e["message"])} for e in errors]
+    return [{"field": storable_text(e["field"]), "message": storable_text(e["message"])} for e in errors]
 
 
 def _user_from(document: Mapping[str, Any]) -> dict[str, Any]:
@@ -479,26 +472,3 @@ def validate_record(
         more: FieldError = {"field": ROOT_FIELD, "message": f"and {len(found) - MAX_ERRORS + 1} more errors"}
         found = [*found[: MAX_ERRORS - 1], more]
     return None, found
-
-
-def validate_users(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Validate records of the contract (``{"id", "row", "batch_id", "source", "data", "errors"}``).
-
-    Returns one result per record, in order: ``{"id", "row", "batch_id", "user", "errors"}`` where
-    ``user`` is None exactly when ``errors`` is not empty.
-    """
-    results = []
-    for record in records:
-        user, errors = validate_record(
-            record.get("data"), source=record.get("source") or "json", parse_errors=record.get("errors") or ()
-        )
-        results.append(
-            {
-                "id": record["id"],
-                "row": record.get("row"),
-                "batch_id": record.get("batch_id"),
-                "user": user,
-                "errors": errors,
-            }
-        )
-    return results

@@ -1,4 +1,5 @@
-"""Validation of user records (pure: no broker, no database)."""
+"""Validation of user records (pure: no database; the chunk form is the ``validate_users`` actor, called as
+a function, which needs no broker to run)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import threading
 import pytest
 
 from pipeline import validation
-from pipeline.validation import validate_record, validate_users
+from pipeline.validation import validate_record
 
 
 def fields_of(errors):
@@ -279,6 +280,10 @@ def test_errors_are_always_storable_even_when_a_field_name_is_not(bad):
         for text in (error["field"], error["message"]):
             assert "\x00" not in text
             text.encode("utf-8")
+    # ... spelled as the web spells them (JSON's escapes)
+    escaped = {"a\x00b": "a\\u0000b", "\ud800": "\\ud800"}[bad]
+    assert {escaped, f"address.{escaped}"} < set(fields_of(errors))
+    assert f"odd {escaped}" in [error["message"] for error in errors]
 
 
 def test_additional_info_over_the_bound_is_an_error():
@@ -400,36 +405,23 @@ def test_a_csv_row_with_nested_headers_validates_like_json():
 # --- validate_users (the chunk form) -----------------------------------------------------------------------
 
 
-def test_validate_users_returns_one_result_per_record_in_order():
-    # Given a chunk with a valid record, an invalid one and a parse error
+@pytest.fixture
+def actors():
+    """``pipeline.actors``, imported the way the worker imports it (after the global broker is set)."""
+    from pipeline.worker import actors as module
+
+    return module
+
+
+def test_validate_users_returns_one_result_per_record_in_order(actors):
+    # Given a chunk of a CSV batch with a valid record, an invalid one and a parse error
     records = [
-        {
-            "id": "b.1",
-            "row": 1,
-            "batch_id": "b",
-            "source": "csv",
-            "data": {"name": "A", "age": "1"},
-            "errors": [],
-        },
-        {
-            "id": "b.2",
-            "row": 2,
-            "batch_id": "b",
-            "source": "csv",
-            "data": {"name": "B", "age": "x"},
-            "errors": [],
-        },
-        {
-            "id": "b.3",
-            "row": 3,
-            "batch_id": "b",
-            "source": "csv",
-            "data": None,
-            "errors": [{"field": "_row", "message": "bad"}],
-        },
+        {"id": "b.1", "row": 1, "data": {"name": "A", "age": "1"}, "errors": []},
+        {"id": "b.2", "row": 2, "data": {"name": "B", "age": "x"}, "errors": []},
+        {"id": "b.3", "row": 3, "data": None, "errors": [{"field": "_row", "message": "bad"}]},
     ]
-    # When
-    results = validate_users(records)
+    # When the actor's function runs on it
+    results = actors.validate_users(records, "b", "csv")
     # Then
     assert [(r["id"], r["row"], r["batch_id"]) for r in results] == [
         ("b.1", 1, "b"),

@@ -28,6 +28,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
+from pipeline.contract import storable_text
+
 logger = logging.getLogger(__name__)
 
 #: Codes for Starlette's own HTTP errors (routing), by status.
@@ -128,20 +130,12 @@ class DatabaseUnavailable(ServiceUnavailable):
     code = "database_unavailable"
 
 
-def safe_text(text: str) -> str:
-    """``text`` with lone surrogates and NUL written as escapes, so that it can be sent as UTF-8 and stored.
-
-    Error messages and field paths may quote a client's key; a key like ``"\ud800"`` would otherwise make
-    the answer (or the ``errors`` column) fail to encode.
-    """
-    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\u0000")
-
-
 def error_response(
     status: int, code: str, message: str, headers: Mapping[str, str] | None = None
 ) -> Response:
     """The one shape of every error answer."""
-    body = {"error": {"code": code, "message": safe_text(message)}}
+    # The message may quote a client's key, which may hold what UTF-8 cannot encode.
+    body = {"error": {"code": code, "message": storable_text(message)}}
     return JSONResponse(body, status_code=status, headers=headers)
 
 

@@ -32,7 +32,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from web.errors import InvalidBody, Malformed, PayloadTooLarge, safe_text
+from pipeline.contract import storable_text
+from web.errors import InvalidBody, Malformed, PayloadTooLarge
 
 #: Deepest nesting of objects and arrays accepted in a record (the record itself is level 1).
 MAX_DEPTH = 32
@@ -71,7 +72,7 @@ class _Unstorable(ValueError):
     def __init__(self, path: str, message: str) -> None:
         super().__init__(message)
         # The path quotes the client's keys, which may hold the very characters being refused.
-        self.path = safe_text(path)
+        self.path = storable_text(path)
         self.message = message
 
 
