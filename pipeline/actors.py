@@ -5,8 +5,9 @@ message, or a chunk of a batch), and once a whole batch is in Kafka, ``register_
 
     validate_users(records, batch_id, source) | persist_users(results)
 
-``process_user`` and ``process_users`` build the same pipeline from the messages of earlier versions (a
-failed message replayed from before the change).  ``validate_users`` is pure (Cerberus);
+``process_user`` and ``process_users`` build the same pipeline from a single submission or a chunk: the
+web sends neither, but messages of that form may still be in Kafka or replayed from the failed-message
+topic.  ``validate_users`` is pure (Cerberus);
 ``persist_users`` writes every outcome of the chunk in one transaction of a few statements, each taking
 the whole chunk as one JSON parameter (a handful of round trips per message whatever its size, none per
 record), and is idempotent: a redelivered message never writes a second row, and never turns ``stored``
@@ -14,15 +15,18 @@ into ``duplicate``.  Transient database errors are retried with backoff by Drama
 the retries run out the message goes to the failed-message topic and ``record_failure`` (Dramatiq's
 ``on_retry_exhausted`` callback, itself retried) marks its submissions ``failed``.  Not ``on_failure``:
 that callback fires on *every* failed attempt, which would mark ``failed`` a submission still being
-retried.
+retried.  Every database access goes through :func:`_database_work`, which drops the thread's connection
+after a transient error so that the retry reconnects.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import dramatiq
@@ -37,16 +41,18 @@ from pipeline.contract import (
     QUEUE,
     RECORD_FAILURE,
     REGISTER_BATCH,
+    SINGLE_SOURCE,
     VALIDATE_USERS,
     BatchRecord,
     ChunkPayload,
+    FieldError,
     Status,
     SubmissionPayload,
     ValidatedRecord,
 )
 from pipeline.db import database, reset_connection
 from pipeline.models import Batch, Submission, unique_columns
-from pipeline.persist_plan import Key
+from pipeline.persist_plan import Key, SubmissionRow, submission_row
 from pipeline.validation import validate_record
 
 logger = logging.getLogger("pipeline.actors")
@@ -87,11 +93,24 @@ _UPSERT_OUTCOMES = (
 _PEEWEE_ERRORS = peewee.__exception_wrapper__  # type: ignore[attr-defined]
 
 
-def _retry_transient(retries: int, exception: Exception) -> bool:
-    if isinstance(exception, TRANSIENT):
+@contextlib.contextmanager
+def _database_work() -> Iterator[None]:
+    """A connection and a transaction around a block; psycopg2's errors are raised as Peewee's.
+
+    After a transient error the thread's connection is dropped (it is likely dead), so that the retry
+    reconnects instead of getting the broken connection back from the pool.
+    """
+    try:
+        with database.connection_context(), database.atomic(), _PEEWEE_ERRORS:
+            yield
+    except TRANSIENT:
         reset_connection()
-        return retries < settings.MAX_RETRIES
-    return False
+        raise
+
+
+def _retry_transient(retries: int, exception: Exception) -> bool:
+    """Dramatiq's ``retry_when``: retry transient database errors, up to ``settings.MAX_RETRIES`` times."""
+    return isinstance(exception, TRANSIENT) and retries < settings.MAX_RETRIES
 
 
 _persisting = {
@@ -103,36 +122,26 @@ _persisting = {
 }
 
 
-def _records_of(submission: SubmissionPayload) -> list[BatchRecord]:
-    return [{"id": submission["id"], "row": None, "data": submission.get("data"), "errors": []}]
+#: Options of the actors that only start the pipeline: they touch no database, so nothing to retry on.
+_starting = {"queue_name": QUEUE, "max_retries": settings.MAX_RETRIES, "on_retry_exhausted": RECORD_FAILURE}
 
 
-@dramatiq.actor(
-    actor_name=PROCESS_USER,
-    queue_name=QUEUE,
-    max_retries=settings.MAX_RETRIES,
-    on_retry_exhausted=RECORD_FAILURE,
-)
+def _start_pipeline(records: list[BatchRecord], batch_id: str | None, source: str) -> None:
+    """Send ``validate_users(records, batch_id, source) | persist_users``."""
+    dramatiq.pipeline([validate_users.message(records, batch_id, source), persist_users.message()]).run()
+
+
+@dramatiq.actor(actor_name=PROCESS_USER, **_starting)
 def process_user(submission: SubmissionPayload) -> None:
     """One submitted record ``{"id", "data"}``: validate, then dedupe and persist."""
-    records = _records_of(submission)
-    dramatiq.pipeline([validate_users.message(records, None, "json"), persist_users.message()]).run()
+    record: BatchRecord = {"id": submission["id"], "row": None, "data": submission.get("data"), "errors": []}
+    _start_pipeline([record], None, SINGLE_SOURCE)
 
 
-@dramatiq.actor(
-    actor_name=PROCESS_USERS,
-    queue_name=QUEUE,
-    max_retries=settings.MAX_RETRIES,
-    on_retry_exhausted=RECORD_FAILURE,
-)
+@dramatiq.actor(actor_name=PROCESS_USERS, **_starting)
 def process_users(chunk: ChunkPayload) -> None:
     """A chunk of a batch ``{"batch_id", "source", "records": [{"id", "row", "data", "errors"}]}``."""
-    dramatiq.pipeline(
-        [
-            validate_users.message(chunk["records"], chunk["batch_id"], chunk.get("source", "json")),
-            persist_users.message(),
-        ]
-    ).run()
+    _start_pipeline(chunk["records"], chunk["batch_id"], chunk.get("source", "json"))
 
 
 @dramatiq.actor(actor_name=VALIDATE_USERS, queue_name=QUEUE, max_retries=0, on_retry_exhausted=RECORD_FAILURE)
@@ -176,9 +185,7 @@ def persist_chunk(results: list[ValidatedRecord]) -> dict[str, int]:
     """
     try:
         counts = _persist(results)
-    except Exception as error:
-        if isinstance(error, TRANSIENT):
-            reset_connection()
+    except Exception:
         if len(results) < 2:
             raise
         counts = _persist_one_by_one(results)
@@ -204,8 +211,6 @@ def _persist_one_by_one(results: list[ValidatedRecord]) -> dict[str, int]:
             for status, n in _persist([result]).items():
                 counts[status] += n
         except Exception as error:
-            if isinstance(error, TRANSIENT):
-                reset_connection()
             failing.append(result)
             last_error = error
     if last_error is not None and len(failing) == len(results):
@@ -255,21 +260,11 @@ def _existing_ids(cursor: Any, keys: list[Key], columns: list[str]) -> dict[Key,
     return existing
 
 
-def _upsert_outcomes(cursor: Any, rows: list[dict[str, Any]], now: datetime.datetime) -> None:
+def _upsert_outcomes(cursor: Any, rows: list[SubmissionRow]) -> None:
     """Write the outcomes; an existing row is replaced only when it is ``failed`` (a replay)."""
     if rows:
-        columns = [
-            {
-                "id": r["id"],
-                "batch_id": r["batch_id"],
-                "row": r["row"],
-                "status": r["status"],
-                "errors": r["errors"],
-                "user_id": r["user"],
-            }
-            for r in rows
-        ]
-        cursor.execute(_UPSERT_OUTCOMES, {"rows": json.dumps(columns), "now": now})
+        now = datetime.datetime.now(datetime.UTC)
+        cursor.execute(_UPSERT_OUTCOMES, {"rows": json.dumps(rows), "now": now})
 
 
 def _persist(results: list[ValidatedRecord]) -> dict[str, int]:
@@ -277,18 +272,17 @@ def _persist(results: list[ValidatedRecord]) -> dict[str, int]:
 
     Round trips: BEGIN, one SELECT of the outcomes already written, one INSERT of the users, a SELECT of
     the ids of keys stored before (only when some are, one per :data:`INSERT_CHUNK` keys), one upsert of
-    the outcomes, COMMIT.  psycopg2's errors become Peewee's, as with Peewee's own queries.
+    the outcomes, COMMIT.
     """
     columns = unique_columns(settings.UNIQUE_FIELDS)
-    now = datetime.datetime.now(datetime.UTC)
-    with database.connection_context(), database.atomic(), _PEEWEE_ERRORS:
+    with _database_work():
         cursor = database.cursor()
         chunk = persist_plan.plan(results, _done_ids(cursor, [r["id"] for r in results]), columns)
         stored_ids = _insert_users(cursor, chunk.users, columns)
         missing = chunk.missing(stored_ids)
         existing = _existing_ids(cursor, missing, columns) if missing else {}
-        rows, counts = persist_plan.outcomes(chunk, stored_ids, existing, now)
-        _upsert_outcomes(cursor, rows, now)
+        rows, counts = persist_plan.outcomes(chunk, stored_ids, existing)
+        _upsert_outcomes(cursor, rows)
     return counts
 
 
@@ -297,12 +291,8 @@ def _persist(results: list[ValidatedRecord]) -> dict[str, int]:
 )
 def register_batch(batch_id: str, count: int, source: str | None = None) -> None:
     """Record a batch's size once all of its chunks are in Kafka (the batch report needs it)."""
-    try:
-        with database.connection_context():
-            Batch.insert(id=batch_id, count=count, source=source).on_conflict_ignore().execute()
-    except TRANSIENT:
-        reset_connection()
-        raise
+    with _database_work():
+        Batch.insert(id=batch_id, count=count, source=source).on_conflict_ignore().execute()
     logger.info("registered batch=%s count=%d", batch_id, count)
 
 
@@ -332,8 +322,9 @@ RECORD_FAILURE_RETRIES = 20
 
 
 def _retry_record_failure(retries: int, exception: Exception) -> bool:
+    """``retry_when`` of ``record_failure``: transient errors, with more patience than the other actors."""
     patience = max(settings.MAX_RETRIES, RECORD_FAILURE_RETRIES)
-    return _retry_transient(0, exception) and retries < patience
+    return isinstance(exception, TRANSIENT) and retries < patience
 
 
 _EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Z]\w*[a-z]\w*)(?::\s?(.*))?$")
@@ -368,24 +359,10 @@ def record_failure(message: dict[str, Any], retries: dict[str, Any] | None = Non
     records = _submission_records(message)
     if not records:
         return
-    now = datetime.datetime.now(datetime.UTC)
-    rows = [
-        {
-            "id": r["id"],
-            "batch_id": r["batch_id"],
-            "row": r["row"],
-            "status": Status.FAILED,
-            "errors": [{"field": "_system", "message": reason}],
-            "created_at": now,
-            "updated_at": now,
-        }
-        for r in records
-    ]
-    try:
-        with database.connection_context(), database.atomic():
-            for start in range(0, len(rows), INSERT_CHUNK):
-                Submission.insert_many(rows[start : start + INSERT_CHUNK]).on_conflict_ignore().execute()
-    except TRANSIENT:
-        reset_connection()
-        raise
+    errors: list[FieldError] = [{"field": "_system", "message": reason}]
+    rows = [submission_row(r, Status.FAILED, errors=errors) for r in records]
+    with _database_work():
+        for start in range(0, len(rows), INSERT_CHUNK):
+            # created_at and updated_at: the model's defaults
+            Submission.insert_many(rows[start : start + INSERT_CHUNK]).on_conflict_ignore().execute()
     logger.warning("failed %d submission(s) of %s: %s", len(rows), message.get("actor_name"), reason)

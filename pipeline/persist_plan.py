@@ -9,16 +9,18 @@ the two in the middle are SQL (``pipeline/actors.py``), the others are here:
 3. look up the ids of the keys that were already stored (:meth:`Plan.missing`);
 4. :func:`outcomes`: one submission row per record: ``stored`` for the first of a key that was inserted,
    ``duplicate`` (pointing at the stored user) for every other valid one, ``invalid`` with its errors.
+
+Every ``submissions`` row the pipeline writes, these outcomes and the ``failed`` ones of
+``record_failure``, is built by :func:`submission_row`.
 """
 
 from __future__ import annotations
 
-import datetime
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
-from pipeline.contract import Status, ValidatedRecord
+from pipeline.contract import FieldError, Status, ValidatedRecord
 
 #: The values of a user's unique-key columns, in the order of the columns.
 Key = tuple[Any, ...]
@@ -27,6 +29,35 @@ Key = tuple[Any, ...]
 def user_key(user: dict[str, Any], columns: list[str]) -> Key:
     """The unique key of a normalised user (a missing column counts as NULL)."""
     return tuple(user.get(c) for c in columns)
+
+
+class SubmissionRow(TypedDict):
+    """A row of ``submissions`` as the pipeline writes it (the timestamps are the writer's)."""
+
+    id: str
+    batch_id: str | None
+    row: int | None
+    status: Status
+    errors: list[FieldError]
+    user_id: int | None
+
+
+def submission_row(
+    record: Mapping[str, Any],
+    status: Status,
+    *,
+    errors: list[FieldError] | None = None,
+    user_id: int | None = None,
+) -> SubmissionRow:
+    """The ``submissions`` row of ``record`` (anything with its ``id``, ``batch_id`` and ``row``)."""
+    return {
+        "id": record["id"],
+        "batch_id": record.get("batch_id"),
+        "row": record.get("row"),
+        "status": status,
+        "errors": errors or [],
+        "user_id": user_id,
+    }
 
 
 def empty_counts() -> dict[str, int]:
@@ -73,40 +104,27 @@ def plan(results: Iterable[ValidatedRecord], done: Collection[str], columns: lis
 
 
 def outcomes(
-    chunk: Plan,
-    stored_ids: dict[Key, int],
-    existing: dict[Key, int],
-    now: datetime.datetime,
-) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    chunk: Plan, stored_ids: dict[Key, int], existing: dict[Key, int]
+) -> tuple[list[SubmissionRow], dict[str, int]]:
     """The submission rows of the planned records, and the counts per outcome.
 
-    ``stored_ids`` maps the keys of the users inserted now to their ids, ``existing`` those of the keys
-    already stored before.
+    ``stored_ids`` maps the keys of the users this chunk inserted to their ids, ``existing`` the keys of
+    users stored by earlier chunks to theirs.
     """
     counts = empty_counts()
     counts["skipped"] = chunk.skipped
-    rows = []
-    for r in chunk.todo:
-        user_id = None
-        if r["user"] is None:
-            status = Status.INVALID
-        else:
-            key = user_key(r["user"], chunk.columns)
-            if chunk.first[key] is r and key in stored_ids:
-                status, user_id = Status.STORED, stored_ids[key]
-            else:
-                status, user_id = Status.DUPLICATE, stored_ids.get(key) or existing.get(key)
-        counts[status] += 1
-        rows.append(
-            {
-                "id": r["id"],
-                "batch_id": r.get("batch_id"),
-                "row": r.get("row"),
-                "status": status,
-                "errors": r["errors"] if status == Status.INVALID else [],
-                "user": user_id,
-                "created_at": now,
-                "updated_at": now,
-            }
-        )
+    rows = [_outcome(chunk, r, stored_ids, existing) for r in chunk.todo]
+    for row in rows:
+        counts[row["status"]] += 1
     return rows, counts
+
+
+def _outcome(
+    chunk: Plan, record: ValidatedRecord, stored_ids: dict[Key, int], existing: dict[Key, int]
+) -> SubmissionRow:
+    if record["user"] is None:
+        return submission_row(record, Status.INVALID, errors=record["errors"])
+    key = user_key(record["user"], chunk.columns)
+    if chunk.first[key] is record and key in stored_ids:
+        return submission_row(record, Status.STORED, user_id=stored_ids[key])
+    return submission_row(record, Status.DUPLICATE, user_id=stored_ids.get(key) or existing.get(key))

@@ -57,6 +57,9 @@ def test_a_valid_user_is_stored_and_its_submission_points_at_it(sql):
     assert (name, age, email, additional_info) == ("Ada Lovelace", 36, "ada@example.org", {"x": [1]})
     assert outcomes(sql) == {"s1": ("stored", user_id)}
     assert sql("SELECT errors FROM submissions") == [([],)]
+    # ... and the submission is stamped once, created and updated at the same moment
+    [(created_at, updated_at)] = sql("SELECT created_at, updated_at FROM submissions")
+    assert created_at is not None and created_at == updated_at
 
 
 def test_an_invalid_record_is_kept_with_every_error_and_no_user(sql):
