@@ -2,7 +2,9 @@
 failed messages.
 
 The web's health and metrics, the ``dlq`` and ``partitions`` commands and ``KafkaBroker.join`` use them
-through ``broker.admin``.
+through ``broker.admin``.  :class:`KafkaAdmin` asks Kafka through the broker's clients and names topics and
+groups by the broker's :class:`~.topics.TopicLayout`; it calls back into the broker only for what the broker
+owns: its declared queues, its topics' readiness, sending, flushing, and the failures kept for ``join``.
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import defaultdict
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from dramatiq.common import dq_name, q_name, xq_name
 from dramatiq.logging import get_logger
@@ -20,12 +22,11 @@ from kafka import TopicPartition
 from kafka.admin import OffsetSpec
 from kafka.errors import KafkaError
 
+from .clients import KafkaClients
 from .deadletters import FailedMessage
 from .errors import KafkaConnectionError, MissingRight
 from .offsets import decode_acked
-
-if TYPE_CHECKING:
-    from .broker import KafkaBroker
+from .topics import TopicLayout
 
 #: How often :meth:`KafkaAdmin.grow_partitions` looks whether Kafka's metadata shows the new partitions, in
 #: seconds.
@@ -53,19 +54,41 @@ class PartitionGrowth:
 
 
 class KafkaAdmin:
-    """What an operator asks of a broker's queues.
+    """What an operator asks of a broker's queues; each broker makes its own, ``broker.admin``.
 
     Parameters:
-      broker(KafkaBroker): The broker whose queues, topics and clients these operations use.
+      clients(KafkaClients): The broker's clients, which these operations ask Kafka with.
+      layout(TopicLayout): How the broker names its topics and consumer groups.
+      declared_queues(Callable[[], Iterable[str]]): The queues declared on the broker.
+      ensure_topics(Callable[[str], None]): Make sure a declared queue's topics exist (``ensure_topics``).
+      enqueue_confirmed(Callable[[list[Message]], None]): Enqueue messages and return once Kafka has
+        acknowledged all of them, even with ``confirm_delivery`` off.
+      flush(Callable[[str], None]): Drop every message of a queue's topic (``flush``).
+      forget_failures(Callable[[str], None]): Forget the failures of a queue that ``join`` re-raises.
 
     >>> broker.admin.lag("users")
     {0: 0, 1: 3, 2: 0}
     """
 
-    def __init__(self, broker: KafkaBroker) -> None:
+    def __init__(
+        self,
+        clients: KafkaClients,
+        layout: TopicLayout,
+        *,
+        declared_queues: Callable[[], Iterable[str]],
+        ensure_topics: Callable[[str], None],
+        enqueue_confirmed: Callable[[list[Message[Any]]], None],
+        flush: Callable[[str], None],
+        forget_failures: Callable[[str], None],
+    ) -> None:
         self.logger = get_logger(__name__, type(self))
-        self.broker = broker
-        self.clients = broker.clients
+        self.clients = clients
+        self.layout = layout
+        self._declared_queues = declared_queues
+        self._ensure_topics = ensure_topics
+        self._enqueue_confirmed = enqueue_confirmed
+        self._flush = flush
+        self._forget_failures = forget_failures
 
     # -- health -------------------------------------------------------------------------------------------
     def ping(self) -> None:
@@ -77,13 +100,13 @@ class KafkaAdmin:
           KafkaConnectionError: If Kafka cannot be reached.
         """
         self.clients.admin_call("list_topics")
-        for queue_name in sorted(self.broker.queues):
-            self.broker.ensure_topics(queue_name)
+        for queue_name in sorted(self._declared_queues()):
+            self._ensure_topics(queue_name)
 
     def lag(self, queue_name: str) -> dict[int, int]:
         """Messages of a queue (or ``.DQ``) not yet acked by its consumer group, per partition."""
-        starts, ends = self._bounds(self.broker.topic_for(queue_name))
-        group = self.broker.group_for(queue_name)
+        starts, ends = self._bounds(self.layout.topic_for(queue_name))
+        group = self.layout.group_for(queue_name)
         committed = self.clients.admin_call("list_group_offsets", {group: list(ends)}).get(group, {})
         lags = {}
         for tp, end in ends.items():
@@ -101,8 +124,8 @@ class KafkaAdmin:
         """For the queue's three topics (queue, ``.DQ``, ``.XQ``), how many partitions have fewer in-sync
         replicas than replicas: a Kafka node is away or behind, and one more loss could stop writes."""
         canonical = q_name(queue_name)
-        self.broker.ensure_topics(canonical)
-        names = {self.broker.topic_for(n): n for n in (canonical, dq_name(canonical), xq_name(canonical))}
+        self._ensure_topics(canonical)
+        names = {self.layout.topic_for(n): n for n in (canonical, dq_name(canonical), xq_name(canonical))}
         described = self.clients.admin_call("describe_topics", list(names))
         return {
             names[topic["name"]]: sum(
@@ -118,7 +141,7 @@ class KafkaAdmin:
         for name in (queue_name, dq_name(queue_name)):
             try:
                 lag = self.lag(name)
-                group = self.broker.group_for(name)
+                group = self.layout.group_for(name)
                 described = self.clients.admin_call("describe_groups", [group]).get(group, {})
                 members = [
                     sorted(
@@ -146,8 +169,8 @@ class KafkaAdmin:
           KafkaConnectionError: If Kafka cannot be reached.
         """
         canonical = q_name(queue_name)
-        self.broker.ensure_topics(canonical)
-        names = [self.broker.topic_for(name) for name in (canonical, dq_name(canonical))]
+        self._ensure_topics(canonical)
+        names = [self.layout.topic_for(name) for name in (canonical, dq_name(canonical))]
         described = self.clients.admin_call("describe_topics", names)
         found = {topic["name"]: len(topic["partitions"]) for topic in described}
         return {name: found.get(name, 0) for name in names}
@@ -233,14 +256,14 @@ class KafkaAdmin:
     # -- failed messages ----------------------------------------------------------------------------------
     def failed_count(self, queue_name: str) -> int:
         """How many failed messages the queue's failed-message topic holds."""
-        self.broker.ensure_topics(queue_name)
-        starts, ends = self._bounds(self.broker.topic_for(xq_name(queue_name)))
+        self._ensure_topics(queue_name)
+        starts, ends = self._bounds(self.layout.topic_for(xq_name(queue_name)))
         return sum(end - starts.get(tp, 0) for tp, end in ends.items())
 
     def failed_messages(self, queue_name: str, *, limit: int | None = None) -> Iterator[FailedMessage]:
         """Read the queue's failed messages, oldest first per partition, without consuming them."""
-        self.broker.ensure_topics(queue_name)
-        topic = self.broker.topic_for(xq_name(queue_name))
+        self._ensure_topics(queue_name)
+        topic = self.layout.topic_for(xq_name(queue_name))
         starts, ends = self._bounds(topic)
         remaining = {tp: end for tp, end in ends.items() if end > starts.get(tp, 0)}
         if not remaining:
@@ -294,28 +317,26 @@ class KafkaAdmin:
             if item.message is not None
         ]
         if fresh:
-            # In a batch() block, which waits for their acks even with confirm_delivery off: the failed
-            # records are removed next.
-            with self.broker.batch():
-                self.broker.enqueue_many(fresh)
-            topic = self.broker.topic_for(xq_name(queue_name))
+            # Acknowledged, even with confirm_delivery off: the failed records are removed next.
+            self._enqueue_confirmed(fresh)
+            topic = self.layout.topic_for(xq_name(queue_name))
             cut = {TopicPartition(topic, p): items[-1].offset + 1 for p, items in replayable.items()}
             self.clients.admin_call("delete_records", cut, timeout_ms=self.clients.timeout_ms)
             # Replayed, they are no longer failed: ``join`` stops re-raising their exceptions.
-            self.broker.failures_by_queue.pop(q_name(queue_name), None)
+            self._forget_failures(queue_name)
         return len(fresh), left
 
     def purge_failed(self, queue_name: str) -> int:
         """Delete every failed message of a queue; returns how many there were."""
         count = self.failed_count(queue_name)
-        self.broker.flush(xq_name(queue_name))
+        self._flush(xq_name(queue_name))
         return count
 
     # -- records ------------------------------------------------------------------------------------------
     def delete_records(self, queue_name: str) -> None:
         """Delete every record of a queue's (or ``.DQ``'s, ``.XQ``'s) topic, for every consumer group."""
-        self.broker.ensure_topics(queue_name)
-        ends = self._offsets_of(self._partitions(self.broker.topic_for(queue_name)), OffsetSpec.LATEST)
+        self._ensure_topics(queue_name)
+        ends = self._offsets_of(self._partitions(self.layout.topic_for(queue_name)), OffsetSpec.LATEST)
         if ends:
             self.require_delete(queue_name)
             self.clients.admin_call("delete_records", ends, timeout_ms=self.clients.timeout_ms)
@@ -327,7 +348,7 @@ class KafkaAdmin:
         Managed Kafka services give a tenant the rights its operator chose; replaying and purging failed
         messages need ``DELETE`` on the ``.XQ`` topic (Kafka's DeleteRecords).
         """
-        topic = self.broker.topic_for(queue_name)
+        topic = self.layout.topic_for(queue_name)
         partitions = self._partitions(topic)[:1]
         starts = self._offsets_of(partitions, OffsetSpec.EARLIEST)
         try:

@@ -14,15 +14,15 @@ from dramatiq.broker import Broker, Consumer, MessageProxy
 from dramatiq.common import current_millis, dq_name, q_name, xq_name
 from dramatiq.errors import QueueJoinTimeout, QueueNotFound
 from dramatiq.message import Message
-from kafka.errors import KafkaError, MessageSizeTooLargeError, UnknownError
 
 from . import compat, topics
 from .admin import KafkaAdmin
 from .clients import KafkaClients
 from .consumer import _KafkaConsumer
 from .deadletters import failure_headers
-from .errors import KafkaConnectionError, MessageFailed, RecordTooLarge
+from .errors import KafkaConnectionError, MessageFailed
 from .metrics import delivery_errors
+from .topics import TopicLayout
 
 #: Partitions of each topic the broker creates: a consumer group shares P partitions among N members
 #: evenly only when N divides P, and 12 divides among 1, 2, 3, 4, 6 and 12 worker processes.
@@ -123,23 +123,19 @@ class KafkaBroker(Broker):
         super().__init__(middleware=middleware)
         if isinstance(bootstrap_servers, str):
             bootstrap_servers = [s.strip() for s in bootstrap_servers.split(",") if s.strip()]
-        if min_insync_replicas is None and replication_factor >= 3:
-            min_insync_replicas = 2
-        if min_insync_replicas is not None and not 1 <= min_insync_replicas <= replication_factor:
-            raise ValueError(
-                f"min_insync_replicas must be from 1 to the replication factor ({replication_factor}), "
-                f"not {min_insync_replicas}: Kafka would refuse every write"
-            )
+        #: How topics and groups are named, and the topics this broker creates: the one owner of those values.
+        self.layout = TopicLayout(
+            topic_prefix=topic_prefix,
+            group_id=group_id,
+            partitions=partitions,
+            replication_factor=replication_factor,
+            min_insync_replicas=min_insync_replicas,
+            dead_letter_retention_ms=dead_letter_retention_ms,
+            create_topics=create_topics,
+        )
         self.queues: set[str] = set()
-        self.topic_prefix = topic_prefix
-        self.group_id = group_id
         self.group_instance_id = group_instance_id or None
         self._process_index: int | None = None
-        self.create_topics = create_topics
-        self.partitions = partitions
-        self.replication_factor = replication_factor
-        self.min_insync_replicas = min_insync_replicas
-        self.dead_letter_retention_ms = dead_letter_retention_ms
         self.send_timeout_ms = send_timeout_ms
         self.confirm_delivery = confirm_delivery
         self.commit_interval_ms = commit_interval_ms
@@ -153,28 +149,47 @@ class KafkaBroker(Broker):
             consumer_options=consumer_options,
             admin_options=admin_options,
         )
-        self.admin = KafkaAdmin(self)
+        self.admin = KafkaAdmin(
+            self.clients,
+            self.layout,
+            declared_queues=self.get_declared_queues,
+            ensure_topics=self.ensure_topics,
+            enqueue_confirmed=self._enqueue_confirmed,
+            flush=self.flush,
+            forget_failures=self._forget_failures,
+        )
         #: The exceptions of the messages of each queue that failed in this process (for ``join``).
         self.failures_by_queue: defaultdict[str, list[BaseException | None]] = defaultdict(list)
         self._ready_topics: set[str] = set()
         self._scope = threading.local()
-        # A producer that failed a record nobody waited for (confirm_delivery off): its errback runs on the
-        # producer's own thread, which cannot close it, so the next send replaces it.
-        self._failed_producer: Any = None
 
     @property
     def consumer_class(self) -> type[_KafkaConsumer]:
         """The class of the consumers :meth:`consume` makes; a subclass may swap it."""
         return _KafkaConsumer
 
+    @property
+    def topic_prefix(self) -> str:
+        """Put in front of every topic and consumer group name (the layout's)."""
+        return self.layout.topic_prefix
+
+    @property
+    def partitions(self) -> int:
+        """Partitions of the topics this broker creates (the layout's)."""
+        return self.layout.partitions
+
+    @property
+    def min_insync_replicas(self) -> int | None:
+        """``min.insync.replicas`` of the topics this broker creates (the layout's)."""
+        return self.layout.min_insync_replicas
+
     def topic_for(self, queue_name: str) -> str:
-        """The Kafka topic that carries ``queue_name`` (a queue, ``.DQ`` or ``.XQ`` name)."""
-        return self.topic_prefix + queue_name
+        """The Kafka topic that carries ``queue_name`` (:meth:`.TopicLayout.topic_for`)."""
+        return self.layout.topic_for(queue_name)
 
     def group_for(self, queue_name: str) -> str:
-        """The consumer group that consumes ``queue_name``: ``<topic_prefix><group_id>.<queue_name>``, prefix
-        included, as managed services' tenants need (Heroku: ``heroku kafka:consumer-groups:create``)."""
-        return f"{self.topic_prefix}{self.group_id}.{queue_name}"
+        """The consumer group that consumes ``queue_name`` (:meth:`.TopicLayout.group_for`)."""
+        return self.layout.group_for(queue_name)
 
     def member_instance_id(self) -> str | None:
         """The ``group_instance_id`` this process's consumers join their groups with, or None for dynamic
@@ -242,7 +257,7 @@ class KafkaBroker(Broker):
             return
         if canonical not in self.queues:
             raise QueueNotFound(canonical)
-        topics.ensure(self, canonical)
+        topics.ensure(self.clients, self.layout, canonical)
         self._ready_topics.add(canonical)
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 1000) -> Consumer:
@@ -306,7 +321,9 @@ class KafkaBroker(Broker):
 
         for message, _ in prepared:
             self.emit_before("enqueue", message, delay)
-        futures = [self._send(topic, m.encode(), m.options.get("partition_key")) for m, topic in prepared]
+        futures = [
+            self.clients.send(topic, m.encode(), m.options.get("partition_key")) for m, topic in prepared
+        ]
         pending = getattr(self._scope, "pending", None)
         if pending is not None:
             # Inside ``batch()``: the block's end waits for these acks (and emits after_enqueue).
@@ -319,10 +336,14 @@ class KafkaBroker(Broker):
                 future.add_errback(self._delivery_failed, message, producer)
                 self.emit_after("enqueue", message, delay)
             return [message for message, _ in prepared]
-        self._wait(futures)
+        self.clients.wait(futures)
         for message, _ in prepared:
             self.emit_after("enqueue", message, delay)
         return [message for message, _ in prepared]
+
+    def _enqueue_confirmed(self, messages: list[Message[Any]]) -> None:
+        with self.batch():  # which waits for the acks even with confirm_delivery off
+            self.enqueue_many(messages)
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -348,7 +369,7 @@ class KafkaBroker(Broker):
             yield
         finally:
             self._scope.pending = None
-        self._wait([future for future, _, _ in pending])
+        self.clients.wait([future for future, _, _ in pending])
         for _, message, delay in pending:
             self.emit_after("enqueue", message, delay)
 
@@ -361,6 +382,9 @@ class KafkaBroker(Broker):
         """
         self._flush_in_flight()
         self.admin.delete_records(queue_name)
+        self._forget_failures(queue_name)
+
+    def _forget_failures(self, queue_name: str) -> None:
         self.failures_by_queue.pop(q_name(queue_name), None)
 
     def flush_all(self) -> None:
@@ -440,35 +464,7 @@ class KafkaBroker(Broker):
     def dead_letter_raw(self, queue_name: str, value: bytes, reason: str, origin: str) -> None:
         """Write a record to a queue's failed-message topic (for records that are not Dramatiq messages)."""
         headers = failure_headers(queue_name, reason, origin)
-        self._wait([self._send(self.topic_for(xq_name(queue_name)), value, None, headers)])
-
-    def _send(
-        self, topic: str, value: bytes, key: Any = None, headers: list[tuple[str, bytes]] | None = None
-    ) -> Any:
-        encoded_key = None if key is None else str(key).encode("utf-8")
-        failed, self._failed_producer = self._failed_producer, None
-        if failed is not None:
-            self.clients.discard("_producer", failed)
-        producer = self.clients.producer
-        try:
-            return producer.send(topic, value=value, key=encoded_key, headers=headers or [])
-        except KafkaError as e:
-            if isinstance(e, MessageSizeTooLargeError):
-                raise RecordTooLarge(f"cannot send to {topic!r}: {e}") from None
-            self.clients.discard("_producer", producer)
-            raise KafkaConnectionError(f"cannot send to {topic!r}: {e}") from None
-
-    def _wait(self, futures: list[Any]) -> None:
-        deadline = time.monotonic() + self.send_timeout_ms / 1000
-        producer = self.clients.existing_producer
-        for future in futures:
-            try:
-                future.get(timeout=max(0.0, deadline - time.monotonic()))
-            except KafkaError as e:
-                # Even a record Kafka refused as too large: the idempotent producer then fails all it holds.
-                self.clients.discard("_producer", producer)
-                error = RecordTooLarge if isinstance(e, MessageSizeTooLargeError) else KafkaConnectionError
-                raise error(f"Kafka did not acknowledge a message: {e}") from None
+        self.clients.wait([self.clients.send(self.topic_for(xq_name(queue_name)), value, None, headers)])
 
     def _delivery_failed(self, message: Message[Any], producer: Any, error: BaseException) -> None:
         """The errback of a message enqueued with ``confirm_delivery`` off that Kafka did not take."""
@@ -480,32 +476,14 @@ class KafkaBroker(Broker):
             error,
         )
         delivery_errors().labels(message.queue_name, message.actor_name).inc()
-        # Replaced whatever the error: kafka-python's idempotent producer takes even a record Kafka found too
-        # large as fatal, and fails every later send.
-        self._failed_producer = producer
+        self.clients.producer_failed(producer)
 
     def _flush_in_flight(self, timeout_s: float | None = None) -> None:
         """With ``confirm_delivery`` off, wait until Kafka has taken (or refused) every record handed to the
-        producer; by default for as long as the producer may take to deliver one.
+        producer (:meth:`.KafkaClients.flush_producer`).
 
         Raises:
           KafkaConnectionError: If that takes longer than ``timeout_s``.
         """
-        producer = self.clients.existing_producer
-        if self.confirm_delivery or producer is None:
-            return
-        if timeout_s is None:
-            timeout_s = producer.config["delivery_timeout_ms"] / 1000
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                producer.flush(timeout=max(0.0, deadline - time.monotonic()))
-                return
-            except UnknownError:
-                # kafka-python 3.0.12's flush gives up with "Future not done" when Kafka refused a batch as
-                # too large and the producer split it to send again: flushing again waits for the halves.
-                if time.monotonic() >= deadline:
-                    raise KafkaConnectionError("Kafka did not take the messages in flight in time") from None
-                time.sleep(_JOIN_POLL_S / 5)
-            except KafkaError as e:
-                raise KafkaConnectionError(f"Kafka did not take the messages in flight: {e}") from None
+        if not self.confirm_delivery:
+            self.clients.flush_producer(timeout_s)

@@ -1,11 +1,11 @@
 """The kafka-python clients a broker shares: one producer and one admin client, made on first use and
-replaced after a failure, and consumers made on demand."""
+replaced after a failure, and consumers made on demand; and the producer's sends, waited for or flushed."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from dramatiq.logging import get_logger
@@ -16,12 +16,14 @@ from kafka.errors import (
     CoordinatorNotAvailableError,
     KafkaError,
     LeaderNotAvailableError,
+    MessageSizeTooLargeError,
     NotCoordinatorError,
     NotLeaderForPartitionError,
+    UnknownError,
 )
 
 from . import compat
-from .errors import KafkaConnectionError, MissingRight
+from .errors import KafkaConnectionError, MissingRight, RecordTooLarge
 
 #: Time after which a silent consumer is dropped from its group, in milliseconds.
 DEFAULT_SESSION_TIMEOUT_MS = 10_000
@@ -47,6 +49,8 @@ CONSUMER_RECONNECT_BACKOFF_MAX_MS = 5_000
 ADMIN_ATTEMPTS = 3
 #: The pause before the second attempt, in seconds; it grows with each attempt.
 ADMIN_RETRY_BACKOFF_S = 0.5
+#: The pause before flushing the producer again when a flush gave up on a batch being sent again, in seconds.
+_FLUSH_RETRY_S = 0.01
 #: The errors of a node that is not (or not yet) the one in charge: asking again, after a fresh metadata
 #: lookup, reaches the one that is.
 _MOVING = (
@@ -92,6 +96,9 @@ class KafkaClients:
         self._admin_lock = threading.Lock()
         self._producer: KafkaProducer | None = None
         self._admin: KafkaAdminClient | None = None
+        # A producer that failed a record nobody waited for: its errback runs on the producer's own thread,
+        # which cannot close it, so the next send replaces it.
+        self._failed_producer: KafkaProducer | None = None
 
     def options(self, client: type, specific: dict[str, Any]) -> dict[str, Any]:
         """The options for a client of this kind: the common ones it knows, then ``specific``."""
@@ -199,6 +206,86 @@ class KafkaClients:
                 self.logger.debug("%s failed (%s); trying again", name, e)
                 time.sleep(ADMIN_RETRY_BACKOFF_S * attempt)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def send(
+        self, topic: str, value: bytes, key: Any = None, headers: list[tuple[str, bytes]] | None = None
+    ) -> Any:
+        """Hand a record to the shared producer, and return its future (see :meth:`wait`).
+
+        Parameters:
+          topic(str): The topic to send to.
+          value(bytes): The record's value.
+          key(Any): The record's key, sent as its text in UTF-8; None for none.
+          headers(list[tuple[str, bytes]]): The record's headers.
+
+        Raises:
+          RecordTooLarge: If the record is larger than the producer may send.
+          KafkaConnectionError: If the producer cannot take the record (Kafka cannot be reached).
+        """
+        encoded_key = None if key is None else str(key).encode("utf-8")
+        failed, self._failed_producer = self._failed_producer, None
+        if failed is not None:
+            self.discard("_producer", failed)
+        producer = self.producer
+        try:
+            return producer.send(topic, value=value, key=encoded_key, headers=headers or [])
+        except KafkaError as e:
+            if isinstance(e, MessageSizeTooLargeError):
+                raise RecordTooLarge(f"cannot send to {topic!r}: {e}") from None
+            self.discard("_producer", producer)
+            raise KafkaConnectionError(f"cannot send to {topic!r}: {e}") from None
+
+    def wait(self, futures: Iterable[Any]) -> None:
+        """Wait for Kafka's acknowledgement of records :meth:`send` returned, all within the timeout.
+
+        Raises:
+          RecordTooLarge: If Kafka refused a record as too large.
+          KafkaConnectionError: If Kafka did not acknowledge a record in time.
+        """
+        deadline = time.monotonic() + self.timeout_ms / 1000
+        producer = self._producer
+        for future in futures:
+            try:
+                future.get(timeout=max(0.0, deadline - time.monotonic()))
+            except KafkaError as e:
+                # Even a record Kafka refused as too large: the idempotent producer then fails all it holds.
+                self.discard("_producer", producer)
+                error = RecordTooLarge if isinstance(e, MessageSizeTooLargeError) else KafkaConnectionError
+                raise error(f"Kafka did not acknowledge a message: {e}") from None
+
+    def producer_failed(self, producer: KafkaProducer) -> None:
+        """Have the next :meth:`send` replace ``producer``, which failed a record nobody waited for.
+
+        Replaced whatever the error: kafka-python's idempotent producer takes even a record Kafka found too
+        large as fatal, and fails every later send.
+        """
+        self._failed_producer = producer
+
+    def flush_producer(self, timeout_s: float | None = None) -> None:
+        """Wait until Kafka has taken (or refused) every record handed to the producer; by default for as
+        long as the producer may take to deliver one.
+
+        Raises:
+          KafkaConnectionError: If that takes longer than ``timeout_s``.
+        """
+        producer = self._producer
+        if producer is None:
+            return
+        if timeout_s is None:
+            timeout_s = producer.config["delivery_timeout_ms"] / 1000
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                producer.flush(timeout=max(0.0, deadline - time.monotonic()))
+                return
+            except UnknownError:
+                # kafka-python 3.0.12's flush gives up with "Future not done" when Kafka refused a batch as
+                # too large and the producer split it to send again: flushing again waits for the halves.
+                if time.monotonic() >= deadline:
+                    raise KafkaConnectionError("Kafka did not take the messages in flight in time") from None
+                time.sleep(_FLUSH_RETRY_S)
+            except KafkaError as e:
+                raise KafkaConnectionError(f"Kafka did not take the messages in flight: {e}") from None
 
     def discard(self, attribute: str, failed: Any = None) -> None:
         """Drop the producer (``"_producer"``) or admin client (``"_admin"``) after a failure.

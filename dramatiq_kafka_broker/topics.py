@@ -5,6 +5,9 @@ many Confluent Cloud, Aiven and MSK set-ups): the operator makes them beforehand
 when the broker's ``create_topics`` is on, and a refusal for want of rights is not an error by itself: the
 topics are then looked up through metadata (which such an application may describe), and used when they
 exist.  When one is missing, :class:`MissingTopics` names each one and how to make it.
+
+:class:`TopicLayout` holds how a broker names its topics and consumer groups and what topics it creates: the
+broker, :func:`ensure` and :class:`~.admin.KafkaAdmin` all read it from one instance.
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from dramatiq.common import dq_name, q_name, xq_name
+from dramatiq.logging import get_logger
 
 from .errors import KafkaConnectionError, KafkaSetupError
 
 if TYPE_CHECKING:
-    from .broker import KafkaBroker
+    from .clients import KafkaClients
 
 #: Kafka's error code for a topic that exists already.
 _TOPIC_ALREADY_EXISTS = 36
@@ -26,6 +30,8 @@ _TOPIC_ALREADY_EXISTS = 36
 _REFUSED = {29: "no right to create topics", 31: "no right to create topics", 44: "refused by a policy"}
 #: A topic the metadata does not show: unknown (3), or not visible to this principal (29).
 _NOT_FOUND = {3, 29}
+
+logger = get_logger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,36 +99,87 @@ class MissingTopics(KafkaSetupError):
         super().__init__("\n".join(lines))
 
 
-def specs(broker: KafkaBroker, queue_name: str) -> list[TopicSpec]:
-    """The queue's three topics (queue, ``.DQ``, ``.XQ``) as ``broker`` would create them."""
-    canonical = q_name(queue_name)
-    configs = {}
-    if broker.min_insync_replicas is not None:
-        configs["min.insync.replicas"] = str(broker.min_insync_replicas)
-    failed = {**configs, "retention.ms": str(broker.dead_letter_retention_ms)}
-    return [
-        TopicSpec(broker.topic_for(name), broker.partitions, broker.replication_factor, topic_configs)
-        for name, topic_configs in (
-            (canonical, configs),
-            (dq_name(canonical), configs),
-            (xq_name(canonical), failed),
-        )
-    ]
+@dataclasses.dataclass(frozen=True)
+class TopicLayout:
+    """How a broker names its topics and consumer groups, and the topics it creates.
+
+    Attributes:
+      topic_prefix(str): Put in front of every topic and consumer group name.
+      group_id(str): Base name of the consumer groups; one group per topic is derived from it.
+      partitions(int): Partitions of the topics the broker creates.
+      replication_factor(int): Replication factor of the topics the broker creates.
+      min_insync_replicas(int | None): ``min.insync.replicas`` of the topics the broker creates.  None
+        becomes 2 when the replication factor is 3 or more, and otherwise leaves the Kafka brokers' default.
+      dead_letter_retention_ms(int): ``retention.ms`` of the failed-message topics the broker creates.
+      create_topics(bool): Whether the broker may create topics; off, it only looks them up.
+
+    Raises:
+      ValueError: If ``min_insync_replicas`` is one Kafka could never meet.
+    """
+
+    topic_prefix: str
+    group_id: str
+    partitions: int
+    replication_factor: int
+    min_insync_replicas: int | None
+    dead_letter_retention_ms: int
+    create_topics: bool
+
+    def __post_init__(self) -> None:
+        replicas = self.replication_factor
+        if self.min_insync_replicas is None and replicas >= 3:
+            # One node may go, and nothing acknowledged is on one node only.
+            object.__setattr__(self, "min_insync_replicas", 2)
+        if self.min_insync_replicas is not None and not 1 <= self.min_insync_replicas <= replicas:
+            raise ValueError(
+                f"min_insync_replicas must be from 1 to the replication factor ({replicas}), "
+                f"not {self.min_insync_replicas}: Kafka would refuse every write"
+            )
+
+    def topic_for(self, queue_name: str) -> str:
+        """The Kafka topic that carries ``queue_name`` (a queue, ``.DQ`` or ``.XQ`` name)."""
+        return self.topic_prefix + queue_name
+
+    def group_for(self, queue_name: str) -> str:
+        """The consumer group that consumes ``queue_name``: ``<topic_prefix><group_id>.<queue_name>``, prefix
+        included, as managed services' tenants need (Heroku: ``heroku kafka:consumer-groups:create``)."""
+        return f"{self.topic_prefix}{self.group_id}.{queue_name}"
+
+    def specs(self, queue_name: str) -> list[TopicSpec]:
+        """The queue's three topics (queue, ``.DQ``, ``.XQ``) as the broker would create them."""
+        canonical = q_name(queue_name)
+        configs = {}
+        if self.min_insync_replicas is not None:
+            configs["min.insync.replicas"] = str(self.min_insync_replicas)
+        failed = {**configs, "retention.ms": str(self.dead_letter_retention_ms)}
+        return [
+            TopicSpec(self.topic_for(name), self.partitions, self.replication_factor, topic_configs)
+            for name, topic_configs in (
+                (canonical, configs),
+                (dq_name(canonical), configs),
+                (xq_name(canonical), failed),
+            )
+        ]
 
 
-def ensure(broker: KafkaBroker, queue_name: str) -> None:
-    """Make sure the queue's topics exist: create them when the broker may, else find them.
+def ensure(clients: KafkaClients, layout: TopicLayout, queue_name: str) -> None:
+    """Make sure the queue's topics exist: create them when the layout allows it, else find them.
+
+    Parameters:
+      clients(KafkaClients): The clients to ask Kafka with; a topic is waited for up to their timeout.
+      layout(TopicLayout): The topics' names and settings, and whether they may be created.
+      queue_name(str): The queue whose three topics are wanted.
 
     Raises:
       MissingTopics: If a topic is missing and cannot be created (no right, or ``create_topics`` off).
       KafkaConnectionError: If Kafka cannot be reached, or refuses to create a topic for another reason.
     """
-    wanted = specs(broker, queue_name)
-    if not broker.create_topics:
-        _check(broker, wanted, "this app does not create topics: KAFKA_CREATE_TOPICS=false")
+    wanted = layout.specs(queue_name)
+    if not layout.create_topics:
+        _check(clients, layout, wanted, "this app does not create topics: KAFKA_CREATE_TOPICS=false")
         return
     request = {spec.name: spec.create_request() for spec in wanted}
-    result = broker.clients.admin_call("create_topics", request, raise_errors=False)
+    result = clients.admin_call("create_topics", request, raise_errors=False)
     refused = ""
     for topic in result.get("topics", []):
         code = topic["error_code"]
@@ -133,13 +190,13 @@ def ensure(broker: KafkaBroker, queue_name: str) -> None:
             raise KafkaConnectionError(f"cannot create topic {topic['name']!r}: {reason}")
     if refused:
         # Kafka answers so even for topics that exist: whether they do, only the metadata tells.
-        _check(broker, wanted, refused)
+        _check(clients, layout, wanted, refused)
         return
-    broker.clients.admin_call("wait_for_topics", list(request), timeout_ms=broker.send_timeout_ms)
+    clients.admin_call("wait_for_topics", list(request), timeout_ms=clients.timeout_ms)
 
 
-def _check(broker: KafkaBroker, wanted: list[TopicSpec], why: str) -> None:
-    described = broker.clients.admin_call("describe_topics", [spec.name for spec in wanted])
+def _check(clients: KafkaClients, layout: TopicLayout, wanted: list[TopicSpec], why: str) -> None:
+    described = clients.admin_call("describe_topics", [spec.name for spec in wanted])
     found = {
         topic["name"]
         for topic in described
@@ -147,10 +204,10 @@ def _check(broker: KafkaBroker, wanted: list[TopicSpec], why: str) -> None:
     }
     missing = [spec for spec in wanted if spec.name not in found]
     if missing:
-        canonical = q_name(wanted[0].name.removeprefix(broker.topic_prefix))
-        groups = [broker.group_for(canonical), broker.group_for(dq_name(canonical))]
-        error = MissingTopics(missing, why, broker.topic_prefix, groups)
-        broker.logger.error("%s", error)
+        canonical = q_name(wanted[0].name.removeprefix(layout.topic_prefix))
+        groups = [layout.group_for(canonical), layout.group_for(dq_name(canonical))]
+        error = MissingTopics(missing, why, layout.topic_prefix, groups)
+        logger.error("%s", error)
         raise error
 
 
