@@ -46,6 +46,7 @@ from pipeline.contract import (
     VALIDATE_USERS,
     BatchRecord,
 )
+from web.broker_features import BatchBroker
 from web.errors import QueueUnavailable
 from web.metrics import Metrics
 
@@ -215,7 +216,7 @@ class Enqueuer:
 
     Parameters:
       broker(dramatiq.Broker): Where to send (the Kafka broker in production, a StubBroker in unit tests).
-        If it has ``enqueue_many(messages)`` (returns once all are acknowledged) it is used for groups.
+        A :class:`~web.broker_features.BatchBroker` (KafkaBroker) is given groups with one wait.
       retry_after(int): Seconds to put in ``Retry-After`` when the broker fails.
       timeout(float): Seconds to wait for one broker call (a group of chunks is one call).
       metrics(Metrics): Counts the failures.
@@ -278,19 +279,11 @@ class Enqueuer:
         return QueueUnavailable(message, retry_after=self.retry_after)
 
     def _enqueue_all(self, messages: list[dramatiq.Message[Any]]) -> None:
-        enqueue_many = getattr(self.broker, "enqueue_many", None)
-        if enqueue_many is not None and len(messages) > 1:
-            enqueue_many(messages)
+        if isinstance(self.broker, BatchBroker) and len(messages) > 1:
+            self.broker.enqueue_many(messages)
         else:
             for message in messages:
                 self.broker.enqueue(message)
-
-    def send(self, message: dramatiq.Message[Any]) -> None:
-        """Enqueue one message and wait for the acknowledgement (blocking)."""
-        try:
-            self._executor.submit(self.broker.enqueue, message).result(timeout=self.timeout)
-        except _UNAVAILABLE as exc:
-            raise self._unavailable(message.actor_name, exc, _SINGLE_FAILURE) from None
 
     def send_many(self, messages: Sequence[dramatiq.Message[Any]]) -> None:
         """Enqueue several messages and wait until all are acknowledged (blocking)."""
@@ -302,7 +295,8 @@ class Enqueuer:
             raise self._unavailable(messages[0].actor_name, exc, _BATCH_FAILURE) from None
 
     async def send_async(self, message: dramatiq.Message[Any]) -> None:
-        """:meth:`send` for handlers on the event loop: one hop to the pool, awaited without blocking."""
+        """Enqueue one message and wait for the acknowledgement: one hop to the pool, awaited without
+        blocking the event loop."""
         loop = asyncio.get_running_loop()
         try:
             await asyncio.wait_for(

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 import anyio
 import anyio.to_thread
+import dramatiq
+from dramatiq.common import dq_name
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -26,6 +27,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipeline.contract import QUEUE
+from web.broker_features import operations_of
 
 #: Latency buckets in seconds: accepting a submission waits for Kafka's acknowledgement (a few ms),
 #: a large batch upload takes seconds.
@@ -91,20 +93,20 @@ class Metrics:
             registry=self.registry,
         )
 
-    def refresh_broker(self, broker: Any, queue: str) -> None:
-        """Read consumer lag and failed-message counts from a broker that can tell them (KafkaBroker's
-        ``admin``)."""
-        admin = getattr(broker, "admin", None)
-        if admin is None:
-            return
+    def refresh_broker(self, broker: dramatiq.Broker, queue: str) -> None:
+        """Read under-replicated partitions, failed-message counts and consumer lag from the broker's
+        operations (:func:`~web.broker_features.operations_of`); what it cannot tell is left unset."""
+        operations = operations_of(broker)
         # Under-replication first: it comes from metadata that any live node gives, and it is the figure
         # wanted while a node is away, when the lag (asked of the group's coordinator) and the failed count
         # (asked of the partitions' leaders) may not answer before the scrape's deadline.
-        for name, count in admin.under_replicated(queue).items():
+        for name, count in (operations.under_replicated(queue) or {}).items():
             self.under_replicated.labels(name).set(count)
-        self.failed_messages.labels(queue).set(admin.failed_count(queue))
-        for name in (queue, f"{queue}.DQ"):
-            for partition, lag in admin.lag(name).items():
+        failed = operations.failed_count(queue)
+        if failed is not None:
+            self.failed_messages.labels(queue).set(failed)
+        for name in (queue, dq_name(queue)):
+            for partition, lag in (operations.lag(name) or {}).items():
                 self.consumer_lag.labels(name, str(partition)).set(lag)
 
     def render(self) -> Response:

@@ -10,8 +10,9 @@ GET      /api/users/newest           the most recently stored users, newest firs
 =======  ==========================  ==================================================================
 
 Both reads sit under ``/api/`` so the bearer token protects them like the rest of the API.  The overview
-asks Kafka's admin API (blocking calls, run in the thread pool with a time limit); a broker without those
-inspection methods (Dramatiq's ``StubBroker`` in tests) yields ``null`` values rather than an error.
+asks the broker's operations (:func:`~web.broker_features.operations_of`: Kafka's admin API, blocking calls
+run in the thread pool with a time limit); a broker that has none (Dramatiq's ``StubBroker`` in tests) yields
+``null`` values rather than an error.
 """
 
 from __future__ import annotations
@@ -22,12 +23,15 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+import dramatiq
+from dramatiq.common import dq_name
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from pipeline.contract import QUEUE
+from web.broker_features import operations_of
 from web.errors import ServiceUnavailable
 from web.reads import int_parameter, retry_after, run_query, user_json
 
@@ -53,24 +57,22 @@ async def index(request: Request) -> Response:
     return FileResponse(STATIC_DIRECTORY / "index.html", headers={"Cache-Control": "no-cache"})
 
 
-def _inspect(broker: Any) -> dict[str, Any]:
-    """Ask the broker (blocking) for the failed-message count and the lag of the queue and its delay queue."""
-    admin = getattr(broker, "admin", None)  # KafkaBroker's operations; other brokers cannot tell
-    failed_count = getattr(admin, "failed_count", None)
-    lag = getattr(admin, "lag", None)
-    under_replicated = getattr(admin, "under_replicated", None)
-    delay_queue = f"{QUEUE}.DQ"
+def _inspect(broker: dramatiq.Broker) -> dict[str, Any]:
+    """Ask the broker (blocking) for the failed-message count and the lag of the queue and its delay queue;
+    None for what it cannot tell."""
+    operations = operations_of(broker)
     return {
         "queue": QUEUE,
-        "failed_messages": None if failed_count is None else failed_count(QUEUE),
+        "failed_messages": operations.failed_count(QUEUE),
         # Summed over the queue's topics: 0 means every replica is in sync (always, on one Kafka node).
-        "under_replicated": None if under_replicated is None else sum(under_replicated(QUEUE).values()),
+        "under_replicated": _total(operations.under_replicated(QUEUE)),
         # lag() answers per partition; the page shows the sum (Kafka tools show the detail).
-        "lag": {
-            QUEUE: None if lag is None else sum(lag(QUEUE).values()),
-            delay_queue: None if lag is None else sum(lag(delay_queue).values()),
-        },
+        "lag": {name: _total(operations.lag(name)) for name in (QUEUE, dq_name(QUEUE))},
     }
+
+
+def _total(counts: dict[Any, int] | None) -> int | None:
+    return None if counts is None else sum(counts.values())
 
 
 async def overview(request: Request) -> Response:

@@ -1,0 +1,71 @@
+"""What the web asks of its broker beyond Dramatiq's ``Broker``: Kafka's figures and health, and sending a
+group of messages with one wait.
+
+``KafkaBroker`` has both: its ``admin`` (:class:`~dramatiq_kafka_broker.KafkaAdmin`) and its
+``enqueue_many``.  Other brokers (Dramatiq's ``StubBroker`` in the unit tests) have neither; for them
+:func:`operations_of` gives operations that answer "not known", and the Enqueuer sends one message at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import dramatiq
+
+
+class Unknown(Exception):
+    """The broker cannot tell: it has no Kafka operations (``/readyz`` then says ``"unknown"``)."""
+
+
+class BrokerOperations(Protocol):
+    """What the web asks of a broker's operations (``KafkaBroker.admin``); a figure is None when not known."""
+
+    def ping(self) -> None:
+        """Raise unless Kafka answers and every declared queue has its topics.
+
+        Raises:
+          Unknown: If the broker cannot tell.
+        """
+
+    def lag(self, queue_name: str) -> dict[int, int] | None:
+        """Messages of a queue (or ``.DQ``) not yet acked by its consumer group, per partition."""
+
+    def failed_count(self, queue_name: str) -> int | None:
+        """How many failed messages the queue's failed-message topic holds."""
+
+    def under_replicated(self, queue_name: str) -> dict[str, int] | None:
+        """For each of the queue's topics, how many partitions have fewer in-sync replicas than replicas."""
+
+
+class _NoOperations:
+    """The operations of a broker that has none: no figure is known, and ``ping`` cannot tell."""
+
+    def ping(self) -> None:
+        raise Unknown("this broker cannot be inspected")
+
+    def lag(self, queue_name: str) -> None:
+        return None
+
+    def failed_count(self, queue_name: str) -> None:
+        return None
+
+    def under_replicated(self, queue_name: str) -> None:
+        return None
+
+
+_NO_OPERATIONS = _NoOperations()
+
+
+def operations_of(broker: dramatiq.Broker) -> BrokerOperations:
+    """The broker's operations: a KafkaBroker's ``admin``, or, for a broker that has none, operations that
+    answer "not known"."""
+    admin: BrokerOperations | None = getattr(broker, "admin", None)
+    return _NO_OPERATIONS if admin is None else admin
+
+
+@runtime_checkable
+class BatchBroker(Protocol):
+    """A broker that enqueues a group of messages with one wait for Kafka's acknowledgements (KafkaBroker)."""
+
+    def enqueue_many(self, messages: list[dramatiq.Message[Any]]) -> list[dramatiq.Message[Any]]:
+        """Enqueue the messages and return once all of them are acknowledged."""
