@@ -11,23 +11,24 @@ other_signer = IdSigner("not-the-test-secret")
 test_signer = IdSigner("test-secret")
 
 
+# Each id is made when the test runs (ids carry the time): parallel workers collect the same test names.
 @pytest.mark.parametrize(
     "path",
     [
-        "/api/submissions/nope",
-        f"/api/submissions/{other_signer.new_submission_id()}",
-        f"/api/submissions/{other_signer.new_batch_id()}.1",
-        f"/api/submissions/{test_signer.new_batch_id()}",
-        f"/api/submissions/{test_signer.new_batch_id()}.0",
-        "/api/batches/nope",
-        f"/api/batches/{other_signer.new_batch_id()}",
-        f"/api/batches/{test_signer.new_submission_id()}",
-        "/api/submissions/%00",
-        "/api/batches/%F0%9F%90%89",
+        pytest.param(lambda: "/api/submissions/nope", id="submission-nope"),
+        pytest.param(lambda: f"/api/submissions/{other_signer.new_submission_id()}", id="submission-other"),
+        pytest.param(lambda: f"/api/submissions/{other_signer.new_batch_id()}.1", id="record-other"),
+        pytest.param(lambda: f"/api/submissions/{test_signer.new_batch_id()}", id="submission-is-batch"),
+        pytest.param(lambda: f"/api/submissions/{test_signer.new_batch_id()}.0", id="record-zero"),
+        pytest.param(lambda: "/api/batches/nope", id="batch-nope"),
+        pytest.param(lambda: f"/api/batches/{other_signer.new_batch_id()}", id="batch-other"),
+        pytest.param(lambda: f"/api/batches/{test_signer.new_submission_id()}", id="batch-is-submission"),
+        pytest.param(lambda: "/api/submissions/%00", id="submission-nul"),
+        pytest.param(lambda: "/api/batches/%F0%9F%90%89", id="batch-emoji"),
     ],
 )
 def test_an_id_this_service_did_not_issue_is_404(web_client, path):
-    assert_error(web_client.get(path), 404, "not_found")
+    assert_error(web_client.get(path()), 404, "not_found")
 
 
 @pytest.mark.parametrize(
