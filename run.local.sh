@@ -5,8 +5,8 @@
 #                                            and worker in the foreground (Ctrl-C stops them; the services
 #                                            stay up for the next run: `./run.local.sh services down`)
 #   ./run.local.sh test [pytest args...]     the same set-up, then pytest against the services; exits as pytest
-#                                            (in TEST_WORKERS processes, default 4, by file: pytest-xdist's
-#                                            `-n 4 --dist loadfile`; `-n 0` runs one process)
+#                                            (in TEST_WORKERS processes, default 3, by file: pytest-xdist's
+#                                            `-n 3 --dist loadgroup`; `-n 0` runs one process)
 #   ./run.local.sh services up|down|status   Kafka and PostgreSQL only; `up` also writes .local/env
 #
 # LOCAL_KAFKA_NODES=3 ./run.local.sh ... runs a Kafka cluster of three nodes instead of one (topics then get
@@ -133,9 +133,10 @@ case "${1:-}" in
         shift
         scripts/browser.sh install
         prepare
-        # Most of the suite's time is spent waiting (on Kafka's fencing and restarts, outages, paced loads),
-        # so it runs in more processes than cores; the fault tests break services of their own in each.
-        exec "$PY" -m pytest -n "${TEST_WORKERS:-4}" --dist loadfile "$@"
+        # Much of the suite's time is spent waiting (on Kafka's fencing and restarts, outages, paced loads),
+        # so it runs in more processes than cores: the fault tests in two lanes, each breaking services of
+        # its own, and every other file beside them (tests/conftest.py groups them).
+        exec "$PY" -m pytest -n "${TEST_WORKERS:-3}" --dist loadgroup "$@"
         ;;
     services)
         case "${2:-}" in

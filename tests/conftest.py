@@ -34,11 +34,38 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "fuzz: generated input (hypothesis, schemathesis); marked by itself")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test that hypothesis (or schemathesis, through it) drives as ``fuzz``."""
+#: The fault suite's files by lane (pytest-xdist group): each lane runs its files one after the other on a
+#: Kafka and a PostgreSQL of its own (``tests/faults/conftest.py``), beside the rest of the suite.  A fault
+#: test keeps about one core busy, so two lanes fill this machine's two; the split balances their time.
+FAULT_LANES = {
+    "test_kafka_cluster.py": "faults-1",
+    "test_kafka_crash.py": "faults-1",
+    "test_poison_message.py": "faults-1",
+    "test_worker_crashes.py": "faults-2",
+    "test_static_membership.py": "faults-2",
+    "test_kafka_outage.py": "faults-2",
+    "test_postgres_outage.py": "faults-2",
+}
+
+
+def _xdist_group(item: pytest.Item) -> str:
+    """The fault test's lane, or the test's own file: pytest-xdist runs a group in one process."""
+    path = item.path.relative_to(item.config.rootpath)
+    if path.parts[:2] == ("tests", "faults"):
+        return FAULT_LANES.get(path.name, "faults-1")
+    return path.as_posix()
+
+
+@pytest.hookimpl(tryfirst=True)  # (before pytest-xdist's own, which reads the groups)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that hypothesis (or schemathesis, through it) drives as ``fuzz``; group the tests for
+    a parallel run (``-n``, ``--dist loadgroup``): a file stays in one process, the fault lanes go first."""
     for item in items:
         if getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
             item.add_marker(pytest.mark.fuzz)
+        item.add_marker(pytest.mark.xdist_group(_xdist_group(item)))
+    # The lanes are the longest groups: started first, they do not end the run alone.
+    items.sort(key=lambda item: not _xdist_group(item).startswith("faults-"))
 
 
 def in_ci() -> bool:
