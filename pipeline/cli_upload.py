@@ -3,14 +3,18 @@
 The command talks to the web API over HTTP only (it never imports ``web``):
 
 1. streams the file to ``POST /api/users`` with the content type its name calls for, drawing a progress
-   bar of the bytes sent (the file is read in chunks, never whole);
+   bar of the bytes sent (the file is read in chunks, never whole); the upload carries an
+   ``Idempotency-Key`` made for this file on this run, and is sent again with that same key when the
+   connection fails or the API answers that it cannot take it now (``503``, ``409`` in flight...), so a
+   retry is the same upload: the API answers it with the first attempt's batch, never a second batch;
 2. polls ``GET /api/batches/<id>`` and draws a bar of the records processed until the batch is
    ``completed``;
 3. prints the count of each outcome and the first invalid (or failed) rows with their errors.
 
 Progress goes to standard error, the summary to standard output.  Exit codes: 0 when every record was
 stored or found a duplicate, 1 when any record is invalid or failed, 2 when the API cannot be reached or
-refuses the upload (or the batch does not complete within ``--timeout``), 130 when interrupted.
+refuses the upload (or the batch does not complete within ``--timeout``), 130 when interrupted.  When the
+upload is given up on, the message names its key: ``--key`` with it makes a later run the same upload.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import argparse
 import logging
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -47,6 +52,15 @@ DEFAULT_POLL_SECONDS = 0.5
 MAX_RETRY_WAIT_SECONDS = 5.0
 #: Invalid rows printed at the end unless ``--show`` says otherwise.
 DEFAULT_SHOWN_ROWS = 10
+#: The header that makes a resent upload the same submission as the first attempt.
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+#: Answers after which the upload is sent again: the API (or a proxy before it) cannot take it now, or an
+#: earlier attempt with the same key is still being answered (409).  Safe only because of the key.
+RETRIED_STATUSES = frozenset({409, 429, 502, 503, 504})
+#: Attempts after the first one, unless ``--retries`` says otherwise.
+DEFAULT_RETRIES = 5
+#: Wait before the first retry when the API names none (``Retry-After``), doubled for each further one.
+FIRST_RETRY_WAIT_SECONDS = 0.5
 
 
 class UploadError(Exception):
@@ -169,27 +183,92 @@ def _error_text(response: httpx.Response) -> str:
         return f"{response.status_code} {response.reason_phrase}: {response.text[:200]}"
 
 
-def send_file(client: httpx.Client, path: Path, fmt: str, *, err: TextIO) -> dict[str, Any]:
-    """Stream the file to ``POST /api/users``; returns the 202 answer ``{"batch_id", "count"}``."""
-    size = path.stat().st_size
-    bar = ProgressBar("sending", size, stream=err, describe=_bytes_text)
+def new_idempotency_key() -> str:
+    """A key for one file on one run: random, so that two runs, or two files, are never one submission."""
+    return str(uuid.uuid4())
+
+
+def _pause(seconds: float) -> None:
+    """Sleep before a retry (a function of its own, so that tests need not wait)."""
+    time.sleep(seconds)
+
+
+def _post_once(
+    client: httpx.Client, path: Path, headers: dict[str, str], err: TextIO
+) -> httpx.Response | httpx.TransportError:
+    """One attempt, the file streamed from its first byte; a failed connection is returned, not raised."""
+    bar = ProgressBar("sending", path.stat().st_size, stream=err, describe=_bytes_text)
+    try:
+        return client.post("/api/users", content=_chunks(path, bar), headers=headers)
+    except httpx.TransportError as exc:
+        return exc
+    except httpx.HTTPError as exc:
+        raise UploadError(f"the upload failed: {type(exc).__name__}: {exc}") from None
+    finally:
+        bar.close()
+
+
+def _retry_wait(outcome: httpx.Response | httpx.TransportError, retry: int) -> float | None:
+    """Seconds to wait before sending the upload again, or None when this answer is final."""
+    if isinstance(outcome, httpx.Response):
+        if outcome.status_code not in RETRIED_STATUSES:
+            return None
+        retry_after = outcome.headers.get("retry-after", "")
+        if retry_after.isdigit():
+            return min(float(retry_after), MAX_RETRY_WAIT_SECONDS)
+    return min(FIRST_RETRY_WAIT_SECONDS * 2**retry, MAX_RETRY_WAIT_SECONDS)
+
+
+def _failure_text(outcome: httpx.Response | httpx.TransportError) -> str:
+    if isinstance(outcome, httpx.TransportError):
+        return f"the upload failed: {type(outcome).__name__}: {outcome}"
+    return f"the API refused the file: {_error_text(outcome)}"
+
+
+def send_file(
+    client: httpx.Client,
+    path: Path,
+    fmt: str,
+    *,
+    err: TextIO,
+    key: str,
+    retries: int = DEFAULT_RETRIES,
+) -> dict[str, Any]:
+    """Stream the file to ``POST /api/users`` until it is accepted; returns the 202 answer
+    ``{"batch_id", "count", "replayed"}``.
+
+    Every attempt carries the same ``key``: an attempt the API took although its answer was lost (or was a
+    503 while the batch in fact reached Kafka) is answered, on the next attempt, with that first batch.
+    """
     headers = {
         "Content-Type": FORMATS[fmt],
         # Announced, so that the API can refuse an oversized file before it is sent (and no chunked encoding).
-        "Content-Length": str(size),
+        "Content-Length": str(path.stat().st_size),
         "Accept": "application/json",
+        IDEMPOTENCY_HEADER: key,
     }
-    try:
-        response = client.post("/api/users", content=_chunks(path, bar), headers=headers)
-    except httpx.HTTPError as exc:
-        bar.close()
-        raise UploadError(f"the upload failed: {type(exc).__name__}: {exc}") from None
-    bar.close()
-    if response.status_code != 202:
-        raise UploadError(f"the API refused the file: {_error_text(response)}")
+    for retry in range(retries + 1):
+        outcome = _post_once(client, path, headers, err)
+        if isinstance(outcome, httpx.Response) and outcome.status_code == 202:
+            return _accepted(outcome)
+        wait = _retry_wait(outcome, retry)
+        if wait is None:
+            raise UploadError(_failure_text(outcome))
+        if retry == retries:
+            raise UploadError(
+                f"{_failure_text(outcome)} (attempts: {retries + 1}; to try again as the same upload: "
+                f"--key {key})"
+            )
+        err.write(f"{_failure_text(outcome)}; sending again in {wait:g} s as the same upload\n")
+        _pause(wait)
+    raise AssertionError("unreachable")
+
+
+def _accepted(response: httpx.Response) -> dict[str, Any]:
     try:
         answer = response.json()
-        return {"batch_id": str(answer["batch_id"]), "count": int(answer["count"])}
+        replayed = response.headers.get("idempotent-replayed", "").lower() == "true"
+        return {"batch_id": str(answer["batch_id"]), "count": int(answer["count"]), "replayed": replayed}
     except (ValueError, KeyError, TypeError):
         raise UploadError(f"unexpected answer to the upload: {response.text[:200]}") from None
 
@@ -286,14 +365,17 @@ def upload(
     poll_seconds: float = DEFAULT_POLL_SECONDS,
     timeout: float | None = None,
     shown_rows: int = DEFAULT_SHOWN_ROWS,
+    key: str | None = None,
+    retries: int = DEFAULT_RETRIES,
     out: TextIO | None = None,
     err: TextIO | None = None,
     transport: httpx.BaseTransport | None = None,
 ) -> int:
     """Upload ``path``, follow its batch and print the summary; returns the exit code.
 
-    ``out`` and ``err`` default to the standard streams of the moment; ``transport`` replaces the network
-    (tests give an ``httpx.MockTransport``).
+    ``key`` is the upload's ``Idempotency-Key`` (a new random one when None); ``out`` and ``err`` default
+    to the standard streams of the moment; ``transport`` replaces the network (tests give an
+    ``httpx.MockTransport``).
     """
     out = out or sys.stdout
     err = err or sys.stderr
@@ -306,8 +388,11 @@ def upload(
         with httpx.Client(
             base_url=url, headers=headers, timeout=client_timeout, transport=transport
         ) as client:
-            accepted = send_file(client, path, chosen, err=err)
-            err.write(f"accepted {accepted['count']} records as batch {accepted['batch_id']}\n")
+            accepted = send_file(
+                client, path, chosen, err=err, key=key or new_idempotency_key(), retries=retries
+            )
+            again = " (an earlier attempt had been accepted)" if accepted["replayed"] else ""
+            err.write(f"accepted {accepted['count']} records as batch {accepted['batch_id']}{again}\n")
             if not wait:
                 out.write(f"{accepted['batch_id']}\n")
                 return EXIT_OK
@@ -358,6 +443,17 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--show", type=int, default=DEFAULT_SHOWN_ROWS, help="invalid rows to print (default: %(default)s)"
     )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=DEFAULT_RETRIES,
+        help="times to send the upload again after a 503 or a failed connection (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--key",
+        help="the upload's Idempotency-Key (default: a new random one); a failed run prints its key, "
+        "so that a later run with it is the same upload",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -374,4 +470,6 @@ def run(args: argparse.Namespace) -> int:
         wait=not args.no_wait,
         timeout=args.timeout,
         shown_rows=max(0, args.show),
+        key=args.key,
+        retries=max(0, args.retries),
     )

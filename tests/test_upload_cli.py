@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -36,7 +37,9 @@ class FakeApi:
     """Answers like the API: 202 to an upload, then a batch that completes after ``polls_to_finish`` polls.
 
     ``outcomes`` maps each row number to ``(status, errors)``; rows are "processed" in order, a share of
-    them per poll.  Everything the client sent is kept for the test to check.
+    them per poll.  ``upload_answers`` are the answers to the first uploads, in order (an exception is
+    raised after the body was read: the answer was lost); the uploads after them get ``upload_answer``, or
+    a 202.  Everything the client sent is kept for the test to check.
     """
 
     def __init__(
@@ -46,12 +49,15 @@ class FakeApi:
         polls_to_finish: int = 3,
         token: str = "",
         upload_answer: httpx.Response | None = None,
+        upload_answers: list[httpx.Response | Exception] | None = None,
         unavailable_polls: int = 0,
     ) -> None:
         self.outcomes = outcomes
         self.polls_to_finish = polls_to_finish
         self.token = token
         self.upload_answer = upload_answer
+        self.upload_answers = list(upload_answers or [])
+        self.uploads: list[tuple[str | None, bytes]] = []  # (Idempotency-Key, body) of each attempt
         self.unavailable_polls = unavailable_polls
         self.polls = 0
         self.body = b""
@@ -65,6 +71,12 @@ class FakeApi:
         if request.method == "POST" and request.url.path == "/api/users":
             self.upload_headers = request.headers
             self.body = request.read()  # drives the CLI's generator of chunks to its end
+            self.uploads.append((request.headers.get("idempotency-key"), self.body))
+            if self.upload_answers:
+                answer = self.upload_answers.pop(0)
+                if isinstance(answer, Exception):
+                    raise answer
+                return answer
             if self.upload_answer is not None:
                 return self.upload_answer
             return httpx.Response(202, json={"batch_id": "b-1", "count": len(self.outcomes)})
@@ -292,9 +304,10 @@ def test_a_refused_upload_exits_2_with_the_apis_error(csv_file: Path) -> None:
     # When
     code, _, err = run_upload(csv_file, api)
 
-    # Then
+    # Then: a refusal is final: not sent again
     assert code == cli_upload.EXIT_ERROR
     assert "413 payload_too_large: the body is larger than 10 bytes" in err
+    assert len(api.uploads) == 1
 
 
 def test_a_database_outage_while_polling_is_waited_out(csv_file: Path) -> None:
@@ -322,6 +335,131 @@ def test_a_batch_that_does_not_complete_in_time_exits_2(csv_file: Path) -> None:
     assert out == ""
 
 
+#: What the API accepts as an ``Idempotency-Key``: 1 to 255 visible ASCII characters.
+VALID_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+def _unavailable(retry_after: str | None) -> httpx.Response:
+    headers = {"Retry-After": retry_after} if retry_after else {}
+    body = {"error": {"code": "queue_unavailable", "message": "the queue is unavailable"}}
+    return httpx.Response(503, headers=headers, json=body)
+
+
+def test_each_run_sends_its_upload_with_an_idempotency_key_of_its_own(csv_file: Path) -> None:
+    # Given the same file uploaded by two runs
+    first, second = FakeApi(MIXED_OUTCOMES), FakeApi(MIXED_OUTCOMES)
+
+    # When
+    run_upload(csv_file, first)
+    run_upload(csv_file, second)
+
+    # Then: each run sent one key the API takes, and not the same one: a second run is a second upload
+    [(first_key, _)], [(second_key, _)] = first.uploads, second.uploads
+    assert first_key is not None and VALID_KEY.fullmatch(first_key)
+    assert second_key is not None and VALID_KEY.fullmatch(second_key)
+    assert first_key != second_key
+
+
+@pytest.mark.parametrize(
+    ("failures", "waits"),
+    [
+        # Kafka away: the API says when to come back (capped, so that a long Retry-After does not stall)
+        ([_unavailable("2"), _unavailable("30")], [2.0, cli_upload.MAX_RETRY_WAIT_SECONDS]),
+        # the answer lost after the whole body was sent; then that first attempt still in flight
+        (
+            [
+                httpx.ReadError("connection reset"),
+                httpx.Response(
+                    409,
+                    headers={"Retry-After": "1"},
+                    json={"error": {"code": "idempotency_key_in_flight", "message": "in flight"}},
+                ),
+            ],
+            [0.5, 1.0],
+        ),
+        # a proxy before the API that names no wait: the wait doubles
+        ([httpx.Response(502), httpx.Response(504)], [0.5, 1.0]),
+    ],
+    ids=["503", "lost-answer-then-409", "gateway"],
+)
+def test_an_upload_that_was_not_accepted_is_sent_again_whole_with_the_same_key(
+    csv_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    failures: list[httpx.Response | Exception],
+    waits: list[float],
+) -> None:
+    # Given an API that takes the upload at the third attempt
+    waited: list[float] = []
+    monkeypatch.setattr(cli_upload, "_pause", waited.append)
+    api = FakeApi(MIXED_OUTCOMES, upload_answers=failures)
+
+    # When
+    code, out, err = run_upload(csv_file, api)
+
+    # Then: three attempts, each the whole file under one and the same key, so the API can tell them
+    # apart from a new upload; and the batch was followed to its end
+    assert [body for _, body in api.uploads] == [csv_file.read_bytes()] * 3
+    keys = {key for key, _ in api.uploads}
+    assert len(keys) == 1 and None not in keys
+    assert waited == waits
+    assert err.count("sending again in") == 2
+    assert "batch b-1: completed" in out
+    assert code == cli_upload.EXIT_REJECTED_RECORDS
+
+
+def test_a_retry_answered_with_the_first_attempts_batch_says_so(
+    csv_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a first attempt the API took, but whose answer was lost
+    monkeypatch.setattr(cli_upload, "_pause", lambda seconds: None)
+    replay = httpx.Response(
+        202, headers={"Idempotent-Replayed": "true"}, json={"batch_id": "b-1", "count": 4}
+    )
+    api = FakeApi(MIXED_OUTCOMES, upload_answers=[httpx.ReadError("connection reset"), replay])
+
+    # When
+    code, out, err = run_upload(csv_file, api)
+
+    # Then
+    assert "accepted 4 records as batch b-1 (an earlier attempt had been accepted)" in err
+    assert "batch b-1: completed" in out
+    assert code == cli_upload.EXIT_REJECTED_RECORDS
+
+
+def test_a_key_used_for_another_file_is_refused_without_a_retry(csv_file: Path) -> None:
+    # Given an API that remembers the key with another body
+    reused = _error(422, "idempotency_key_reused", "this key was used with another body")
+    api = FakeApi(MIXED_OUTCOMES, upload_answer=reused)
+
+    # When
+    code, _, err = run_upload(csv_file, api, key="k-1")
+
+    # Then: the key given is the key sent, and the refusal is final
+    assert api.uploads == [("k-1", csv_file.read_bytes())]
+    assert "422 idempotency_key_reused" in err
+    assert code == cli_upload.EXIT_ERROR
+
+
+def test_an_upload_given_up_on_names_its_key_and_a_run_with_it_sends_it(
+    csv_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an API that answers 503 to the first run's every attempt
+    monkeypatch.setattr(cli_upload, "_pause", lambda seconds: None)
+    down = FakeApi(MIXED_OUTCOMES, upload_answer=_unavailable("1"))
+    code, _, err = run_upload(csv_file, down, retries=2)
+    assert code == cli_upload.EXIT_ERROR and len(down.uploads) == 3
+    key = down.uploads[0][0]
+    assert f"(attempts: 3; to try again as the same upload: --key {key})" in err
+
+    # When the operator runs it again with that key
+    up = FakeApi(MIXED_OUTCOMES)
+    code, out, _ = run_upload(csv_file, up, key=key)
+
+    # Then the API is sent the first run's key
+    assert [k for k, _ in up.uploads] == [key]
+    assert code == cli_upload.EXIT_REJECTED_RECORDS and "batch b-1: completed" in out
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -329,17 +467,22 @@ def _closed_port() -> int:
 
 
 def test_the_command_line_exits_2_when_the_api_cannot_be_reached(
-    csv_file: Path, capsys: pytest.CaptureFixture[str]
+    csv_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given: nothing listens on the port
     url = f"http://127.0.0.1:{_closed_port()}"
+    waits: list[float] = []
+    monkeypatch.setattr(cli_upload, "_pause", waits.append)
 
     # When
-    code = main(["upload", str(csv_file), "--url", url])
+    code = main(["upload", str(csv_file), "--url", url, "--retries", "2", "--key", "run-7"])
 
-    # Then
+    # Then: tried three times, waiting longer each time, then gave up naming the key to try again with
     assert code == cli_upload.EXIT_ERROR
-    assert "the upload failed: ConnectError" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "the upload failed: ConnectError" in err
+    assert waits == [0.5, 1.0]
+    assert "(attempts: 3; to try again as the same upload: --key run-7)" in err
 
 
 def test_a_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -364,6 +507,7 @@ def test_python_dash_m_pipeline_lists_the_upload_command() -> None:
     # Then
     assert result.returncode == 0, result.stderr
     assert "--url" in result.stdout and "--token" in result.stdout
+    assert "--key" in result.stdout and "--retries" in result.stdout
 
 
 def test_the_progress_bar_floors_so_that_100_percent_means_all() -> None:
