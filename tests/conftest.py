@@ -48,11 +48,18 @@ FAULT_LANES = {
 }
 
 
+#: Suites whose files share a service of their own (the managed suite's secured Kafka, on fixed ports): one
+#: process runs all their files.
+ONE_PROCESS_SUITES = {"managed"}
+
+
 def _xdist_group(item: pytest.Item) -> str:
-    """The fault test's lane, or the test's own file: pytest-xdist runs a group in one process."""
+    """The fault test's lane, its suite, or the test's own file: pytest-xdist runs a group in one process."""
     path = item.path.relative_to(item.config.rootpath)
     if path.parts[:2] == ("tests", "faults"):
         return FAULT_LANES.get(path.name, "faults-1")
+    if len(path.parts) > 2 and path.parts[1] in ONE_PROCESS_SUITES:
+        return "/".join(path.parts[:2])
     return path.as_posix()
 
 

@@ -3,8 +3,9 @@
 :class:`Load` sends a planned mix of single posts (``POST /api/user``) and batches (``POST /api/users`` as a
 JSON array, NDJSON or CSV) from a few client threads, the way a careful client would: only a ``202``
 counts as accepted; a ``503`` is counted and the same body is sent again a moment later (a new
-submission, as a client's retry is).  Every other answer, and every transport error, is recorded as a
-broken promise.
+submission, as a client's retry is; with ``keyed=True`` every request carries an ``Idempotency-Key`` of its
+own and its retries the same one, which makes them the same submission).  Every other answer, and every
+transport error, is recorded as a broken promise.
 
 The records are made so that the outcomes are known in advance: every tenth one is invalid (and stays
 invalid), every tenth one repeats the unique key (name, age) of an earlier one (so one of them is stored
@@ -25,6 +26,7 @@ import json
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -96,6 +98,7 @@ class Item:
 
     records: list[Record]
     form: str  # "single", "json", "ndjson" or "csv"
+    key: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)  # sent when the load is keyed
 
     def request(self) -> tuple[str, bytes, str]:
         """(path, body, content type)."""
@@ -177,15 +180,24 @@ class Load:
     """Sends a :class:`Plan` from ``clients`` threads, in the background; see the module docstring."""
 
     def __init__(
-        self, url: str, plan: Plan, *, clients: int = 4, pace: float = 0.0, figures: Figures | None = None
+        self,
+        url: str,
+        plan: Plan,
+        *,
+        clients: int = 4,
+        pace: float = 0.0,
+        figures: Figures | None = None,
+        keyed: bool = False,
     ) -> None:
         self.url = url
         self.plan = plan
         self.clients = clients
         self.pace = pace  # seconds each client waits between two requests: spreads the load over time
         self.figures = figures
+        self.keyed = keyed  # every request with its item's Idempotency-Key
         self.accepted: list[Accepted] = []
         self.statuses: collections.Counter[str] = collections.Counter()
+        self.refusals: collections.Counter[str] = collections.Counter()  # 503s per item key
         self.broken: list[str] = []  # answers that break a promise: 5xx other than 503, transport errors...
         self.latencies: list[float] = []  # seconds each answer took, in the order they came
         self._todo: queue.SimpleQueue[Item] = queue.SimpleQueue()
@@ -236,9 +248,12 @@ class Load:
     def _send(self, client: httpx.Client, item: Item) -> bool:
         """True once the item is settled (accepted, or refused for good); False to send it again."""
         path, body, content_type = item.request()
+        headers = {"content-type": content_type}
+        if self.keyed:
+            headers["idempotency-key"] = item.key
         started = time.monotonic()
         try:
-            response = client.post(path, content=body, headers={"content-type": content_type})
+            response = client.post(path, content=body, headers=headers)
         except httpx.HTTPError as error:
             with self._lock:
                 self.broken.append(f"{path}: {type(error).__name__}: {error}")
@@ -277,6 +292,7 @@ class Load:
             ):
                 if self.figures is not None:
                     self.figures.answers_503 += 1
+                self.refusals[item.key] += 1
                 return False
             self.broken.append(f"{path}: {response.status_code} {response.text[:300]}")
             return True
@@ -369,24 +385,25 @@ class Ledger:
         rows = self.stack.sql("SELECT count(*) FROM batches WHERE id = ANY(%s)", batch_ids)
         return int(rows[0][0]) == len(batch_ids)
 
-    def settle(self, timeout: float = 180, until: Callable[[], bool] | None = None) -> None:
-        """Wait until every accepted id has a terminal outcome, every batch is registered and the queue
-        (with its delay queue) is drained; ``until``, when given, must hold too."""
+    def settle(
+        self, timeout: float = 180, until: Callable[[], bool] | None = None, *, batches: bool = True
+    ) -> None:
+        """Wait until every accepted id has a terminal outcome, every batch is registered (unless
+        ``batches`` is False: a ``register_batch`` that ran out of retries waits on the failed topic) and
+        the queue (with its delay queue) is drained; ``until``, when given, must hold too."""
         deadline = time.monotonic() + timeout
         wanted = len(self.ids)
         while True:
             done = self._terminal_count()
-            if (
-                done == wanted
-                and self._batches_registered()
-                and self.stack.drained()
-                and (until is None or until())
-            ):
+            registered = not batches or self._batches_registered()
+            drained = self.stack.drained()
+            if done == wanted and registered and drained and (until is None or until()):
                 return
             if time.monotonic() > deadline:
                 raise AssertionError(
                     f"not settled within {timeout} s: {done} of {wanted} accepted submissions have an "
-                    f"outcome (logs: {self.stack.logs})"
+                    f"outcome, batches registered: {registered}, queues drained: {drained} "
+                    f"(logs: {self.stack.logs})"
                 )
             time.sleep(0.5)
 

@@ -73,7 +73,8 @@ def test_a_postgres_outage_longer_than_the_retries_ends_failed_and_a_replay_stor
         _wait_until(lambda: stack.failed_count() >= 5, "messages to reach the failed topic")
     load.join()
     ledger = Ledger(stack, load)
-    ledger.settle()
+    # (a batch posted during the outage may have its registration on the failed topic too, until the replay)
+    ledger.settle(batches=False)
 
     # Then the submissions of the messages that ran out of retries are `failed`, with the reason...
     report = ledger.check(allow_failed=True)
