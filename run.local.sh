@@ -77,9 +77,15 @@ write_env() {
 }
 
 services_down() {
-    local failed=0
+    local failed=0 lane
     scripts/kafka.sh down || failed=1
     scripts/postgres.sh down || failed=1
+    # The fault tests' lanes stop their services at the end of a run; a run cut short leaves them up.
+    for lane in "$LOCAL_DIR"/lanes/*/; do
+        [ -d "$lane" ] || continue
+        LOCAL_KAFKA_DIR=${lane}kafka scripts/kafka.sh down >/dev/null 2>&1 || true
+        LOCAL_PG_DIR=${lane}pg scripts/postgres.sh down >/dev/null 2>&1 || true
+    done
     return "$failed"
 }
 
