@@ -17,7 +17,8 @@ the per-round ratios):
 
 1. single posts: N ``POST /api/user`` (default 2,000), 32 in flight (asyncio; see ``pipeline_load`` for why
    not httpx by default), until every outcome is a row of ``submissions``; against the bare endpoint's
-   202s per second with the same load;
+   202s per second with the same load; and the same posts each with an ``Idempotency-Key`` of its own,
+   against those without (which of the two goes first alternates from round to round);
 2. latency: ``POST /api/user`` p50/p99 at a fixed rate (200/s for 10 s, open loop, from each request's
    due time), ours and the bare endpoint's;
 3. batches: a CSV of 50,000 rows (``--large``: 200,000 too) posted as ``text/csv``, from the start of the
@@ -56,7 +57,7 @@ import psycopg2
 
 from bench import pipeline_data as data
 from bench.pipeline_cpu import Components, listener, snapshot
-from bench.pipeline_load import LoadResult, closed_loop, open_loop
+from bench.pipeline_load import JSON, LoadResult, closed_loop, open_loop
 from pipeline import settings
 from tests.livestack import Stack, create_database, delete_topics_with_prefix, drop_database, free_port
 
@@ -64,6 +65,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
 #: The per-record cost targets: ours over the baseline, at least.
 SINGLE_TARGET = 0.2
+#: A post with an ``Idempotency-Key`` over one without: within 10 %.
+KEYED_TARGET = 0.9
 BATCH_TARGET = 0.3
 #: Seconds to wait for a phase's last outcome before giving up on it.
 COMMIT_TIMEOUT_S = 600.0
@@ -271,15 +274,21 @@ def bare_posts(ctx: Context, count: int) -> dict[str, Any]:
     return {**out, **_load_figures(result), "rate": result.rate}
 
 
-def single_posts(ctx: Context, count: int) -> dict[str, Any]:
-    """``count`` posts to the real web, closed loop, until every outcome is committed."""
+def single_posts(ctx: Context, count: int, *, keyed: bool = False) -> dict[str, Any]:
+    """``count`` posts to the real web, closed loop, until every outcome is committed; ``keyed``: each
+    with an ``Idempotency-Key`` of its own (made before the clock starts)."""
     out: dict[str, Any] = {}
-    tag = ctx.tag("s")
+    tag = ctx.tag("k" if keyed else "s")
     bodies = data.json_bodies(tag, count)
+    headers = [{**JSON, "idempotency-key": uuid.uuid4().hex} for _ in bodies] if keyed else None
     before = ctx.rows.singles()
     with _cpu(ctx, out):
         result = closed_loop(
-            ctx.stack.url, bodies, concurrency=ctx.options.concurrency, client=ctx.options.client
+            ctx.stack.url,
+            bodies,
+            concurrency=ctx.options.concurrency,
+            client=ctx.options.client,
+            headers=headers,
         )
         done = ctx.rows.wait_until(ctx.rows.singles, before + result.accepted, timeout=COMMIT_TIMEOUT_S)
     if done is None:
@@ -402,13 +411,20 @@ def measure(ctx: Context) -> None:
     """Every measurement, interleaved with its baseline round by round."""
     opts, res = ctx.options, ctx.results
     res["bare"], res["singles"], res["bare_rate"], res["singles_rate"] = [], [], [], []
+    res["singles_keyed"] = []
     for count in opts.batch_rows:
         res[f"raw_{count}"], res[f"ceiling_{count}"], res[f"batch_{count}"] = [], [], []
     if "singles" in opts.only:
         _say(f"single posts: {opts.singles:,} posts, {opts.concurrency} in flight, {opts.repeat} rounds")
     for index in range(opts.repeat if "singles" in opts.only else 0):
         res["bare"] += _rounds(f"bare #{index + 1}", 1, lambda: bare_posts(ctx, opts.singles))
-        res["singles"] += _rounds(f"ours #{index + 1}", 1, lambda: single_posts(ctx, opts.singles))
+        # Alternated, so that what grows during the run (tables, Kafka's log) weighs on both alike.
+        for keyed in (False, True) if index % 2 == 0 else (True, False):
+            res["singles_keyed" if keyed else "singles"] += _rounds(
+                f"ours{' with keys' if keyed else ''} #{index + 1}",
+                1,
+                lambda keyed=keyed: single_posts(ctx, opts.singles, keyed=keyed),
+            )
 
     if "latency" in opts.only:
         _say(f"latency: {opts.rate:g} req/s for {opts.seconds:g} s, open loop, {opts.repeat} rounds")
@@ -536,6 +552,15 @@ def render(ctx: Context) -> str:
         row(f"  latency under that load ({opts.concurrency} in flight) p50",
             _ms(_med(res["singles"], "p50")), f"bare: {_ms(_med(res['bare'], 'p50'))}",
             _ratio(res["singles"], res["bare"], "p50"))  # fmt: skip
+    if res["singles_keyed"]:
+        keyed, plain = res["singles_keyed"], res["singles"]
+        ratio = _ratio(keyed, plain, "rate")
+        row("  each with an Idempotency-Key: 202 -> row", _rate(_med(keyed, "rate")),
+            f"without: {_rate(_med(plain, 'rate'))}", ratio, verdict(ratio, KEYED_TARGET))  # fmt: skip
+        row("    of which 202 answers alone", _rate(_med(keyed, "accept_rate")),
+            f"without: {_rate(_med(plain, 'accept_rate'))}", _ratio(keyed, plain, "accept_rate"))  # fmt: skip
+        row("    latency under that load p50", _ms(_med(keyed, "p50")),
+            f"without: {_ms(_med(plain, 'p50'))}", _ratio(keyed, plain, "p50"))  # fmt: skip
     if res["singles_rate"]:
         for share in ("p50", "p99"):
             o, b = _med(res["singles_rate"], share), _med(res["bare_rate"], share)
@@ -562,6 +587,8 @@ def render(ctx: Context) -> str:
     if res["singles"]:
         lines.append(f"  single posts: {_cpu_per_1000(res['singles'], opts.singles)}")
         lines.append(f"  bare 202s:    {_cpu_per_1000(res['bare'], opts.singles)}")
+    if res["singles_keyed"]:
+        lines.append(f"  with keys:    {_cpu_per_1000(res['singles_keyed'], opts.singles)}")
     for count in [n for n in opts.batch_rows if res[f"batch_{n}"]]:
         lines.append(f"  batch {count:,}: {_cpu_per_1000(res[f'batch_{count}'], count)}")
         lines.append(f"  raw insert:   {_cpu_per_1000(res[f'raw_{count}'], count)}")
@@ -569,7 +596,7 @@ def render(ctx: Context) -> str:
 
     lines.append("")
     lines.append("rounds (users/s):")
-    for key, label in (("singles", "single posts"), ("bare", "bare 202s")):
+    for key, label in (("singles", "single posts"), ("singles_keyed", "with keys"), ("bare", "bare 202s")):
         lines.append(f"  {label}: {_rates(res[key])}")
     for count in [n for n in opts.batch_rows if res[f"batch_{n}"]]:
         for prefix, label in (("batch", "batch"), ("raw", "raw insert"), ("ceiling", "validate+insert")):
@@ -585,11 +612,11 @@ def render(ctx: Context) -> str:
 def _problems(ctx: Context) -> list[str]:
     """Anything that makes a figure suspect: errors, outcomes other than stored."""
     found = []
-    for key in ("singles", "bare", "singles_rate", "bare_rate"):
+    for key in ("singles", "singles_keyed", "bare", "singles_rate", "bare_rate"):
         for r in ctx.results.get(key, []):
             if r.get("errors"):
                 found.append(f"{key}: answers other than 202: {r['errors']}")
-    for r in ctx.results.get("singles", []):
+    for r in ctx.results.get("singles", []) + ctx.results.get("singles_keyed", []):
         if r["stored"] != r["accepted"]:
             found.append(f"single posts: {r['stored']} users stored of {r['accepted']} accepted")
     for count in ctx.options.batch_rows:

@@ -6,7 +6,8 @@
   the moment its request was *due*, so a server that falls behind shows it in the figures instead of
   slowing the load down (no coordinated omission).
 
-Both send pre-serialised JSON bodies to ``POST /api/user`` and count every answer but 202 as an error.
+Both send pre-serialised JSON bodies to ``POST /api/user`` (each with its own headers when given: an
+``Idempotency-Key`` per post) and count every answer but 202 as an error.
 
 Two clients, chosen by ``client``: ``raw`` (the default) is a minimal HTTP/1.1 keep-alive client on asyncio
 streams and uvloop, written for this; ``httpx`` is ``httpx.AsyncClient``.  On two cores the load generator
@@ -159,10 +160,12 @@ def _httpx_client(base_url: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=base_url, timeout=REQUEST_TIMEOUT_S, limits=limits)
 
 
-async def _post(client: Any, body: bytes, result: LoadResult, since: float) -> None:
+async def _post(
+    client: Any, body: bytes, result: LoadResult, since: float, headers: dict[str, str] = JSON
+) -> None:
     result.sent += 1
     try:
-        response = await client.post("/api/user", content=body, headers=JSON)
+        response = await client.post("/api/user", content=body, headers=headers)
     except httpx.HTTPError as exc:
         result.errors[type(exc).__name__] += 1
         return
@@ -175,14 +178,16 @@ async def _post(client: Any, body: bytes, result: LoadResult, since: float) -> N
         result.errors[str(response.status_code)] += 1
 
 
-async def _closed_loop(base_url: str, bodies: list[bytes], concurrency: int, kind: str) -> LoadResult:
+async def _closed_loop(
+    base_url: str, bodies: list[bytes], concurrency: int, kind: str, headers: list[dict[str, str]] | None
+) -> LoadResult:
     result = LoadResult()
-    pending = iter(bodies)
+    pending = iter(zip(bodies, headers or [JSON] * len(bodies), strict=True))
     async with _client(base_url, kind) as client:
 
         async def sender() -> None:
-            for body in pending:  # one shared iterator: each body is taken by exactly one sender
-                await _post(client, body, result, time.monotonic())
+            for body, fields in pending:  # one shared iterator: each body is taken by exactly one sender
+                await _post(client, body, result, time.monotonic(), fields)
 
         result.started = time.monotonic()
         await asyncio.gather(*(sender() for _ in range(concurrency)))
@@ -213,9 +218,17 @@ def _run(coroutine: Coroutine[Any, Any, LoadResult]) -> LoadResult:
         return runner.run(coroutine)
 
 
-def closed_loop(base_url: str, bodies: list[bytes], *, concurrency: int, client: str = "raw") -> LoadResult:
-    """Send every body with ``concurrency`` requests in flight; latencies from each request's start."""
-    return _run(_closed_loop(base_url, bodies, concurrency, client))
+def closed_loop(
+    base_url: str,
+    bodies: list[bytes],
+    *,
+    concurrency: int,
+    client: str = "raw",
+    headers: list[dict[str, str]] | None = None,
+) -> LoadResult:
+    """Send every body with ``concurrency`` requests in flight; latencies from each request's start.
+    ``headers``, when given, are each body's (content type included)."""
+    return _run(_closed_loop(base_url, bodies, concurrency, client, headers))
 
 
 def open_loop(base_url: str, bodies: list[bytes], *, rate: float, client: str = "raw") -> LoadResult:
