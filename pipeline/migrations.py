@@ -81,12 +81,32 @@ def _0004_submission_status_check(migrator: PostgresqlMigrator) -> None:
     )
 
 
+def _0005_idempotency_keys(migrator: PostgresqlMigrator) -> None:
+    # The Idempotency-Keys of keyed posts (web/idempotency.py).  Only the web writes it.  The answer is
+    # json, not jsonb, so that a replay gives the keys in their order; created_at is indexed for the
+    # deletion of rows past the retention window.
+    for statement in (
+        "CREATE TABLE idempotency_keys (scope varchar(64) NOT NULL, key varchar(255) NOT NULL, "
+        "fingerprint varchar(64) NOT NULL, "
+        "kind varchar(8) NOT NULL "
+        "CONSTRAINT idempotency_keys_kind_check CHECK (kind IN ('single', 'batch')), "
+        "submission_id varchar(128) NOT NULL, "
+        "state varchar(16) NOT NULL "
+        "CONSTRAINT idempotency_keys_state_check CHECK (state IN ('in_flight', 'accepted', 'unsure')), "
+        "answer json, locked_until timestamptz NOT NULL, created_at timestamptz NOT NULL DEFAULT now(), "
+        "PRIMARY KEY (scope, key))",
+        "CREATE INDEX idempotency_keys_created_at ON idempotency_keys (created_at)",
+    ):
+        database.execute_sql(statement)
+
+
 #: Every migration, in order; append only.
 MIGRATIONS: list[tuple[str, Callable[[PostgresqlMigrator], None]]] = [
     ("0001_initial", _0001_initial),
     ("0002_users_name_index", _0002_users_name_index),
     ("0003_timestamptz_and_defaults", _0003_timestamptz_and_defaults),
     ("0004_submission_status_check", _0004_submission_status_check),
+    ("0005_idempotency_keys", _0005_idempotency_keys),
 ]
 
 

@@ -1,4 +1,5 @@
-"""What the pipeline stores: users, the outcome of every submission, and the size of every batch."""
+"""What the pipeline stores: users, the outcome of every submission, the size of every batch, and the
+``Idempotency-Key`` of every keyed post."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ from peewee import (
     BigAutoField,
     CharField,
     Check,
+    CompositeKey,
     ForeignKeyField,
     IntegerField,
     Model,
     TextField,
 )
-from playhouse.postgres_ext import BinaryJSONField, DateTimeTZField
+from playhouse.postgres_ext import BinaryJSONField, DateTimeTZField, JSONField
 
 from pipeline.contract import OUTCOMES, Status
 from pipeline.db import database
@@ -90,6 +92,29 @@ class Batch(_Base):
 
     class Meta:
         table_name = "batches"
+
+
+class IdempotencyKey(_Base):
+    """An ``Idempotency-Key`` of a caller and the submission it stands for (``web/idempotency.py``).
+
+    ``state`` is ``in_flight`` while a web process enqueues it (``locked_until`` bounds how long that
+    process is trusted), ``accepted`` once it was answered ``202`` (``answer`` holds that body), ``unsure``
+    when the enqueue failed and may still have reached Kafka.
+    """
+
+    scope = CharField(max_length=64)
+    key = CharField(max_length=255)
+    fingerprint = CharField(max_length=64)
+    kind = CharField(max_length=8, constraints=[Check("kind IN ('single', 'batch')")])
+    submission_id = CharField(max_length=128)
+    state = CharField(max_length=16, constraints=[Check("state IN ('in_flight', 'accepted', 'unsure')")])
+    answer = JSONField(null=True)
+    locked_until = DateTimeTZField()
+    created_at = DateTimeTZField(default=_now, index=True)
+
+    class Meta:
+        table_name = "idempotency_keys"
+        primary_key = CompositeKey("scope", "key")
 
 
 #: API field names that may form the unique key, and their columns.

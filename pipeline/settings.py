@@ -140,6 +140,9 @@ RETRY_AFTER_SECONDS = _int("RETRY_AFTER_SECONDS", 5, minimum=1)
 SINGLE_LINGER_MS = _int("SINGLE_LINGER_MS", 5, minimum=0)
 #: Most single posts carried by one Kafka message.
 SINGLE_MAX_RECORDS = _int("SINGLE_MAX_RECORDS", 100, minimum=1)
+#: Seconds an ``Idempotency-Key`` is remembered after its first use: within them a post with the same key
+#: and body is the same submission; after them the key is free again.
+IDEMPOTENCY_KEY_RETENTION_S = _int("IDEMPOTENCY_KEY_RETENTION_S", 24 * 3600, minimum=1)
 
 # --- Database ----------------------------------------------------------------------------------------------
 #: PostgreSQL address; ``postgres://`` and ``postgresql://`` both work.
@@ -231,6 +234,7 @@ class WebSettings:
     retry_after_seconds: int = RETRY_AFTER_SECONDS
     single_linger_ms: int = SINGLE_LINGER_MS
     single_max_records: int = SINGLE_MAX_RECORDS
+    idempotency_key_retention_s: int = IDEMPOTENCY_KEY_RETENTION_S
     #: Longest wait for one broker call before answering 503, in seconds: Kafka's send timeout plus slack.
     enqueue_timeout_seconds: float = KAFKA_SEND_TIMEOUT_MS / 1000 + 2
 

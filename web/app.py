@@ -23,7 +23,7 @@ import contextlib
 import io
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any
+from typing import IO, Any
 
 import dramatiq
 from starlette.applications import Starlette
@@ -42,9 +42,18 @@ from pipeline.settings import WebSettings
 from web import reads, ui
 from web.auth import BearerTokenMiddleware
 from web.batches import accept_records
-from web.bodies import BodyChunks, ByteLimit, body_stream, file_chunks, read_body
+from web.bodies import BodyChunks, ByteLimit, body_stream, file_chunks, read_body, spool
 from web.enqueue import Enqueuer, single_record
 from web.errors import EXCEPTION_HANDLERS, InvalidBody, Malformed, PayloadTooLarge, UnsupportedMediaType
+from web.idempotency import (
+    BATCH,
+    LOCK_MARGIN_S,
+    REPLAYED_HEADER,
+    SINGLE,
+    Fingerprint,
+    IdempotencyKeys,
+    requested_key,
+)
 from web.ids import IdSigner
 from web.metrics import Metrics, MetricsMiddleware, metrics_endpoint
 from web.openapi import openapi_endpoint
@@ -79,12 +88,22 @@ def _media_type(request: Request) -> str:
     return media.strip().lower()
 
 
+def _accepted(answer: dict[str, Any], location: str, *, replayed: bool) -> Response:
+    """The ``202`` of a post; ``replayed`` when it is the answer of an earlier post with the same key."""
+    headers = {"Location": location}
+    if replayed:
+        headers[REPLAYED_HEADER] = "true"
+    return JSONResponse(answer, status_code=202, headers=headers)
+
+
 async def post_user(request: Request) -> Response:
     """``POST /api/user``: one JSON object; 202 once it is durable in Kafka."""
-    config: WebSettings = request.app.state.settings
+    state = request.app.state
+    config: WebSettings = state.settings
     media = _media_type(request)
     if media != "application/json":
         raise UnsupportedMediaType(f"send the user as application/json, not {media or 'no content type'}")
+    key = requested_key(request)
     ByteLimit(config.max_body_bytes).check_declared(request)
     body = await read_body(request, config.max_body_bytes)
     data = (
@@ -92,16 +111,23 @@ async def post_user(request: Request) -> Response:
         if len(body) <= _INLINE_PARSE_BYTES
         else await run_in_threadpool(parse_object, body)
     )
-    submission_id = request.app.state.signer.new_submission_id()
-    # With the posts that arrive at the same time, as one message, unless SINGLE_LINGER_MS is 0.
-    await request.app.state.enqueuer.send_single(single_record(submission_id, data), size=len(body))
-    request.app.state.metrics.accepted.labels("single").inc()
-    logger.info("accepted submission %s", submission_id)
-    return JSONResponse(
-        {"id": submission_id, "status": Status.QUEUED},
-        status_code=202,
-        headers={"Location": f"/api/submissions/{submission_id}"},
-    )
+
+    async def accept(submission_id: str) -> dict[str, Any]:
+        # With the posts that arrive at the same time, as one message, unless SINGLE_LINGER_MS is 0.
+        await state.enqueuer.send_single(single_record(submission_id, data), size=len(body))
+        state.metrics.accepted.labels("single").inc()
+        logger.info("accepted submission %s", submission_id)
+        return {"id": submission_id, "status": Status.QUEUED}
+
+    if key is None:
+        answer, replayed = await accept(state.signer.new_submission_id()), False
+    else:
+        fingerprint = Fingerprint(SINGLE, "json")
+        fingerprint.update(body)
+        answer, replayed = await state.idempotency_keys.submit(
+            request, key, fingerprint, new_id=state.signer.new_submission_id, accept=accept
+        )
+    return _accepted(answer, f"/api/submissions/{answer['id']}", replayed=replayed)
 
 
 def _upload_source(upload: UploadFile) -> str:
@@ -146,6 +172,44 @@ async def _receive_upload(request: Request, limit: int, max_field: int) -> tuple
     raise InvalidBody(f"a multipart body needs a file part named {UPLOAD_FIELD!r}")
 
 
+async def _accept_batch(
+    request: Request, batch_id: str, source: str, file: IO[bytes] | None
+) -> dict[str, Any]:
+    """Send a batch of form ``source`` under ``batch_id``, from ``file`` or, without one, from the body as
+    it streams in; return its ``202`` body."""
+    state = request.app.state
+    config: WebSettings = state.settings
+    options = {
+        "source": source,
+        "batch_id": batch_id,
+        "enqueuer": state.enqueuer,
+        "chunk_size": config.batch_chunk_size,
+        "max_records": config.max_batch_records,
+        "max_record_bytes": config.max_body_bytes,
+    }
+    if file is not None:
+        chunks: Iterable[bytes] = file_chunks(file, limit=config.max_batch_bytes)
+        count = await run_in_threadpool(accept_records, chunks, **options)
+    else:
+        stream = body_stream(request, config.max_batch_bytes)
+        try:
+            count = await run_in_threadpool(accept_records, BodyChunks(stream), **options)
+        finally:
+            await stream.aclose()
+    state.metrics.accepted.labels("batch").inc(count)
+    return {"batch_id": batch_id, "count": count}
+
+
+async def _spool_body(request: Request, fingerprint: Fingerprint) -> IO[bytes]:
+    """The whole body in a temporary file, its bytes added to ``fingerprint`` (a keyed batch is known
+    whole before it is claimed)."""
+    stream = body_stream(request, request.app.state.settings.max_batch_bytes)
+    try:
+        return await run_in_threadpool(lambda: spool(BodyChunks(stream), each=fingerprint.update))
+    finally:
+        await stream.aclose()
+
+
 async def post_users(request: Request) -> Response:
     """``POST /api/users``: a batch; 202 ``{"batch_id", "count"}`` once every record is durable in Kafka."""
     state = request.app.state
@@ -156,36 +220,32 @@ async def post_users(request: Request) -> Response:
             "send a batch as application/json (array), application/x-ndjson, text/csv or "
             f"multipart/form-data, not {media or 'no content type'}"
         )
+    key = requested_key(request)
     ByteLimit(config.max_batch_bytes).check_declared(request)
-    batch_id = state.signer.new_batch_id()
-    options = {
-        "batch_id": batch_id,
-        "enqueuer": state.enqueuer,
-        "chunk_size": config.batch_chunk_size,
-        "max_records": config.max_batch_records,
-        "max_record_bytes": config.max_body_bytes,
-    }
-    if media == MULTIPART:
-        form, source, file = await _receive_upload(request, config.max_batch_bytes, config.max_body_bytes)
-        try:
-            chunks: Iterable[bytes] = file_chunks(file, limit=config.max_batch_bytes)
-            count = await run_in_threadpool(accept_records, chunks, source=source, **options)
-        finally:
-            await form.close()
-    else:
-        source = BATCH_MEDIA_TYPES[media]
-        stream = body_stream(request, config.max_batch_bytes)
-        try:
-            chunks = BodyChunks(stream)
-            count = await run_in_threadpool(accept_records, chunks, source=source, **options)
-        finally:
-            await stream.aclose()
-    state.metrics.accepted.labels("batch").inc(count)
-    return JSONResponse(
-        {"batch_id": batch_id, "count": count},
-        status_code=202,
-        headers={"Location": f"/api/batches/{batch_id}"},
-    )
+    async with contextlib.AsyncExitStack() as closing:
+        file: IO[bytes] | None = None
+        if media == MULTIPART:
+            form, source, file = await _receive_upload(request, config.max_batch_bytes, config.max_body_bytes)
+            closing.push_async_callback(form.close)
+        else:
+            source = BATCH_MEDIA_TYPES[media]
+        if key is None:
+            answer, replayed = await _accept_batch(request, state.signer.new_batch_id(), source, file), False
+        else:
+            fingerprint = Fingerprint(BATCH, source)
+            if file is None:
+                file = closing.enter_context(await _spool_body(request, fingerprint))
+            else:
+                await run_in_threadpool(fingerprint.of_file, file)
+            keyed_file = file
+            answer, replayed = await state.idempotency_keys.submit(
+                request,
+                key,
+                fingerprint,
+                new_id=state.signer.new_batch_id,
+                accept=lambda batch_id: _accept_batch(request, batch_id, source, keyed_file),
+            )
+    return _accepted(answer, f"/api/batches/{answer['batch_id']}", replayed=replayed)
 
 
 async def users_endpoint(request: Request) -> Response:
@@ -255,6 +315,11 @@ def create_app(
     app.state.settings = config
     app.state.metrics = metrics
     app.state.signer = IdSigner(config.id_secret)
+    app.state.idempotency_keys = IdempotencyKeys(
+        retention_s=config.idempotency_key_retention_s,
+        lock_s=config.enqueue_timeout_seconds + LOCK_MARGIN_S,
+        retry_after=config.retry_after_seconds,
+    )
     if broker is not None:
         _send_with(app, broker)
     app.state.database_check = database_check or reads.ping_database

@@ -19,17 +19,21 @@ from web.errors import Unauthorized, error_response
 PROTECTED_PREFIX = "/api/"
 
 
-def token_matches(expected: str, authorization: str | None) -> bool:
-    """Whether an ``Authorization`` header carries the bearer token ``expected`` (constant-time compare)."""
+def bearer_token(authorization: str | None) -> bytes | None:
+    """The token of an ``Authorization: Bearer <token>`` header, as bytes; ``None`` for another scheme."""
     if not authorization:
-        return False
+        return None
     scheme, _, credentials = authorization.partition(" ")
     if scheme.lower() != "bearer":
-        return False
-    # Compare bytes: compare_digest refuses non-ASCII str, and a client may send any header bytes.
-    return hmac.compare_digest(
-        credentials.strip().encode("utf-8", "surrogateescape"), expected.encode("utf-8")
-    )
+        return None
+    # Bytes: compare_digest refuses non-ASCII str, and a client may send any header bytes.
+    return credentials.strip().encode("utf-8", "surrogateescape")
+
+
+def token_matches(expected: str, authorization: str | None) -> bool:
+    """Whether an ``Authorization`` header carries the bearer token ``expected`` (constant-time compare)."""
+    presented = bearer_token(authorization)
+    return presented is not None and hmac.compare_digest(presented, expected.encode("utf-8"))
 
 
 class BearerTokenMiddleware:

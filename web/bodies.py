@@ -2,13 +2,15 @@
 
 Every route that takes a body reads it through here: whole (:func:`read_body`), as it streams in
 (:func:`body_stream`, and :class:`BodyChunks` for code in a worker thread), or from a spooled upload
-(:func:`file_chunks`).  Each refuses as soon as the limit is crossed, before the rest is read.
+(:func:`file_chunks`; :func:`spool` makes one of a body that must be read whole before it is used).  Each
+refuses as soon as the limit is crossed, before the rest is read.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import IO, Any
 
 import anyio.from_thread
 from starlette.requests import Request
@@ -17,6 +19,8 @@ from web.errors import PayloadTooLarge
 
 #: Bytes read at a time from a spooled upload.
 READ_SIZE = 64 * 1024
+#: Bytes of a spooled body kept in memory; beyond them it moves to a temporary file.
+SPOOL_MEMORY_BYTES = 1024 * 1024
 
 
 class ByteLimit:
@@ -98,3 +102,18 @@ def file_chunks(file: Any, *, limit: int) -> Iterator[bytes]:
     counter = ByteLimit(limit, what="the uploaded file")
     while chunk := file.read(READ_SIZE):
         yield counter.count(chunk)
+
+
+def spool(chunks: Iterable[bytes], *, each: Callable[[bytes], object]) -> IO[bytes]:
+    """Copy a body's chunks into a temporary file (in memory up to :data:`SPOOL_MEMORY_BYTES`), giving
+    each chunk to ``each`` too; return the file, rewound.  Blocking: call it in a worker thread."""
+    file = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)  # noqa: SIM115  (the caller closes it)
+    try:
+        for chunk in chunks:
+            each(chunk)
+            file.write(chunk)
+    except BaseException:
+        file.close()
+        raise
+    file.seek(0)
+    return file

@@ -5,11 +5,14 @@ Every error leaves the API as ``{"error": {"code": "<machine-readable>", "messag
     ApiError                      (any status; code + message)
      +-- Malformed               400  malformed_json | malformed_csv | malformed_multipart
      +-- InvalidParameter        400  invalid_parameter   (query string)
+     +-- InvalidIdempotencyKey   400  invalid_idempotency_key
      +-- Unauthorized            401  unauthorized        (+ WWW-Authenticate: Bearer)
      +-- NotFound                404  not_found
+     +-- IdempotencyKeyInFlight  409  idempotency_key_in_flight (+ Retry-After)
      +-- PayloadTooLarge         413  payload_too_large
      +-- UnsupportedMediaType    415  unsupported_media_type
      +-- InvalidBody             422  invalid_body
+     +-- IdempotencyKeyReused    422  idempotency_key_reused
      +-- ServiceUnavailable      503
           +-- QueueUnavailable        queue_unavailable    (+ Retry-After)
           +-- DatabaseUnavailable     database_unavailable (+ Retry-After)
@@ -70,6 +73,13 @@ class InvalidParameter(ApiError):
     code = "invalid_parameter"
 
 
+class InvalidIdempotencyKey(ApiError):
+    """The ``Idempotency-Key`` header is not 1 to 255 visible ASCII characters, or is sent twice (400)."""
+
+    status = 400
+    code = "invalid_idempotency_key"
+
+
 class Unauthorized(ApiError):
     """The bearer token is missing or wrong (401)."""
 
@@ -85,6 +95,16 @@ class NotFound(ApiError):
 
     status = 404
     code = "not_found"
+
+
+class IdempotencyKeyInFlight(ApiError):
+    """Another request with this ``Idempotency-Key`` is being accepted; retry after ``retry_after`` (409)."""
+
+    status = 409
+    code = "idempotency_key_in_flight"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
 
 
 class PayloadTooLarge(ApiError):
@@ -106,6 +126,13 @@ class InvalidBody(ApiError):
 
     status = 422
     code = "invalid_body"
+
+
+class IdempotencyKeyReused(ApiError):
+    """The ``Idempotency-Key`` was used before with another body, or on the other route (422)."""
+
+    status = 422
+    code = "idempotency_key_reused"
 
 
 class ServiceUnavailable(ApiError):

@@ -1,0 +1,343 @@
+"""``Idempotency-Key``: a retried post is the same submission, with the same id and the same answer.
+
+A client may send ``Idempotency-Key: <1 to 255 visible ASCII characters>`` on ``POST /api/user`` and
+``POST /api/users``.  Within ``IDEMPOTENCY_KEY_RETENTION_S`` of the key's first use, a post with the same key
+from the same caller and with the same body (the same :class:`Fingerprint`) is the same submission:
+
+* once the first was answered ``202``: the same body and ``Location``, plus ``Idempotent-Replayed: true``;
+  nothing is enqueued again;
+* after a ``503`` (an enqueue given up on, which may have reached Kafka all the same): enqueued again *with
+  the same id*.  The worker keeps the first outcome of an id, so a post that did reach Kafka ends as it
+  would have, never ``duplicate`` of itself;
+* while the first is still being accepted: ``409 idempotency_key_in_flight`` with ``Retry-After``;
+* with another body, or on the other route: ``422 idempotency_key_reused``.
+
+Where keys are remembered: the table ``idempotency_keys`` (``pipeline.models.IdempotencyKey``), a row per
+caller and key.  Not an id derived from the key and the body: ids carry their issue time, so a derived id
+would need the first use's time stored anyway, and the 409 and the 422 need a state that every web process
+sees.  Only keyed posts touch the table, twice: a claim (one ``INSERT ... ON CONFLICT DO NOTHING``) before
+the enqueue and a settlement (one ``UPDATE``) after it.  The process that claims a key holds it until
+``locked_until``, which it renews while it works; if it dies, the lock runs out and the next retry takes
+the submission over.  When PostgreSQL cannot be reached, a keyed post is answered ``503
+database_unavailable`` so that the client retries with the same key; posts without a key never touch the
+database.
+
+The caller is the bearer token when ``API_TOKEN`` is set (its SHA-256 is stored, never the token); without
+it every client shares one scope.  Rows past the retention window are deleted in the background, a few at
+a time, once every :data:`PRUNE_EVERY` claims of a process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import math
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import IO, Any
+
+import peewee
+from peewee import SQL, fn
+from starlette.requests import Request
+
+from web.auth import bearer_token
+from web.bodies import READ_SIZE
+from web.errors import (
+    ApiError,
+    IdempotencyKeyInFlight,
+    IdempotencyKeyReused,
+    InvalidIdempotencyKey,
+    ServiceUnavailable,
+)
+from web.reads import run_query
+
+logger = logging.getLogger(__name__)
+
+#: The request header, and the header of an answer given again.
+KEY_HEADER = "idempotency-key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+MAX_KEY_LENGTH = 255
+#: A key: visible ASCII only (no space, no control character), so that it is the same bytes everywhere.
+_VALID_KEY = re.compile(rf"[\x21-\x7e]{{1,{MAX_KEY_LENGTH}}}")
+#: Seconds a claim outlasts the enqueue deadline, for the settlement's round trip and clocks that differ.
+LOCK_MARGIN_S = 5.0
+#: Claims of a process between two deletions of expired rows, and the most rows one deletion takes.
+PRUNE_EVERY = 1000
+PRUNE_ROWS = 10_000
+#: Times a claim is tried again when the row it read changed under it (deleted, replaced).
+CLAIM_ATTEMPTS = 3
+
+#: The kinds of submission (``IdempotencyKey.kind``) and the states of a key (``IdempotencyKey.state``).
+SINGLE, BATCH = "single", "batch"
+IN_FLIGHT, ACCEPTED, UNSURE = "in_flight", "accepted", "unsure"
+
+
+def requested_key(request: Request) -> str | None:
+    """The request's ``Idempotency-Key``, or ``None`` without one; 400 ``invalid_idempotency_key`` for an
+    empty, too long or non-ASCII one, or for several."""
+    values = request.headers.getlist(KEY_HEADER)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise InvalidIdempotencyKey("send one Idempotency-Key header, not several")
+    if _VALID_KEY.fullmatch(values[0]) is None:
+        raise InvalidIdempotencyKey(
+            f"an Idempotency-Key is 1 to {MAX_KEY_LENGTH} visible ASCII characters (no space or control "
+            "character)"
+        )
+    return values[0]
+
+
+def caller_scope(request: Request) -> str:
+    """The scope of the caller's keys: a SHA-256 of its bearer token when ``API_TOKEN`` is set (the
+    middleware has checked it), else the one scope that every client shares."""
+    token = b""
+    if request.app.state.settings.api_token:
+        token = bearer_token(request.headers.get("authorization")) or b""
+    return hashlib.sha256(token).hexdigest()
+
+
+class Fingerprint:
+    """A SHA-256 of what makes a post the post it is: its kind (``single``/``batch``), the form of its body
+    as the web reads it (``json``, ``ndjson``, ``csv``) and the body's bytes (an upload's file)."""
+
+    def __init__(self, kind: str, form: str) -> None:
+        self.kind = kind
+        self._hash = hashlib.sha256(f"{kind}:{form}\n".encode())
+
+    def update(self, data: bytes) -> None:
+        self._hash.update(data)
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+    def of_file(self, file: IO[bytes]) -> str:
+        """Add the rest of ``file``, rewind it to where it was, and return the digest.  Blocking."""
+        start = file.tell()
+        while chunk := file.read(READ_SIZE):
+            self._hash.update(chunk)
+        file.seek(start)
+        return self.hexdigest()
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A key this request holds: its submission's id, and whether an earlier attempt had it first."""
+
+    scope: str
+    key: str
+    submission_id: str
+    taken_over: bool
+
+
+@dataclass(frozen=True)
+class Replay:
+    """The ``202`` body a key's first post was answered."""
+
+    answer: dict[str, Any]
+
+
+def _model() -> Any:
+    # Imported on first use, as web.reads does: the web starts without the models or the database.
+    from pipeline.models import IdempotencyKey
+
+    return IdempotencyKey
+
+
+def _seconds(value: float) -> SQL:
+    return SQL("make_interval(secs => %s)", [value])
+
+
+class IdempotencyKeys:
+    """The keys of one application's keyed posts, in PostgreSQL (``app.state.idempotency_keys``).
+
+    Parameters:
+      retention_s(int): Seconds a key is remembered after its first use.
+      lock_s(float): Seconds a claim holds its key unless renewed: the enqueue deadline and a margin.
+      retry_after(int): Most seconds a ``409`` asks to wait.
+    """
+
+    def __init__(self, *, retention_s: int, lock_s: float, retry_after: int) -> None:
+        self.retention_s = retention_s
+        self.lock_s = lock_s
+        self.retry_after = retry_after
+        self._claims = 0
+        self._background: set[asyncio.Task[None]] = set()  # a reference to each task, until it is done
+
+    # --- In the thread pool, inside a connection (web.reads.run_query) -----------------------------------
+
+    def claim(self, scope: str, key: str, fingerprint: Fingerprint, fresh_id: str) -> Claim | Replay:
+        """Take ``key`` for a new submission ``fresh_id``, or take over its unfinished one, or return its
+        first answer; raise ``IdempotencyKeyReused`` or ``IdempotencyKeyInFlight``."""
+        Key = _model()
+        for _ in range(CLAIM_ATTEMPTS):
+            inserted = (
+                Key.insert(self._new_row(fingerprint, fresh_id), scope=scope, key=key)
+                .on_conflict_ignore()
+                .returning(Key.submission_id)
+                .tuples()
+                .execute()
+            )
+            if list(inserted):
+                return Claim(scope, key, fresh_id, taken_over=False)
+            with Key._meta.database.atomic():
+                found = self._decide(Key, scope, key, fingerprint, fresh_id)
+            if found is not None:
+                return found
+        raise IdempotencyKeyInFlight(
+            "another request with this Idempotency-Key is being accepted", retry_after=1
+        )
+
+    def _new_row(self, fingerprint: Fingerprint, submission_id: str) -> dict[str, Any]:
+        Key = _model()
+        return {
+            Key.fingerprint: fingerprint.hexdigest(),
+            Key.kind: fingerprint.kind,
+            Key.submission_id: submission_id,
+            Key.state: IN_FLIGHT,
+            Key.answer: None,
+            Key.locked_until: fn.now() + _seconds(self.lock_s),
+            Key.created_at: fn.now(),
+        }
+
+    def _decide(
+        self, Key: Any, scope: str, key: str, fingerprint: Fingerprint, fresh_id: str
+    ) -> Claim | Replay | None:
+        """Within a transaction: what the key's row (locked for update) makes of this post; ``None`` when
+        the row is gone (deleted meanwhile), so that the claim is tried again."""
+        lock_left = SQL("greatest(extract(epoch from locked_until - now()), 0)").alias("lock_left")
+        expired = (Key.created_at < fn.now() - _seconds(self.retention_s)).alias("expired")
+        this = (Key.scope == scope) & (Key.key == key)
+        row = Key.select(Key, lock_left, expired).where(this).for_update().first()
+        if row is None:
+            return None
+        locked = row.state == IN_FLIGHT and row.lock_left > 0
+        if row.expired and not locked:  # a key past its retention is free: a new submission
+            Key.update(self._new_row(fingerprint, fresh_id)).where(this).execute()
+            return Claim(scope, key, fresh_id, taken_over=False)
+        if row.fingerprint != fingerprint.hexdigest() or row.kind != fingerprint.kind:
+            raise IdempotencyKeyReused(
+                "this Idempotency-Key was used with another body (or on the other route); use a new key "
+                "for a new submission"
+            )
+        if row.state == ACCEPTED:
+            return Replay(row.answer)
+        if locked:
+            wait = max(1, min(self.retry_after, math.ceil(row.lock_left)))
+            raise IdempotencyKeyInFlight(
+                "a request with this Idempotency-Key is being accepted; retry later", retry_after=wait
+            )
+        # Unsure (its enqueue failed, and may have reached Kafka), or its process died: the same id again.
+        Key.update(state=IN_FLIGHT, locked_until=fn.now() + _seconds(self.lock_s)).where(this).execute()
+        return Claim(scope, key, row.submission_id, taken_over=True)
+
+    def _settle(self, claim: Claim, states: tuple[str, ...], **changes: Any) -> None:
+        Key = _model()
+        (
+            Key.update(**changes)
+            .where(
+                (Key.scope == claim.scope)
+                & (Key.key == claim.key)
+                & (Key.submission_id == claim.submission_id)
+                & (Key.state.in_(states))
+            )
+            .execute()
+        )
+
+    def _release(self, claim: Claim) -> None:
+        Key = _model()
+        Key.delete().where(
+            (Key.scope == claim.scope)
+            & (Key.key == claim.key)
+            & (Key.submission_id == claim.submission_id)
+            & (Key.state == IN_FLIGHT)
+        ).execute()
+
+    def _prune(self) -> None:
+        Key = _model()
+        old = (
+            Key.select(SQL("ctid"))
+            .where((Key.created_at < fn.now() - _seconds(self.retention_s)) & (Key.locked_until < fn.now()))
+            .limit(PRUNE_ROWS)
+        )
+        deleted = Key.delete().where(SQL("ctid").in_(old)).execute()
+        logger.info("deleted %d idempotency keys past their retention", deleted)
+
+    # --- On the event loop --------------------------------------------------------------------------------
+
+    async def _in_background(self, request: Request, what: str, work: Callable[[], object]) -> None:
+        """Run ``work`` (database calls); a failure is logged, not raised: the lock runs out anyway."""
+        try:
+            await run_query(request, work)
+        except (ServiceUnavailable, peewee.DatabaseError) as exc:
+            logger.warning("could not %s an idempotency key: %s", what, exc)
+
+    def _prune_now_and_then(self, request: Request) -> None:
+        self._claims += 1
+        if self._claims % PRUNE_EVERY == 0:
+            task = asyncio.get_running_loop().create_task(
+                self._in_background(request, "delete expired rows of", self._prune)
+            )
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    @contextlib.asynccontextmanager
+    async def holding(self, request: Request, claim: Claim) -> AsyncIterator[None]:
+        """Renew the claim's lock while the block runs (a batch may take longer than one lock)."""
+
+        def extend() -> None:
+            self._settle(claim, (IN_FLIGHT,), locked_until=fn.now() + _seconds(self.lock_s))
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self.lock_s / 3)
+                await self._in_background(request, "renew", extend)
+
+        task = asyncio.get_running_loop().create_task(renew())
+        try:
+            yield
+        finally:
+            task.cancel()
+
+    async def submit(
+        self,
+        request: Request,
+        key: str,
+        fingerprint: Fingerprint,
+        *,
+        new_id: Callable[[], str],
+        accept: Callable[[str], Awaitable[dict[str, Any]]],
+    ) -> tuple[dict[str, Any], bool]:
+        """The ``202`` body of a keyed post and whether it is a replay.  ``accept(id)`` enqueues the post
+        under ``id`` and returns its ``202`` body; it runs unless the key was answered already."""
+        scope = caller_scope(request)
+        fresh_id = new_id()
+        found = await run_query(request, lambda: self.claim(scope, key, fingerprint, fresh_id))
+        if isinstance(found, Replay):
+            return found.answer, True
+        self._prune_now_and_then(request)
+        if found.taken_over:
+            logger.info("idempotency key taken over: enqueueing %s again", found.submission_id)
+        try:
+            async with self.holding(request, found):
+                answer = await accept(found.submission_id)
+        except ServiceUnavailable:
+            await self._unsure(request, found)
+            raise
+        except ApiError:  # refused as it was read (4xx): the key is free for a corrected post
+            await self._in_background(request, "release", lambda: self._release(found))
+            raise
+        except Exception:
+            await self._unsure(request, found)
+            raise
+        accepted = {"state": ACCEPTED, "answer": answer, "locked_until": fn.now()}
+        await self._in_background(request, "settle", lambda: self._settle(found, (IN_FLIGHT,), **accepted))
+        return answer, False
+
+    async def _unsure(self, request: Request, claim: Claim) -> None:
+        """The enqueue failed but may have reached Kafka: the next retry takes it over at once."""
+        changes = {"state": UNSURE, "locked_until": fn.now()}
+        await self._in_background(request, "settle", lambda: self._settle(claim, (IN_FLIGHT,), **changes))
