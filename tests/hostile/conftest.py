@@ -27,8 +27,9 @@ from tests.livestack import Stack  # noqa: F401
 from tests.web_support import TEST_SETTINGS, make_client
 from web.ids import IdSigner, record_id
 
-#: Every status ``POST /api/user`` and ``POST /api/users`` may answer (503 only when Kafka fails).
-DOCUMENTED_POST_STATUSES = frozenset({202, 400, 401, 413, 415, 422, 503})
+#: Every status ``POST /api/user`` and ``POST /api/users`` may answer (409 only to a keyed post whose key is
+#: in flight, 503 only when Kafka or, for a keyed post, PostgreSQL fails).
+DOCUMENTED_POST_STATUSES = frozenset({202, 400, 401, 409, 413, 415, 422, 503})
 
 
 @dataclass
