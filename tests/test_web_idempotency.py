@@ -72,6 +72,16 @@ def post_batch(client: Any, key: str | None, body: Any = A_BATCH) -> Any:
     return client.post("/api/users", content=json_bytes(body), headers={**JSON, **extra})
 
 
+def assert_replayed(first: Any, again: Any) -> None:
+    """``again`` is the answer ``first`` got, given again: the same 202, body and Location, said to be a
+    replay (and ``first`` not)."""
+    assert first.status_code == again.status_code == 202, (first.text, again.text)
+    assert again.content == first.content  # (the keys of the body in their order too)
+    assert again.headers["location"] == first.headers["location"]
+    assert "idempotent-replayed" not in first.headers
+    assert again.headers["idempotent-replayed"] == "true"
+
+
 class SwitchableBroker(FailingBroker):
     """A StubBroker that fails like a Kafka that is away until ``working`` is set; with ``deliver_then_fail``
     it keeps the message before it fails (an enqueue given up on at its deadline that reached Kafka)."""
@@ -92,37 +102,28 @@ class SwitchableBroker(FailingBroker):
 # --- The same key twice -------------------------------------------------------------------------------------
 
 
-def test_a_single_post_sent_twice_with_one_key_is_one_submission_answered_twice_alike(keys, web_broker):
-    # Given
+def test_a_single_post_sent_twice_with_one_key_is_one_submission_answered_twice_alike(
+    keys, web_broker, web_client
+):
+    # When
     key = new_key()
-    with make_client(web_broker) as client:
-        # When
-        first = post_user(client, key)
-        second = post_user(client, key)
+    first, second = post_user(web_client, key), post_user(web_client, key)
     # Then: the same 202, body and Location; the second says it is a replay; one record enqueued
-    assert first.status_code == second.status_code == 202
-    assert second.content == first.content
-    assert second.headers["location"] == first.headers["location"] == f"/api/submissions/{first.json()['id']}"
-    assert "idempotent-replayed" not in first.headers
-    assert second.headers["idempotent-replayed"] == "true"
+    assert_replayed(first, second)
+    assert first.headers["location"] == f"/api/submissions/{first.json()['id']}"
     assert [r["id"] for r in single_records(enqueued(web_broker))] == [first.json()["id"]]
     [row] = keys()
     assert (row["kind"], row["state"], row["submission_id"]) == ("single", "accepted", first.json()["id"])
     assert row["answer"] == first.json()
 
 
-def test_a_batch_sent_twice_with_one_key_is_one_batch(keys, web_broker):
-    # Given
+def test_a_batch_sent_twice_with_one_key_is_one_batch(keys, web_broker, web_client):
+    # When
     key = new_key()
-    with make_client(web_broker) as client:
-        # When
-        first = post_batch(client, key)
-        second = post_batch(client, key)
+    first, second = post_batch(web_client, key), post_batch(web_client, key)
     # Then
-    assert first.status_code == second.status_code == 202
-    assert second.content == first.content  # the keys in their order too
-    assert second.headers["location"] == first.headers["location"]
-    assert second.headers["idempotent-replayed"] == "true"
+    assert_replayed(first, second)
+    assert first.headers["location"] == f"/api/batches/{first.json()['batch_id']}"
     messages = enqueued(web_broker)
     assert len(batch_records(messages)) == len(A_BATCH)
     assert [m.args[0] for m in messages if m.actor_name == "register_batch"] == [first.json()["batch_id"]]
@@ -147,8 +148,7 @@ def test_an_uploaded_file_sent_twice_with_one_key_is_one_batch(keys, web_broker,
         # When
         first, second = upload(), upload()
     # Then
-    assert first.status_code == second.status_code == 202, first.text
-    assert second.json() == first.json() and second.headers["idempotent-replayed"] == "true"
+    assert_replayed(first, second)
     assert len(batch_records(enqueued(web_broker))) == 2
 
 
@@ -297,7 +297,7 @@ def test_another_callers_key_is_another_key(keys):
     # Then: two submissions; each caller's retry is its own
     assert for_alice.status_code == for_bob.status_code == 202
     assert for_alice.json()["id"] != for_bob.json()["id"]
-    assert again_alice.json() == for_alice.json() and again_alice.headers["idempotent-replayed"] == "true"
+    assert_replayed(for_alice, again_alice)
     assert len(single_records(enqueued(alice_broker))) == len(single_records(enqueued(bob_broker))) == 1
     assert len(keys()) == 2
 
@@ -309,7 +309,7 @@ def test_without_api_token_every_client_shares_one_scope(keys, web_client):
     # When another client (another Authorization, ignored without API_TOKEN) sends the key
     second = post_user(web_client, key, authorization="Bearer two")
     # Then
-    assert second.json() == first.json() and second.headers["idempotent-replayed"] == "true"
+    assert_replayed(first, second)
 
 
 def test_the_scope_stored_is_a_hash_never_the_token(keys, clean_database):
@@ -337,7 +337,7 @@ def test_a_key_past_its_retention_is_a_new_submission(keys, clean_database, web_
     # Then: a new submission, itself remembered from now on
     assert second.status_code == 202 and "idempotent-replayed" not in second.headers
     assert second.json()["id"] != first.json()["id"]
-    assert third.json() == second.json() and third.headers["idempotent-replayed"] == "true"
+    assert_replayed(second, third)
     assert len(single_records(enqueued(web_broker))) == 2
 
 
@@ -377,7 +377,7 @@ def test_a_retry_after_a_503_enqueues_the_same_id_once(keys):
     # Then: the id claimed by the first attempt, enqueued once (by the retry), then replayed
     assert retried.status_code == 202 and retried.json()["id"] == row["submission_id"]
     assert "idempotent-replayed" not in retried.headers
-    assert again.json() == retried.json() and again.headers["idempotent-replayed"] == "true"
+    assert_replayed(retried, again)
     assert [r["id"] for r in single_records(enqueued(broker))] == [row["submission_id"]]
 
 

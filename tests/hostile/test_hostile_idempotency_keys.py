@@ -55,6 +55,19 @@ def valid(key: str) -> bool:
     return 1 <= len(key) <= MAX_KEY_LENGTH and all(0x21 <= ord(c) <= 0x7E for c in key)
 
 
+def check_key(app: tuple[TestClient, StubBroker, Any], path: str, key: str) -> None:
+    """Post with ``key``: 400 exactly for a key that breaks the rule, with nothing enqueued and nothing
+    remembered; a valid one is accepted, replayed, or refused as reused (the same key on both routes)."""
+    client, broker, stored_keys = app
+    enqueued(broker)
+    answer = post(client, path, key)
+    if valid(key):
+        assert answer.status_code in {202, 422}, answer.text
+        return
+    assert (answer.status_code, answer.json()["error"]["code"]) == (400, "invalid_idempotency_key")
+    assert enqueued(broker) == [] and key not in stored_keys()
+
+
 @pytest.mark.parametrize(
     "key",
     [
@@ -75,17 +88,7 @@ def valid(key: str) -> bool:
 )
 @pytest.mark.parametrize("path", list(ROUTES))
 def test_a_hostile_key_is_400_and_never_written(app, path, key):
-    client, broker, stored_keys = app
-    enqueued(broker)
-    # When
-    answer = post(client, path, key)
-    # Then
-    if valid(key):
-        assert answer.status_code in {202, 422}, answer.text
-        return
-    assert (answer.status_code, answer.json()["error"]["code"]) == (400, "invalid_idempotency_key")
-    assert key not in stored_keys()
-    assert enqueued(broker) == []
+    check_key(app, path, key)
 
 
 @pytest.mark.parametrize(
@@ -110,17 +113,7 @@ def test_keys_that_look_like_code_are_taken_literally(app, key):
     path=st.sampled_from(list(ROUTES)),
 )
 def test_any_key_gets_a_documented_answer_and_only_a_valid_one_is_remembered(app, key, path):
-    client, broker, stored_keys = app
-    enqueued(broker)
-    # When
-    answer = post(client, path, key)
-    # Then: 400 exactly for the keys that break the rule, nothing enqueued and nothing remembered; a valid
-    # one is accepted, replayed, or refused as reused (a key generated for both routes)
-    if valid(key):
-        assert answer.status_code in {202, 422}, answer.text
-    else:
-        assert (answer.status_code, answer.json()["error"]["code"]) == (400, "invalid_idempotency_key")
-        assert enqueued(broker) == [] and key not in stored_keys()
+    check_key(app, path, key)
 
 
 @pytest.mark.parametrize(
