@@ -12,7 +12,7 @@ builds the worker's broker).  The queue, the names and the payloads are :mod:`pi
 
 Both go straight to the first stage of the worker's pipeline (two Kafka trips to a row, not three
 through ``process_user``/``process_users``), and the single posts that arrive together travel as one
-message, the way Kafka's producer lingers (:class:`SingleCoalescer`, group commit): under no load a post
+message, the way Kafka's producer lingers (:class:`~web.group_commit.GroupCommit`): under no load a post
 is sent at once; while a send is in flight, the posts that come wait for it to end, at most the linger,
 then go together.
 
@@ -30,9 +30,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NamedTuple
+from typing import Any
 
 import dramatiq
 from dramatiq.errors import BrokerError
@@ -48,6 +48,7 @@ from pipeline.contract import (
 )
 from web.broker_features import BatchBroker
 from web.errors import QueueUnavailable
+from web.group_commit import GroupCommit
 from web.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -106,105 +107,6 @@ def register_batch_message(batch_id: str, count: int, source: str) -> dramatiq.M
     return _message(REGISTER_BATCH, batch_id, count, source)
 
 
-class _Waiting(NamedTuple):
-    record: BatchRecord
-    done: asyncio.Future[None]
-
-
-class SingleCoalescer:
-    """Gathers the single posts that arrive together into one message (group commit), on one event loop.
-
-    A post is sent at once when no send is in flight, so that under no load it waits for nothing.  While
-    one is, the posts that come wait for a send to end, at most ``linger`` seconds, and then travel
-    together.  Each post's :meth:`submit` returns once the message carrying it is acknowledged; when that
-    send fails, every post in it raises the same error.  Not thread-safe: call it from its loop only.
-
-    Parameters:
-      send(callable): ``await send(records)`` sends one message of those records and returns once it is
-        durable (:meth:`Enqueuer.send_records`).
-      linger(float): Longest wait of a post for others, in seconds.
-      max_records(int): Most posts in one message.
-      max_bytes(int): Most bytes of bodies in one message; a larger post goes alone.
-
-    >>> coalescer = SingleCoalescer(enqueuer.send_records, linger=0.005, max_records=100, max_bytes=2**18)
-    >>> await coalescer.submit(single_record(submission_id, data), size=len(body))
-    """
-
-    def __init__(
-        self,
-        send: Callable[[list[BatchRecord]], Awaitable[None]],
-        *,
-        linger: float,
-        max_records: int,
-        max_bytes: int,
-    ) -> None:
-        self.loop = asyncio.get_running_loop()
-        self._send = send
-        self.linger = linger
-        self.max_records = max_records
-        self.max_bytes = max_bytes
-        self._waiting: list[_Waiting] = []
-        self._waiting_bytes = 0
-        self._in_flight = 0
-        self._timer: asyncio.TimerHandle | None = None
-        self._sends: set[asyncio.Task[None]] = set()  # a reference to each task, until it is done
-
-    @property
-    def waiting(self) -> int:
-        """Posts waiting to be sent."""
-        return len(self._waiting)
-
-    async def submit(self, record: BatchRecord, *, size: int) -> None:
-        """Send ``record`` (of a body of ``size`` bytes) with the posts around it; return once durable."""
-        if self._waiting and self._waiting_bytes + size > self.max_bytes:
-            self._flush()
-        done = self.loop.create_future()
-        self._waiting.append(_Waiting(record, done))
-        self._waiting_bytes += size
-        if (
-            self._in_flight == 0
-            or len(self._waiting) >= self.max_records
-            or self._waiting_bytes >= self.max_bytes
-        ):
-            self._flush()
-        elif self._timer is None:
-            self._timer = self.loop.call_later(self.linger, self._flush)
-        await done
-
-    def _flush(self) -> None:
-        """Send what waits, as one message (counted in flight at once, so that the next post waits)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if not self._waiting:
-            return
-        group, self._waiting, self._waiting_bytes = self._waiting, [], 0
-        self._in_flight += 1
-        task = self.loop.create_task(self._deliver(group))
-        self._sends.add(task)
-        task.add_done_callback(self._sends.discard)
-
-    async def _deliver(self, group: list[_Waiting]) -> None:
-        try:
-            await self._send([waiting.record for waiting in group])
-        except asyncio.CancelledError:
-            for waiting in group:
-                waiting.done.cancel()
-            raise
-        except Exception as exc:  # QueueUnavailable, or a bug: every post of the message is answered so
-            for waiting in group:
-                if not waiting.done.done():
-                    waiting.done.set_exception(exc)
-        else:
-            for waiting in group:
-                if not waiting.done.done():  # (a post whose request was cancelled meanwhile)
-                    waiting.done.set_result(None)
-        finally:
-            self._in_flight -= 1
-        # The posts that came during this send have waited already: they go now, not at their timer.
-        self._flush()
-
-
 class Enqueuer:
     """Sends messages on a broker and turns its failures into ``QueueUnavailable``.
 
@@ -222,7 +124,7 @@ class Enqueuer:
       metrics(Metrics): Counts the failures.
       max_threads(int): Threads of the pool that makes the broker calls.
       linger_ms(int): Longest wait of a single post for others to share its message, in milliseconds
-        (:class:`SingleCoalescer`); 0 sends each post as a message of its own.
+        (:class:`~web.group_commit.GroupCommit`); 0 sends each post as a message of its own.
       max_records(int): Most single posts in one message.
       max_group_bytes(int): Most bytes of bodies in one message of single posts.
     """
@@ -249,7 +151,7 @@ class Enqueuer:
         self._max_threads = max_threads
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
-        self._coalescer: SingleCoalescer | None = None
+        self._coalescer: GroupCommit[BatchRecord] | None = None
 
     @property
     def _executor(self) -> ThreadPoolExecutor:
@@ -323,7 +225,7 @@ class Enqueuer:
         loop = asyncio.get_running_loop()
         coalescer = self._coalescer
         if coalescer is None or coalescer.loop is not loop:  # one per event loop (an app may see several)
-            coalescer = self._coalescer = SingleCoalescer(
+            coalescer = self._coalescer = GroupCommit(
                 self.send_records,
                 linger=self.linger_ms / 1000,
                 max_records=self.max_records,
