@@ -510,3 +510,22 @@ def test_the_answer_replayed_is_the_json_the_client_got(keys, web_client):
     # Then: stored as sent, in the order of its keys
     assert json.loads(post_batch(web_client, key).content) == first.json()
     assert list(post_batch(web_client, key).json()) == ["batch_id", "count"]
+
+
+def test_one_key_twice_in_one_group_of_claims_is_claimed_once(keys, clean_database):
+    # Given two posts of one key whose claims are written together, and a post of another key with them
+    from web.idempotency import Claim, IdempotencyKeys, _Claiming
+
+    store = IdempotencyKeys(retention_s=3600, lock_s=30, retry_after=7)
+    claims = [
+        _Claiming("scope", "same", "f" * 64, "single", "first-id"),
+        _Claiming("scope", "same", "f" * 64, "single", "second-id"),
+        _Claiming("scope", "other", "f" * 64, "single", "third-id"),
+    ]
+    # When
+    with clean_database.connection_context():
+        store._claim_all(claims)
+    # Then: the first is claimed, the second finds it in flight, the other key is claimed too
+    assert claims[0].outcome == Claim("scope", "same", "first-id", taken_over=False)
+    assert getattr(claims[1].outcome, "code", None) == "idempotency_key_in_flight"
+    assert claims[2].outcome == Claim("scope", "other", "third-id", taken_over=False)

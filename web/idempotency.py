@@ -15,12 +15,12 @@ from the same caller and with the same body (the same :class:`Fingerprint`) is t
 Where keys are remembered: the table ``idempotency_keys`` (``pipeline.models.IdempotencyKey``), a row per
 caller and key.  Not an id derived from the key and the body: ids carry their issue time, so a derived id
 would need the first use's time stored anyway, and the 409 and the 422 need a state that every web process
-sees.  Only keyed posts touch the table, twice: a claim (one ``INSERT ... ON CONFLICT DO NOTHING``) before
-the enqueue and a settlement (one ``UPDATE``) after it.  The process that claims a key holds it until
-``locked_until``, which it renews while it works; if it dies, the lock runs out and the next retry takes
-the submission over.  When PostgreSQL cannot be reached, a keyed post is answered ``503
-database_unavailable`` so that the client retries with the same key; posts without a key never touch the
-database.
+sees.  Only keyed posts touch the table, twice: a claim (``INSERT ... ON CONFLICT DO NOTHING``) before the
+enqueue and a settlement (``UPDATE``) after it, each one statement for the keyed posts that arrive
+together.  The process that claims a key holds it until ``locked_until``, which it renews while it works;
+if it dies, the lock runs out and the next retry takes the submission over.  When PostgreSQL cannot be
+reached, a keyed post is answered ``503 database_unavailable`` so that the client retries with the same
+key; posts without a key never touch the database.
 
 The caller is the bearer token when ``API_TOKEN`` is set (its SHA-256 is stored, never the token); without
 it every client shares one scope.  Rows past the retention window are deleted in the background, a few at
@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import math
 import re
@@ -52,7 +53,8 @@ from web.errors import (
     InvalidIdempotencyKey,
     ServiceUnavailable,
 )
-from web.reads import run_query
+from web.group_commit import GroupCommit
+from web.reads import run_database_work
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +142,49 @@ class Replay:
     answer: dict[str, Any]
 
 
+@dataclass
+class _Claiming:
+    """A keyed post waiting for its claim to be written (with the posts that came with it), then what its
+    key made of it: a :class:`Claim`, a :class:`Replay`, or the error to answer."""
+
+    scope: str
+    key: str
+    fingerprint: str
+    kind: str
+    fresh_id: str
+    outcome: Claim | Replay | ApiError | None = None
+
+
+@dataclass(frozen=True)
+class _Accepting:
+    """A claim to settle as accepted with the ``202`` body its post got."""
+
+    claim: Claim
+    answer: dict[str, Any]
+
+
+#: The claims of the keyed posts that arrive together, as one statement: the rows inserted are the
+#: claims won; a key already there (or twice in the group) is decided one by one.
+_CLAIM_ROWS = (
+    "INSERT INTO idempotency_keys (scope, key, fingerprint, kind, submission_id, state, locked_until, "
+    "created_at) "
+    "SELECT scope, key, fingerprint, kind, submission_id, 'in_flight', now() + make_interval(secs => %s), "
+    "now() FROM json_to_recordset(%s::json) "
+    "AS t(scope text, key text, fingerprint text, kind text, submission_id text) "
+    "ON CONFLICT DO NOTHING RETURNING scope, key, submission_id"
+)
+#: Their settlements once answered 202, as one statement (json, not jsonb: the answer keeps its order).
+_ACCEPT_ROWS = (
+    "UPDATE idempotency_keys AS k SET state = 'accepted', answer = t.answer, locked_until = now() "
+    "FROM json_to_recordset(%s::json) AS t(scope text, key text, submission_id text, answer json) "
+    "WHERE k.scope = t.scope AND k.key = t.key AND k.submission_id = t.submission_id "
+    "AND k.state = 'in_flight'"
+)
+#: Longest wait of a key's write for others to share its statement, and most writes in one statement.
+GROUP_LINGER_S = 0.005
+GROUP_MAX_ROWS = 200
+
+
 def _model() -> Any:
     # Imported on first use, as web.reads does: the web starts without the models or the database.
     from pipeline.models import IdempotencyKey
@@ -154,10 +199,14 @@ def _seconds(value: float) -> SQL:
 class IdempotencyKeys:
     """The keys of one application's keyed posts, in PostgreSQL (``app.state.idempotency_keys``).
 
+    The claims, and the settlements as accepted, of the keyed posts that arrive together are written as
+    one statement each (:class:`~web.group_commit.GroupCommit`), so that a keyed post costs the database
+    a share of two round trips, not two of its own.
+
     Parameters:
       retention_s(int): Seconds a key is remembered after its first use.
       lock_s(float): Seconds a claim holds its key unless renewed: the enqueue deadline and a margin.
-      retry_after(int): Most seconds a ``409`` asks to wait.
+      retry_after(int): Most seconds a ``409`` asks to wait; ``Retry-After`` of a ``503``.
     """
 
     def __init__(self, *, retention_s: int, lock_s: float, retry_after: int) -> None:
@@ -166,59 +215,82 @@ class IdempotencyKeys:
         self.retry_after = retry_after
         self._claims = 0
         self._background: set[asyncio.Task[None]] = set()  # a reference to each task, until it is done
+        self._writers: dict[str, GroupCommit[Any]] = {}
 
-    # --- In the thread pool, inside a connection (web.reads.run_query) -----------------------------------
+    # --- In the thread pool, inside a connection (web.reads.run_database_work) -----------------------------
 
-    def claim(self, scope: str, key: str, fingerprint: Fingerprint, fresh_id: str) -> Claim | Replay:
-        """Take ``key`` for a new submission ``fresh_id``, or take over its unfinished one, or return its
-        first answer; raise ``IdempotencyKeyReused`` or ``IdempotencyKeyInFlight``."""
+    def _claim_all(self, claims: list[_Claiming]) -> None:
+        """Claim each key for its fresh id, or find what its row makes of the post (``outcome``)."""
+        rows = [
+            {
+                "scope": c.scope,
+                "key": c.key,
+                "fingerprint": c.fingerprint,
+                "kind": c.kind,
+                "submission_id": c.fresh_id,
+            }
+            for c in claims
+        ]
+        database = _model()._meta.database
+        won = set(database.execute_sql(_CLAIM_ROWS, (self.lock_s, json.dumps(rows))).fetchall())
+        for claiming in claims:
+            if (claiming.scope, claiming.key, claiming.fresh_id) in won:
+                claiming.outcome = Claim(claiming.scope, claiming.key, claiming.fresh_id, taken_over=False)
+                continue
+            try:
+                claiming.outcome = self._claim_used(claiming)
+            except ApiError as exc:
+                claiming.outcome = exc
+
+    def _claim_used(self, claiming: _Claiming) -> Claim | Replay:
+        """What a key that has a row makes of the post: its first answer, a take-over, or a new claim
+        when the row is gone or past its retention; raise ``IdempotencyKeyReused`` or ``...InFlight``."""
         Key = _model()
         for _ in range(CLAIM_ATTEMPTS):
+            with Key._meta.database.atomic():
+                found = self._decide(Key, claiming)
+            if found is not None:
+                return found
             inserted = (
-                Key.insert(self._new_row(fingerprint, fresh_id), scope=scope, key=key)
+                Key.insert(self._new_row(claiming), scope=claiming.scope, key=claiming.key)
                 .on_conflict_ignore()
                 .returning(Key.submission_id)
                 .tuples()
                 .execute()
             )
-            if list(inserted):
-                return Claim(scope, key, fresh_id, taken_over=False)
-            with Key._meta.database.atomic():
-                found = self._decide(Key, scope, key, fingerprint, fresh_id)
-            if found is not None:
-                return found
+            if list(inserted):  # (the row was deleted meanwhile: the key is free)
+                return Claim(claiming.scope, claiming.key, claiming.fresh_id, taken_over=False)
         raise IdempotencyKeyInFlight(
             "another request with this Idempotency-Key is being accepted", retry_after=1
         )
 
-    def _new_row(self, fingerprint: Fingerprint, submission_id: str) -> dict[str, Any]:
+    def _new_row(self, claiming: _Claiming) -> dict[Any, Any]:
         Key = _model()
         return {
-            Key.fingerprint: fingerprint.hexdigest(),
-            Key.kind: fingerprint.kind,
-            Key.submission_id: submission_id,
+            Key.fingerprint: claiming.fingerprint,
+            Key.kind: claiming.kind,
+            Key.submission_id: claiming.fresh_id,
             Key.state: IN_FLIGHT,
             Key.answer: None,
             Key.locked_until: fn.now() + _seconds(self.lock_s),
             Key.created_at: fn.now(),
         }
 
-    def _decide(
-        self, Key: Any, scope: str, key: str, fingerprint: Fingerprint, fresh_id: str
-    ) -> Claim | Replay | None:
+    def _decide(self, Key: Any, claiming: _Claiming) -> Claim | Replay | None:
         """Within a transaction: what the key's row (locked for update) makes of this post; ``None`` when
-        the row is gone (deleted meanwhile), so that the claim is tried again."""
+        the row is gone (deleted meanwhile)."""
         lock_left = SQL("greatest(extract(epoch from locked_until - now()), 0)").alias("lock_left")
         expired = (Key.created_at < fn.now() - _seconds(self.retention_s)).alias("expired")
+        scope, key = claiming.scope, claiming.key
         this = (Key.scope == scope) & (Key.key == key)
         row = Key.select(Key, lock_left, expired).where(this).for_update().first()
         if row is None:
             return None
         locked = row.state == IN_FLIGHT and row.lock_left > 0
         if row.expired and not locked:  # a key past its retention is free: a new submission
-            Key.update(self._new_row(fingerprint, fresh_id)).where(this).execute()
-            return Claim(scope, key, fresh_id, taken_over=False)
-        if row.fingerprint != fingerprint.hexdigest() or row.kind != fingerprint.kind:
+            Key.update(self._new_row(claiming)).where(this).execute()
+            return Claim(scope, key, claiming.fresh_id, taken_over=False)
+        if row.fingerprint != claiming.fingerprint or row.kind != claiming.kind:
             raise IdempotencyKeyReused(
                 "this Idempotency-Key was used with another body (or on the other route); use a new key "
                 "for a new submission"
@@ -234,18 +306,27 @@ class IdempotencyKeys:
         Key.update(state=IN_FLIGHT, locked_until=fn.now() + _seconds(self.lock_s)).where(this).execute()
         return Claim(scope, key, row.submission_id, taken_over=True)
 
-    def _settle(self, claim: Claim, states: tuple[str, ...], **changes: Any) -> None:
+    def _accept_all(self, accepted: list[_Accepting]) -> None:
+        rows = [
+            {
+                "scope": a.claim.scope,
+                "key": a.claim.key,
+                "submission_id": a.claim.submission_id,
+                "answer": a.answer,
+            }
+            for a in accepted
+        ]
+        _model()._meta.database.execute_sql(_ACCEPT_ROWS, (json.dumps(rows),))
+
+    def _settle(self, claim: Claim, **changes: Any) -> None:
+        """Change the claim's row while it is still in flight under this claim's id."""
         Key = _model()
-        (
-            Key.update(**changes)
-            .where(
-                (Key.scope == claim.scope)
-                & (Key.key == claim.key)
-                & (Key.submission_id == claim.submission_id)
-                & (Key.state.in_(states))
-            )
-            .execute()
-        )
+        Key.update(**changes).where(
+            (Key.scope == claim.scope)
+            & (Key.key == claim.key)
+            & (Key.submission_id == claim.submission_id)
+            & (Key.state == IN_FLIGHT)
+        ).execute()
 
     def _release(self, claim: Claim) -> None:
         Key = _model()
@@ -268,39 +349,62 @@ class IdempotencyKeys:
 
     # --- On the event loop --------------------------------------------------------------------------------
 
-    async def _in_background(self, request: Request, what: str, work: Callable[[], object]) -> None:
+    async def _database(self, work: Callable[[], object]) -> None:
+        await run_database_work(work, where="idempotency keys", retry_after=self.retry_after)
+
+    async def _write_claims(self, claims: list[_Claiming]) -> None:
+        await self._database(lambda: self._claim_all(claims))
+
+    async def _write_accepts(self, accepted: list[_Accepting]) -> None:
+        await self._database(lambda: self._accept_all(accepted))
+
+    def _writer(self, name: str, send: Callable[[list[Any]], Awaitable[None]]) -> GroupCommit[Any]:
+        loop = asyncio.get_running_loop()
+        writer = self._writers.get(name)
+        if writer is None or writer.loop is not loop:  # one per event loop (an app may see several)
+            writer = self._writers[name] = GroupCommit(
+                send, linger=GROUP_LINGER_S, max_records=GROUP_MAX_ROWS, max_bytes=GROUP_MAX_ROWS
+            )
+        return writer
+
+    async def _in_background(self, what: str, work: Callable[[], object]) -> None:
         """Run ``work`` (database calls); a failure is logged, not raised: the lock runs out anyway."""
         try:
-            await run_query(request, work)
+            await self._database(work)
         except (ServiceUnavailable, peewee.DatabaseError) as exc:
             logger.warning("could not %s an idempotency key: %s", what, exc)
 
-    def _prune_now_and_then(self, request: Request) -> None:
+    def _prune_now_and_then(self) -> None:
         self._claims += 1
         if self._claims % PRUNE_EVERY == 0:
             task = asyncio.get_running_loop().create_task(
-                self._in_background(request, "delete expired rows of", self._prune)
+                self._in_background("delete expired rows of", self._prune)
             )
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
     @contextlib.asynccontextmanager
-    async def holding(self, request: Request, claim: Claim) -> AsyncIterator[None]:
+    async def holding(self, claim: Claim) -> AsyncIterator[None]:
         """Renew the claim's lock while the block runs (a batch may take longer than one lock)."""
 
         def extend() -> None:
-            self._settle(claim, (IN_FLIGHT,), locked_until=fn.now() + _seconds(self.lock_s))
+            self._settle(claim, locked_until=fn.now() + _seconds(self.lock_s))
 
         async def renew() -> None:
             while True:
+                await self._in_background("renew", extend)
                 await asyncio.sleep(self.lock_s / 3)
-                await self._in_background(request, "renew", extend)
 
-        task = asyncio.get_running_loop().create_task(renew())
+        loop = asyncio.get_running_loop()
+        tasks: list[asyncio.Task[None]] = []
+        # A timer, not a task, until the first renewal is due: most posts end long before.
+        timer = loop.call_later(self.lock_s / 3, lambda: tasks.append(loop.create_task(renew())))
         try:
             yield
         finally:
-            task.cancel()
+            timer.cancel()
+            for task in tasks:
+                task.cancel()
 
     async def submit(
         self,
@@ -313,31 +417,35 @@ class IdempotencyKeys:
     ) -> tuple[dict[str, Any], bool]:
         """The ``202`` body of a keyed post and whether it is a replay.  ``accept(id)`` enqueues the post
         under ``id`` and returns its ``202`` body; it runs unless the key was answered already."""
-        scope = caller_scope(request)
-        fresh_id = new_id()
-        found = await run_query(request, lambda: self.claim(scope, key, fingerprint, fresh_id))
+        claiming = _Claiming(caller_scope(request), key, fingerprint.hexdigest(), fingerprint.kind, new_id())
+        await self._writer("claims", self._write_claims).submit(claiming)
+        found = claiming.outcome
+        if isinstance(found, ApiError):
+            raise found
+        assert found is not None
         if isinstance(found, Replay):
             return found.answer, True
-        self._prune_now_and_then(request)
+        self._prune_now_and_then()
         if found.taken_over:
             logger.info("idempotency key taken over: enqueueing %s again", found.submission_id)
         try:
-            async with self.holding(request, found):
+            async with self.holding(found):
                 answer = await accept(found.submission_id)
         except ServiceUnavailable:
-            await self._unsure(request, found)
+            await self._unsure(found)
             raise
         except ApiError:  # refused as it was read (4xx): the key is free for a corrected post
-            await self._in_background(request, "release", lambda: self._release(found))
+            await self._in_background("release", lambda: self._release(found))
             raise
         except Exception:
-            await self._unsure(request, found)
+            await self._unsure(found)
             raise
-        accepted = {"state": ACCEPTED, "answer": answer, "locked_until": fn.now()}
-        await self._in_background(request, "settle", lambda: self._settle(found, (IN_FLIGHT,), **accepted))
+        try:
+            await self._writer("accepts", self._write_accepts).submit(_Accepting(found, answer))
+        except (ServiceUnavailable, peewee.DatabaseError) as exc:  # a retry takes it over, with its id
+            logger.warning("could not settle an idempotency key: %s", exc)
         return answer, False
 
-    async def _unsure(self, request: Request, claim: Claim) -> None:
+    async def _unsure(self, claim: Claim) -> None:
         """The enqueue failed but may have reached Kafka: the next retry takes it over at once."""
-        changes = {"state": UNSURE, "locked_until": fn.now()}
-        await self._in_background(request, "settle", lambda: self._settle(claim, (IN_FLIGHT,), **changes))
+        await self._in_background("settle", lambda: self._settle(claim, state=UNSURE, locked_until=fn.now()))

@@ -63,15 +63,21 @@ def retry_after(request: Request) -> int:
     return int(request.app.state.settings.retry_after_seconds)
 
 
-async def run_query(request: Request, function: Callable[[], T]) -> T:
-    """Run ``function`` (Peewee calls) in the thread pool; 503 when the database is unreachable."""
+async def run_database_work(function: Callable[[], T], *, where: str, retry_after: int) -> T:
+    """Run ``function`` (Peewee calls) in the thread pool, in a connection; 503 ``database_unavailable``
+    with ``Retry-After: retry_after`` when the database is unreachable (logged as on ``where``)."""
     try:
         return await run_in_threadpool(_run_in_connection, function)
     except _UNAVAILABLE as exc:
-        logger.warning("database unavailable on %s: %s", request.url.path, type(exc).__name__)
+        logger.warning("database unavailable on %s: %s", where, type(exc).__name__)
         raise DatabaseUnavailable(
-            "the database cannot be reached; retry later", retry_after=retry_after(request)
+            "the database cannot be reached; retry later", retry_after=retry_after
         ) from None
+
+
+async def run_query(request: Request, function: Callable[[], T]) -> T:
+    """Run ``function`` (Peewee calls) in the thread pool; 503 when the database is unreachable."""
+    return await run_database_work(function, where=request.url.path, retry_after=retry_after(request))
 
 
 def int_parameter(request: Request, name: str, default: int, minimum: int, maximum: int) -> int:
