@@ -11,11 +11,13 @@ download is never used (it cannot be fetched here).  The screenshot is saved as
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -250,3 +252,60 @@ def test_the_upload_cli_follows_a_batch_to_the_end_and_reports_what_the_database
     for status in ("stored", "duplicate", "invalid", "failed"):
         assert f"  {status:<10} {in_database.get(status, 0):>9}" in result.stdout
     assert "row 2 (invalid): " in result.stdout and "row 5 (invalid): " in result.stdout
+
+
+#: What ``crypto.randomUUID()`` makes, the page's key for a chosen file.
+UUID_KEY = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+
+
+def test_the_page_sends_a_file_again_under_its_key_and_a_file_chosen_again_under_a_new_one(
+    live_server: LiveServer, browser: object, tmp_path: Path
+) -> None:
+    # Given the page with the token, a file chosen, and a first upload answered 503 before it reaches the
+    # API (as while Kafka is away); every upload's Idempotency-Key is noted on its way out
+    path = tmp_path / "users.csv"
+    path.write_text(users_csv(uuid.uuid4().hex[:8], generated=5), encoding="utf-8")
+    page = browser.new_page()  # type: ignore[attr-defined]
+    script_errors: list[str] = []
+    page.on("pageerror", lambda error: script_errors.append(str(error)))
+    keys: list[str | None] = []
+
+    def first_one_unavailable(route: Any, request: Any) -> None:
+        keys.append(request.all_headers().get("idempotency-key"))
+        if len(keys) > 1:
+            route.continue_()
+            return
+        body = {"error": {"code": "queue_unavailable", "message": "the queue is unavailable"}}
+        route.fulfill(status=503, headers={"Retry-After": "1"}, json=body)
+
+    page.route("**/api/users", first_one_unavailable)
+    page.goto(live_server.url + "/")
+    page.wait_for_selector("#auth:not([hidden])")
+    page.fill("#token", live_server.token)
+    page.click("#auth-form button[type=submit]")
+    page.set_input_files("#file", str(path))
+    page.click("#upload-button")
+    page.wait_for_selector("#upload-status[data-kind=error]")
+    assert "Press Upload again" in (page.text_content("#upload-status") or "")
+
+    # When the operator presses Upload again, then once more, then chooses the file again and uploads it
+    page.click("#upload-button")
+    page.wait_for_selector("#upload-status[data-kind=ok]")
+    first_batch = page.text_content("#batch-id")
+    assert keys[1] == keys[0], "the upload pressed again was sent under another key"
+    page.click("#upload-button")
+    page.wait_for_selector("#upload-status:has-text('an earlier attempt had been accepted')")
+    replayed_batch = page.text_content("#batch-id")
+    page.set_input_files("#file", str(path))
+    page.click("#upload-button")
+    page.wait_for_function(f"document.querySelector('#batch-id').textContent !== '{first_batch}'")
+
+    # Then the three uploads of the first choice carried one key, answered with one batch; the file
+    # chosen again is a new upload, under a new key
+    assert len(keys) == 4
+    assert keys[0] is not None and UUID_KEY.fullmatch(keys[0])
+    assert keys[1] == keys[2] == keys[0]
+    assert replayed_batch == first_batch
+    assert keys[3] is not None and UUID_KEY.fullmatch(keys[3]) and keys[3] != keys[0]
+    assert script_errors == []
+    page.close()

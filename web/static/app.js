@@ -1,7 +1,7 @@
 /* The operator page: upload a file of users, follow its batch, watch the system.
  *
  * Plain browser JavaScript, no build step. It talks to the same API as any client:
- *   POST /api/users (the file as the body, its content type from its name),
+ *   POST /api/users (the file as the body, its content type from its name, an Idempotency-Key per file),
  *   GET  /api/batches/<id>?limit=&cursor=   (polled until "completed"),
  *   GET  /api/reports/age-distribution, /api/users/newest, /api/overview, /readyz.
  * Data from the API is put in the page with textContent only, never as HTML.
@@ -13,6 +13,8 @@
   const BATCH_POLL_MS = 700;
   const SYSTEM_POLL_MS = 5000;
   const OUTCOMES = ["queued", "stored", "duplicate", "invalid", "failed"];
+  // Answers after which the same upload may be sent again (0: the connection failed).
+  const RETRIED = new Set([0, 409, 429, 502, 503, 504]);
   const TYPES = { csv: "text/csv", json: "application/json", ndjson: "application/x-ndjson", jsonl: "application/x-ndjson" };
 
   const $ = (id) => document.getElementById(id);
@@ -103,6 +105,23 @@
     return TYPES[extension] || (Object.values(TYPES).includes(file.type) ? file.type : "text/csv");
   }
 
+  // One Idempotency-Key per chosen file, kept for as long as that file stays chosen: pressing Upload again
+  // after a 503 or a dropped connection is then the same submission, answered with the first attempt's
+  // batch when that one was in fact taken. Choosing a file again (even the same one) makes a new key.
+  const uploadKeys = new WeakMap();
+
+  function keyOf(file) {
+    if (!uploadKeys.has(file)) uploadKeys.set(file, newKey());
+    return uploadKeys.get(file);
+  }
+
+  function newKey() {
+    if (typeof crypto.randomUUID === "function") return crypto.randomUUID();
+    // randomUUID exists only in secure contexts (https, localhost); getRandomValues in every page.
+    const bytes = crypto.getRandomValues(new Uint8Array(16));
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
   /** POST the file as the request body; XMLHttpRequest because fetch reports no upload progress. */
   function send(file, onProgress) {
     return new Promise((resolve, reject) => {
@@ -110,10 +129,16 @@
       xhr.open("POST", "/api/users");
       xhr.setRequestHeader("Content-Type", contentTypeOf(file));
       xhr.setRequestHeader("Accept", "application/json");
+      xhr.setRequestHeader("Idempotency-Key", keyOf(file));
       for (const [name, value] of Object.entries(authHeaders())) xhr.setRequestHeader(name, value);
       xhr.upload.onprogress = (event) => onProgress(event.loaded, event.lengthComputable ? event.total : file.size);
       xhr.upload.onload = () => onProgress(file.size, file.size, true);
-      xhr.onload = () => resolve({ status: xhr.status, body: parseJson(xhr.responseText) });
+      xhr.onload = () =>
+        resolve({
+          status: xhr.status,
+          body: parseJson(xhr.responseText),
+          replayed: xhr.getResponseHeader("Idempotent-Replayed") === "true",
+        });
       xhr.onerror = () => reject(new ApiError(0, "network_error", "the upload was interrupted"));
       xhr.send(file);
     });
@@ -136,10 +161,12 @@
       });
       if (answer.status === 401) askForToken("This service asks for a bearer token.");
       if (answer.status !== 202) throw errorOf(answer.status, answer.body);
-      say(`Accepted ${number.format(answer.body.count)} records as batch ${answer.body.batch_id}.`, "ok");
+      const again = answer.replayed ? " (an earlier attempt had been accepted)" : "";
+      say(`Accepted ${number.format(answer.body.count)} records as batch ${answer.body.batch_id}${again}.`, "ok");
       follow(answer.body.batch_id, answer.body.count);
     } catch (e) {
-      say(`Upload refused: ${describe(e)}`, "error");
+      const retry = RETRIED.has(e.status) ? " Press Upload again to retry: it is sent as the same upload." : "";
+      say(`Upload refused: ${describe(e)}.${retry}`, "error");
     } finally {
       button.disabled = false;
     }
