@@ -45,6 +45,7 @@ FAULT_LANES = {
     "test_static_membership.py": "faults-2",
     "test_kafka_outage.py": "faults-2",
     "test_postgres_outage.py": "faults-2",
+    "test_idempotent_retries.py": "faults-2",
 }
 
 
