@@ -514,13 +514,13 @@ def test_the_answer_replayed_is_the_json_the_client_got(keys, web_client):
 
 def test_one_key_twice_in_one_group_of_claims_is_claimed_once(keys, clean_database):
     # Given two posts of one key whose claims are written together, and a post of another key with them
-    from web.idempotency import Claim, IdempotencyKeys, _Claiming
+    from web.idempotency import Claim, Claiming, IdempotencyKeys
 
     store = IdempotencyKeys(retention_s=3600, lock_s=30, retry_after=7)
     claims = [
-        _Claiming("scope", "same", "f" * 64, "single", "first-id"),
-        _Claiming("scope", "same", "f" * 64, "single", "second-id"),
-        _Claiming("scope", "other", "f" * 64, "single", "third-id"),
+        Claiming("scope", "same", "f" * 64, "single", "first-id"),
+        Claiming("scope", "same", "f" * 64, "single", "second-id"),
+        Claiming("scope", "other", "f" * 64, "single", "third-id"),
     ]
     # When
     with clean_database.connection_context():

@@ -64,7 +64,8 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 MAX_KEY_LENGTH = 255
 #: A key: visible ASCII only (no space, no control character), so that it is the same bytes everywhere.
 _VALID_KEY = re.compile(rf"[\x21-\x7e]{{1,{MAX_KEY_LENGTH}}}")
-#: Seconds a claim outlasts the enqueue deadline, for the settlement's round trip and clocks that differ.
+#: Seconds a claim outlasts the enqueue deadline (the settlement's round trip); a longer post renews it.
+#: Every time is PostgreSQL's ``now()``, so the clocks of the web hosts do not matter.
 LOCK_MARGIN_S = 5.0
 #: Claims of a process between two deletions of expired rows, and the most rows one deletion takes.
 PRUNE_EVERY = 1000
@@ -143,7 +144,7 @@ class Replay:
 
 
 @dataclass
-class _Claiming:
+class Claiming:
     """A keyed post waiting for its claim to be written (with the posts that came with it), then what its
     key made of it: a :class:`Claim`, a :class:`Replay`, or the error to answer."""
 
@@ -219,7 +220,7 @@ class IdempotencyKeys:
 
     # --- In the thread pool, inside a connection (web.reads.run_database_work) -----------------------------
 
-    def _claim_all(self, claims: list[_Claiming]) -> None:
+    def _claim_all(self, claims: list[Claiming]) -> None:
         """Claim each key for its fresh id, or find what its row makes of the post (``outcome``)."""
         rows = [
             {
@@ -242,7 +243,7 @@ class IdempotencyKeys:
             except ApiError as exc:
                 claiming.outcome = exc
 
-    def _claim_used(self, claiming: _Claiming) -> Claim | Replay:
+    def _claim_used(self, claiming: Claiming) -> Claim | Replay:
         """What a key that has a row makes of the post: its first answer, a take-over, or a new claim
         when the row is gone or past its retention; raise ``IdempotencyKeyReused`` or ``...InFlight``."""
         Key = _model()
@@ -264,7 +265,7 @@ class IdempotencyKeys:
             "another request with this Idempotency-Key is being accepted", retry_after=1
         )
 
-    def _new_row(self, claiming: _Claiming) -> dict[Any, Any]:
+    def _new_row(self, claiming: Claiming) -> dict[Any, Any]:
         Key = _model()
         return {
             Key.fingerprint: claiming.fingerprint,
@@ -276,7 +277,7 @@ class IdempotencyKeys:
             Key.created_at: fn.now(),
         }
 
-    def _decide(self, Key: Any, claiming: _Claiming) -> Claim | Replay | None:
+    def _decide(self, Key: Any, claiming: Claiming) -> Claim | Replay | None:
         """Within a transaction: what the key's row (locked for update) makes of this post; ``None`` when
         the row is gone (deleted meanwhile)."""
         lock_left = SQL("greatest(extract(epoch from locked_until - now()), 0)").alias("lock_left")
@@ -352,7 +353,7 @@ class IdempotencyKeys:
     async def _database(self, work: Callable[[], object]) -> None:
         await run_database_work(work, where="idempotency keys", retry_after=self.retry_after)
 
-    async def _write_claims(self, claims: list[_Claiming]) -> None:
+    async def _write_claims(self, claims: list[Claiming]) -> None:
         await self._database(lambda: self._claim_all(claims))
 
     async def _write_accepts(self, accepted: list[_Accepting]) -> None:
@@ -417,7 +418,7 @@ class IdempotencyKeys:
     ) -> tuple[dict[str, Any], bool]:
         """The ``202`` body of a keyed post and whether it is a replay.  ``accept(id)`` enqueues the post
         under ``id`` and returns its ``202`` body; it runs unless the key was answered already."""
-        claiming = _Claiming(caller_scope(request), key, fingerprint.hexdigest(), fingerprint.kind, new_id())
+        claiming = Claiming(caller_scope(request), key, fingerprint.hexdigest(), fingerprint.kind, new_id())
         await self._writer("claims", self._write_claims).submit(claiming)
         found = claiming.outcome
         if isinstance(found, ApiError):
