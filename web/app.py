@@ -15,6 +15,9 @@ GET      /api/users                       stored users, filtered by name, by pag
 GET      /healthz, /readyz, /metrics, /openapi.json
 GET      /, /static/..., /api/overview, /api/users/newest   the operator page (``web/ui.py``)
 =======  ==============================  ===============================================================
+
+Both posts take an optional ``Idempotency-Key``: a retry with the same key and body is the same submission
+(``web/idempotency.py``).  Posts without one touch no database.
 """
 
 from __future__ import annotations
