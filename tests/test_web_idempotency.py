@@ -72,6 +72,12 @@ def post_batch(client: Any, key: str | None, body: Any = A_BATCH) -> Any:
     return client.post("/api/users", content=json_bytes(body), headers={**JSON, **extra})
 
 
+def settle(client: Any) -> None:
+    """Wait until the app has written the settlements of its keys (they go in the background, after the
+    202)."""
+    client.portal.call(client.app.state.idempotency_keys.drain)
+
+
 def assert_replayed(first: Any, again: Any) -> None:
     """``again`` is the answer ``first`` got, given again: the same 202, body and Location, said to be a
     replay (and ``first`` not)."""
@@ -112,6 +118,7 @@ def test_a_single_post_sent_twice_with_one_key_is_one_submission_answered_twice_
     assert_replayed(first, second)
     assert first.headers["location"] == f"/api/submissions/{first.json()['id']}"
     assert [r["id"] for r in single_records(enqueued(web_broker))] == [first.json()["id"]]
+    settle(web_client)
     [row] = keys()
     assert (row["kind"], row["state"], row["submission_id"]) == ("single", "accepted", first.json()["id"])
     assert row["answer"] == first.json()
@@ -330,6 +337,7 @@ def test_a_key_past_its_retention_is_a_new_submission(keys, clean_database, web_
     key = new_key()
     with make_client(web_broker, idempotency_key_retention_s=86400) as client:
         first = post_user(client, key)
+        settle(client)
         sql(clean_database, "UPDATE idempotency_keys SET created_at = now() - interval '2 days'")
         # When
         second = post_user(client, key, {"name": "Someone Else", "age": 50})
@@ -348,6 +356,7 @@ def test_expired_keys_are_deleted_now_and_then(keys, clean_database, monkeypatch
     monkeypatch.setattr(idempotency, "PRUNE_EVERY", 1)
     with make_client(idempotency_key_retention_s=3600) as client:
         post_user(client, "old")
+        settle(client)
         sql(clean_database, "UPDATE idempotency_keys SET created_at = now() - interval '2 hours'")
         # When
         post_user(client, "recent")
@@ -430,6 +439,7 @@ def test_a_keyed_batch_refused_as_read_frees_its_key_for_the_corrected_batch(key
     corrected = post_batch(web_client, key)
     # Then it is accepted, not refused as another body
     assert corrected.status_code == 202, corrected.text
+    settle(web_client)
     assert [row["state"] for row in keys()] == ["accepted"]
 
 
@@ -529,3 +539,26 @@ def test_one_key_twice_in_one_group_of_claims_is_claimed_once(keys, clean_databa
     assert claims[0].outcome == Claim("scope", "same", "first-id", taken_over=False)
     assert getattr(claims[1].outcome, "code", None) == "idempotency_key_in_flight"
     assert claims[2].outcome == Claim("scope", "other", "third-id", taken_over=False)
+
+
+def test_a_retry_while_the_answer_is_being_recorded_gets_it_from_the_process(keys, web_broker, monkeypatch):
+    # Given a post answered 202 whose settlement is slow to be written (it goes after the answer)
+    from web.idempotency import IdempotencyKeys
+
+    release = threading.Event()
+    write = IdempotencyKeys._accept_all
+    monkeypatch.setattr(
+        IdempotencyKeys, "_accept_all", lambda self, rows: (release.wait(30), write(self, rows))
+    )
+    key = new_key()
+    with make_client(web_broker) as client:
+        first = post_user(client, key)
+        assert [row["state"] for row in keys()] == ["in_flight"]
+        # When the client sends it again meanwhile
+        again = post_user(client, key)
+        release.set()
+        settle(client)
+    # Then: the same answer, from the process that gave it; nothing enqueued again; then settled
+    assert_replayed(first, again)
+    assert len(single_records(enqueued(web_broker))) == 1
+    assert [row["state"] for row in keys()] == ["accepted"]

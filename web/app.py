@@ -50,7 +50,6 @@ from web.enqueue import Enqueuer, single_record
 from web.errors import EXCEPTION_HANDLERS, InvalidBody, Malformed, PayloadTooLarge, UnsupportedMediaType
 from web.idempotency import (
     BATCH,
-    LOCK_MARGIN_S,
     REPLAYED_HEADER,
     SINGLE,
     Fingerprint,
@@ -302,6 +301,7 @@ def create_app(
         if own_broker:  # built here, not at import: importing web.app builds no broker
             _send_with(app, build_broker())
         yield
+        await app.state.idempotency_keys.drain()
         app.state.enqueuer.close()
         if own_broker:
             app.state.broker.close()
@@ -318,11 +318,7 @@ def create_app(
     app.state.settings = config
     app.state.metrics = metrics
     app.state.signer = IdSigner(config.id_secret)
-    app.state.idempotency_keys = IdempotencyKeys(
-        retention_s=config.idempotency_key_retention_s,
-        lock_s=config.enqueue_timeout_seconds + LOCK_MARGIN_S,
-        retry_after=config.retry_after_seconds,
-    )
+    app.state.idempotency_keys = IdempotencyKeys.of_web(config)
     if broker is not None:
         _send_with(app, broker)
     app.state.database_check = database_check or reads.ping_database

@@ -16,7 +16,7 @@ Item = TypeVar("Item")
 
 class _Waiting(NamedTuple, Generic[Item]):
     item: Item
-    done: asyncio.Future[None]
+    done: asyncio.Future[None] | None  # None: nobody waits for it (:meth:`GroupCommit.add`)
 
 
 class GroupCommit(Generic[Item]):
@@ -64,9 +64,23 @@ class GroupCommit(Generic[Item]):
 
     async def submit(self, item: Item, *, size: int = 1) -> None:
         """Write ``item`` (of ``size`` bytes) with the items around it; return once it is durable."""
+        done = self.loop.create_future()
+        self._add(item, size, done)
+        await done
+
+    def add(self, item: Item, *, size: int = 1) -> None:
+        """Write ``item`` with the items around it, without waiting for it (``send`` deals with failures)."""
+        self._add(item, size, None)
+
+    async def drain(self) -> None:
+        """Write what waits now, and return once every write has ended."""
+        self._flush()
+        while self._sends:
+            await asyncio.gather(*self._sends, return_exceptions=True)
+
+    def _add(self, item: Item, size: int, done: asyncio.Future[None] | None) -> None:
         if self._waiting and self._waiting_bytes + size > self.max_bytes:
             self._flush()
-        done = self.loop.create_future()
         self._waiting.append(_Waiting(item, done))
         self._waiting_bytes += size
         if (
@@ -77,7 +91,6 @@ class GroupCommit(Generic[Item]):
             self._flush()
         elif self._timer is None:
             self._timer = self.loop.call_later(self.linger, self._flush)
-        await done
 
     def _flush(self) -> None:
         """Write what waits, as one (counted in flight at once, so that the next item waits)."""
@@ -97,15 +110,17 @@ class GroupCommit(Generic[Item]):
             await self._send([waiting.item for waiting in group])
         except asyncio.CancelledError:
             for waiting in group:
-                waiting.done.cancel()
+                if waiting.done is not None:
+                    waiting.done.cancel()
             raise
         except Exception as exc:  # QueueUnavailable, or a bug: every item of the write is answered so
             for waiting in group:
-                if not waiting.done.done():
+                if waiting.done is not None and not waiting.done.done():
                     waiting.done.set_exception(exc)
         else:
             for waiting in group:
-                if not waiting.done.done():  # (an item whose request was cancelled meanwhile)
+                # (an item whose request was cancelled meanwhile is done already)
+                if waiting.done is not None and not waiting.done.done():
                     waiting.done.set_result(None)
         finally:
             self._in_flight -= 1

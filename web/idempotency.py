@@ -16,11 +16,12 @@ Where keys are remembered: the table ``idempotency_keys`` (``pipeline.models.Ide
 caller and key.  Not an id derived from the key and the body: ids carry their issue time, so a derived id
 would need the first use's time stored anyway, and the 409 and the 422 need a state that every web process
 sees.  Only keyed posts touch the table, twice: a claim (``INSERT ... ON CONFLICT DO NOTHING``) before the
-enqueue and a settlement (``UPDATE``) after it, each one statement for the keyed posts that arrive
-together.  The process that claims a key holds it until ``locked_until``, which it renews while it works;
-if it dies, the lock runs out and the next retry takes the submission over.  When PostgreSQL cannot be
-reached, a keyed post is answered ``503 database_unavailable`` so that the client retries with the same
-key; posts without a key never touch the database.
+enqueue and a settlement (``UPDATE``) after it, each one statement for the keyed posts that arrive together.
+The settlement is written after the ``202`` has gone out; until it is, a retry that reaches the same process
+is answered from memory, one that reaches another gets the ``409``.  The process that claims a key holds it
+until ``locked_until``, which it renews while it works; if it dies, the lock runs out and the next retry takes
+the submission over.  When PostgreSQL cannot be reached, a keyed post is answered ``503 database_unavailable``
+so that the client retries with the same key; posts without a key never touch the database.
 
 The caller is the bearer token when ``API_TOKEN`` is set (its SHA-256 is stored, never the token); without
 it every client shares one scope.  Rows past the retention window are deleted in the background, a few at
@@ -30,13 +31,12 @@ a time, once every :data:`PRUNE_EVERY` claims of a process.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -44,6 +44,7 @@ import peewee
 from peewee import SQL, fn
 from starlette.requests import Request
 
+from pipeline.settings import WebSettings
 from web.auth import bearer_token
 from web.bodies import READ_SIZE
 from web.errors import (
@@ -216,7 +217,19 @@ class IdempotencyKeys:
         self.retry_after = retry_after
         self._claims = 0
         self._background: set[asyncio.Task[None]] = set()  # a reference to each task, until it is done
+        #: The answers of this process's posts whose settlement is not written yet, by (scope, key), with
+        #: their fingerprints: a retry that comes meanwhile is answered from here.
+        self._answered: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
         self._writers: dict[str, GroupCommit[Any]] = {}
+
+    @classmethod
+    def of_web(cls, config: WebSettings) -> IdempotencyKeys:
+        """The keys of a web app of ``config``: its retention, its enqueue deadline, its ``Retry-After``."""
+        return cls(
+            retention_s=config.idempotency_key_retention_s,
+            lock_s=config.enqueue_timeout_seconds + LOCK_MARGIN_S,
+            retry_after=config.retry_after_seconds,
+        )
 
     # --- In the thread pool, inside a connection (web.reads.run_database_work) -----------------------------
 
@@ -357,7 +370,16 @@ class IdempotencyKeys:
         await self._database(lambda: self._claim_all(claims))
 
     async def _write_accepts(self, accepted: list[_Accepting]) -> None:
-        await self._database(lambda: self._accept_all(accepted))
+        """Settle claims as accepted, after their posts were answered; until then this process answers a
+        retry itself.  Not written (the database went away, the process died): the lock runs out and a
+        retry takes the submission over, with its id."""
+        try:
+            await self._database(lambda: self._accept_all(accepted))
+        except (ServiceUnavailable, peewee.DatabaseError) as exc:
+            logger.warning("could not settle %d idempotency keys: %s", len(accepted), exc)
+        finally:
+            for accepting in accepted:
+                self._answered.pop((accepting.claim.scope, accepting.claim.key), None)
 
     def _writer(self, name: str, send: Callable[[list[Any]], Awaitable[None]]) -> GroupCommit[Any]:
         loop = asyncio.get_running_loop()
@@ -375,18 +397,29 @@ class IdempotencyKeys:
         except (ServiceUnavailable, peewee.DatabaseError) as exc:
             logger.warning("could not %s an idempotency key: %s", what, exc)
 
+    def _start(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self) -> None:
+        """Wait for the writes in the background (settlements, deletions): at shutdown, so that none is
+        lost to a graceful stop."""
+        for writer in list(self._writers.values()):
+            if writer.loop is asyncio.get_running_loop():
+                await writer.drain()
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
     def _prune_now_and_then(self) -> None:
         self._claims += 1
         if self._claims % PRUNE_EVERY == 0:
-            task = asyncio.get_running_loop().create_task(
-                self._in_background("delete expired rows of", self._prune)
-            )
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._start(self._in_background("delete expired rows of", self._prune))
 
-    @contextlib.asynccontextmanager
-    async def holding(self, claim: Claim) -> AsyncIterator[None]:
-        """Renew the claim's lock while the block runs (a batch may take longer than one lock)."""
+    def _hold(self, claim: Claim) -> Callable[[], None]:
+        """Renew the claim's lock every third of it (a batch may take longer than one lock) until the
+        function returned is called.  A timer, not a task, until the first renewal is due: most posts end
+        long before."""
 
         def extend() -> None:
             self._settle(claim, locked_until=fn.now() + _seconds(self.lock_s))
@@ -398,14 +431,14 @@ class IdempotencyKeys:
 
         loop = asyncio.get_running_loop()
         tasks: list[asyncio.Task[None]] = []
-        # A timer, not a task, until the first renewal is due: most posts end long before.
         timer = loop.call_later(self.lock_s / 3, lambda: tasks.append(loop.create_task(renew())))
-        try:
-            yield
-        finally:
+
+        def release() -> None:
             timer.cancel()
             for task in tasks:
                 task.cancel()
+
+        return release
 
     async def submit(
         self,
@@ -421,6 +454,9 @@ class IdempotencyKeys:
         claiming = Claiming(caller_scope(request), key, fingerprint.hexdigest(), fingerprint.kind, new_id())
         await self._writer("claims", self._write_claims).submit(claiming)
         found = claiming.outcome
+        answered = self._answered.get((claiming.scope, key))
+        if isinstance(found, IdempotencyKeyInFlight) and answered and answered[0] == claiming.fingerprint:
+            return answered[1], True  # answered by this process, its settlement still being written
         if isinstance(found, ApiError):
             raise found
         assert found is not None
@@ -429,9 +465,9 @@ class IdempotencyKeys:
         self._prune_now_and_then()
         if found.taken_over:
             logger.info("idempotency key taken over: enqueueing %s again", found.submission_id)
+        release = self._hold(found)
         try:
-            async with self.holding(found):
-                answer = await accept(found.submission_id)
+            answer = await accept(found.submission_id)
         except ServiceUnavailable:
             await self._unsure(found)
             raise
@@ -441,10 +477,12 @@ class IdempotencyKeys:
         except Exception:
             await self._unsure(found)
             raise
-        try:
-            await self._writer("accepts", self._write_accepts).submit(_Accepting(found, answer))
-        except (ServiceUnavailable, peewee.DatabaseError) as exc:  # a retry takes it over, with its id
-            logger.warning("could not settle an idempotency key: %s", exc)
+        finally:
+            release()
+        # Settled in the background: the 202 does not wait for it, so that the posts in flight reach the
+        # enqueue together (and share Kafka messages) as often as without keys.
+        self._answered[claiming.scope, key] = (claiming.fingerprint, answer)
+        self._writer("accepts", self._write_accepts).add(_Accepting(found, answer))
         return answer, False
 
     async def _unsure(self, claim: Claim) -> None:
