@@ -379,7 +379,9 @@ class IdempotencyKeys:
             logger.warning("could not settle %d idempotency keys: %s", len(accepted), exc)
         finally:
             for accepting in accepted:
-                self._answered.pop((accepting.claim.scope, accepting.claim.key), None)
+                place = (accepting.claim.scope, accepting.claim.key)
+                if place in self._answered and self._answered[place][1] is accepting.answer:
+                    del self._answered[place]  # (and not the answer of a later claim of the key)
 
     def _writer(self, name: str, send: Callable[[list[Any]], Awaitable[None]]) -> GroupCommit[Any]:
         loop = asyncio.get_running_loop()
@@ -390,7 +392,7 @@ class IdempotencyKeys:
             )
         return writer
 
-    async def _in_background(self, what: str, work: Callable[[], object]) -> None:
+    async def _best_effort(self, what: str, work: Callable[[], object]) -> None:
         """Run ``work`` (database calls); a failure is logged, not raised: the lock runs out anyway."""
         try:
             await self._database(work)
@@ -414,7 +416,7 @@ class IdempotencyKeys:
     def _prune_now_and_then(self) -> None:
         self._claims += 1
         if self._claims % PRUNE_EVERY == 0:
-            self._start(self._in_background("delete expired rows of", self._prune))
+            self._start(self._best_effort("delete expired rows of", self._prune))
 
     def _hold(self, claim: Claim) -> Callable[[], None]:
         """Renew the claim's lock every third of it (a batch may take longer than one lock) until the
@@ -426,7 +428,7 @@ class IdempotencyKeys:
 
         async def renew() -> None:
             while True:
-                await self._in_background("renew", extend)
+                await self._best_effort("renew", extend)
                 await asyncio.sleep(self.lock_s / 3)
 
         loop = asyncio.get_running_loop()
@@ -472,7 +474,7 @@ class IdempotencyKeys:
             await self._unsure(found)
             raise
         except ApiError:  # refused as it was read (4xx): the key is free for a corrected post
-            await self._in_background("release", lambda: self._release(found))
+            await self._best_effort("release", lambda: self._release(found))
             raise
         except Exception:
             await self._unsure(found)
@@ -487,4 +489,4 @@ class IdempotencyKeys:
 
     async def _unsure(self, claim: Claim) -> None:
         """The enqueue failed but may have reached Kafka: the next retry takes it over at once."""
-        await self._in_background("settle", lambda: self._settle(claim, state=UNSURE, locked_until=fn.now()))
+        await self._best_effort("settle", lambda: self._settle(claim, state=UNSURE, locked_until=fn.now()))
