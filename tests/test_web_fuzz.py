@@ -1,8 +1,10 @@
 """Generated requests (schemathesis, from our /openapi.json) against the accepting routes: never a 5xx,
-every answer as documented.  The read routes need PostgreSQL: they belong to the hostile-input suite."""
+every answer as documented.  The read routes belong to the hostile-input suite.  A generated post may carry
+an ``Idempotency-Key``, which is remembered in PostgreSQL: the session's test database."""
 
 from __future__ import annotations
 
+import pytest
 import schemathesis
 from dramatiq.brokers.stub import StubBroker
 from hypothesis import HealthCheck, settings
@@ -31,6 +33,7 @@ CHECKS = [
 
 @schema.parametrize()
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
-def test_generated_submissions_never_get_a_server_error(case):
+@pytest.mark.postgres
+def test_generated_submissions_never_get_a_server_error(case, pipeline_database):
     # Given: a generated request  # When / Then
     case.call_and_validate(checks=CHECKS)
