@@ -41,9 +41,9 @@ FAULT_LANES = {
     "test_kafka_cluster.py": "faults-1",
     "test_kafka_crash.py": "faults-1",
     "test_poison_message.py": "faults-1",
+    "test_kafka_outage.py": "faults-1",
     "test_worker_crashes.py": "faults-2",
     "test_static_membership.py": "faults-2",
-    "test_kafka_outage.py": "faults-2",
     "test_postgres_outage.py": "faults-2",
     "test_idempotent_retries.py": "faults-2",
 }
