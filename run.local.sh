@@ -6,7 +6,8 @@
 #                                            stay up for the next run: `./run.local.sh services down`)
 #   ./run.local.sh test [pytest args...]     the same set-up, then pytest against the services; exits as pytest
 #                                            (in TEST_WORKERS processes, default 3, by file: pytest-xdist's
-#                                            `-n 3 --dist loadgroup`; `-n 0` runs one process)
+#                                            `-n 3 --dist loadscope`, grouped by tests/conftest.py; `-n 0`
+#                                            runs one process)
 #   ./run.local.sh services up|down|status   Kafka and PostgreSQL only; `up` also writes .local/env
 #
 # LOCAL_KAFKA_NODES=3 ./run.local.sh ... runs a Kafka cluster of three nodes instead of one (topics then get
@@ -142,7 +143,7 @@ case "${1:-}" in
         # Much of the suite's time is spent waiting (on Kafka's fencing and restarts, outages, paced loads),
         # so it runs in more processes than cores: the fault tests in two lanes, each breaking services of
         # its own, and every other file beside them (tests/conftest.py groups them).
-        exec "$PY" -m pytest -n "${TEST_WORKERS:-3}" --dist loadgroup "$@"
+        exec "$PY" -m pytest -n "${TEST_WORKERS:-3}" --dist loadscope --no-loadscope-reorder "$@"
         ;;
     services)
         case "${2:-}" in

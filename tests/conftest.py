@@ -54,26 +54,39 @@ FAULT_LANES = {
 ONE_PROCESS_SUITES = {"managed"}
 
 
-def _xdist_group(item: pytest.Item) -> str:
-    """The fault test's lane, its suite, or the test's own file: pytest-xdist runs a group in one process."""
-    path = item.path.relative_to(item.config.rootpath)
-    if path.parts[:2] == ("tests", "faults"):
-        return FAULT_LANES.get(path.name, "faults-1")
-    if len(path.parts) > 2 and path.parts[1] in ONE_PROCESS_SUITES:
-        return "/".join(path.parts[:2])
-    return path.as_posix()
+def _group(nodeid: str) -> str:
+    """The group of a test: its fault lane, its suite, or its own file."""
+    parts = nodeid.split("::", 1)[0].split("/")
+    if parts[:2] == ["tests", "faults"]:
+        return FAULT_LANES.get(parts[-1], "faults-1")
+    if len(parts) > 2 and parts[1] in ONE_PROCESS_SUITES:
+        return "/".join(parts[:2])
+    return "/".join(parts)
 
 
-@pytest.hookimpl(tryfirst=True)  # (before pytest-xdist's own, which reads the groups)
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """With ``--dist loadscope`` (``./run.local.sh test``), pytest-xdist runs each group (:func:`_group`) in
+    one process, the groups in the order of collection (``--no-loadscope-reorder``): the fault lanes first."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _group(nodeid)
+
+    return GroupScheduling(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test that hypothesis (or schemathesis, through it) drives as ``fuzz``; group the tests for
-    a parallel run (``-n``, ``--dist loadgroup``): a file stays in one process, the fault lanes go first."""
+    """Mark every test that hypothesis (or schemathesis, through it) drives as ``fuzz``; put the fault lanes
+    first."""
     for item in items:
         if getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
             item.add_marker(pytest.mark.fuzz)
-        item.add_marker(pytest.mark.xdist_group(_xdist_group(item)))
     # The lanes are the longest groups: started first, they do not end the run alone.
-    items.sort(key=lambda item: not _xdist_group(item).startswith("faults-"))
+    items.sort(key=lambda item: not _group(item.nodeid).startswith("faults-"))
 
 
 def in_ci() -> bool:
