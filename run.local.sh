@@ -141,8 +141,8 @@ case "${1:-}" in
         scripts/browser.sh install
         prepare
         # Much of the suite's time is spent waiting (on Kafka's fencing and restarts, outages, paced loads),
-        # so it runs in more processes than cores: the fault tests in two lanes, each breaking services of
-        # its own, and every other file beside them (tests/conftest.py groups them).
+        # so it runs in more processes than cores, the fault tests first, each process breaking services of
+        # its own (tests/conftest.py groups the tests, tests/faults/conftest.py starts those services).
         exec "$PY" -m pytest -n "${TEST_WORKERS:-3}" --dist loadscope --no-loadscope-reorder "$@"
         ;;
     services)

@@ -34,31 +34,21 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "fuzz: generated input (hypothesis, schemathesis); marked by itself")
 
 
-#: The fault suite's files by lane (pytest-xdist group): each lane runs its files one after the other on a
-#: Kafka and a PostgreSQL of its own (``tests/faults/conftest.py``), beside the rest of the suite.  A fault
-#: test keeps about one core busy, so two lanes fill this machine's two; the split balances their time.
-FAULT_LANES = {
-    "test_kafka_cluster.py": "faults-1",
-    "test_kafka_crash.py": "faults-1",
-    "test_poison_message.py": "faults-1",
-    "test_kafka_outage.py": "faults-1",
-    "test_worker_crashes.py": "faults-2",
-    "test_static_membership.py": "faults-2",
-    "test_postgres_outage.py": "faults-2",
-    "test_idempotent_retries.py": "faults-2",
-}
-
-
 #: Suites whose files share a service of their own (the managed suite's secured Kafka, on fixed ports): one
 #: process runs all their files.
 ONE_PROCESS_SUITES = {"managed"}
 
 
+def _is_fault_test(nodeid: str) -> bool:
+    return nodeid.startswith("tests/faults/")
+
+
 def _group(nodeid: str) -> str:
-    """The group of a test: its fault lane, its suite, or its own file."""
+    """What pytest-xdist runs in one process: a fault test alone (each process breaks a Kafka and a
+    PostgreSQL of its own, ``tests/faults/conftest.py``), a suite of :data:`ONE_PROCESS_SUITES`, or a file."""
+    if _is_fault_test(nodeid):
+        return nodeid
     parts = nodeid.split("::", 1)[0].split("/")
-    if parts[:2] == ["tests", "faults"]:
-        return FAULT_LANES.get(parts[-1], "faults-1")
     if len(parts) > 2 and parts[1] in ONE_PROCESS_SUITES:
         return "/".join(parts[:2])
     return "/".join(parts)
@@ -67,7 +57,7 @@ def _group(nodeid: str) -> str:
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """With ``--dist loadscope`` (``./run.local.sh test``), pytest-xdist runs each group (:func:`_group`) in
-    one process, the groups in the order of collection (``--no-loadscope-reorder``): the fault lanes first."""
+    one process, the groups in the order of collection (``--no-loadscope-reorder``): the fault tests first."""
     if config.getvalue("dist") != "loadscope":
         return None
     from xdist.scheduler import LoadScopeScheduling
@@ -80,13 +70,13 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test that hypothesis (or schemathesis, through it) drives as ``fuzz``; put the fault lanes
+    """Mark every test that hypothesis (or schemathesis, through it) drives as ``fuzz``; put the fault tests
     first."""
     for item in items:
         if getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
             item.add_marker(pytest.mark.fuzz)
-    # The lanes are the longest groups: started first, they do not end the run alone.
-    items.sort(key=lambda item: not _group(item.nodeid).startswith("faults-"))
+    # The fault tests are the longest: started first, they do not end the run alone.
+    items.sort(key=lambda item: not _is_fault_test(item.nodeid))
 
 
 def in_ci() -> bool:
