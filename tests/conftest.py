@@ -34,39 +34,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "fuzz: generated input (hypothesis, schemathesis); marked by itself")
 
 
-#: Suites whose files share a service of their own (the managed suite's secured Kafka, on fixed ports): one
-#: process runs all their files.
-ONE_PROCESS_SUITES = {"managed"}
-
-
-def _is_fault_test(nodeid: str) -> bool:
-    return nodeid.startswith("tests/faults/")
-
-
-def _group(nodeid: str) -> str:
-    """What pytest-xdist runs in one process: a fault test alone (each process breaks a Kafka and a
-    PostgreSQL of its own, ``tests/faults/conftest.py``), a suite of :data:`ONE_PROCESS_SUITES`, or a file."""
-    if _is_fault_test(nodeid):
-        return nodeid
-    parts = nodeid.split("::", 1)[0].split("/")
-    if len(parts) > 2 and parts[1] in ONE_PROCESS_SUITES:
-        return "/".join(parts[:2])
-    return "/".join(parts)
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """With ``--dist loadscope`` (``./run.local.sh test``), pytest-xdist runs each group (:func:`_group`) in
-    one process, the groups in the order of collection (``--no-loadscope-reorder``): the fault tests first."""
-    if config.getvalue("dist") != "loadscope":
-        return None
-    from xdist.scheduler import LoadScopeScheduling
-
-    class GroupScheduling(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return _group(nodeid)
-
-    return GroupScheduling(config, log)
+def _is_fault_test(item: pytest.Item) -> bool:
+    return item.nodeid.startswith("tests/faults/")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -75,8 +44,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
             item.add_marker(pytest.mark.fuzz)
-    # The fault tests are the longest: started first, they do not end the run alone.
-    items.sort(key=lambda item: not _is_fault_test(item.nodeid))
+    # The fault tests are the longest: in a parallel run (pytest-xdist hands the tests out in this order)
+    # they start first, spread over the processes, and do not end the run alone.
+    items.sort(key=lambda item: not _is_fault_test(item))
 
 
 def in_ci() -> bool:

@@ -28,9 +28,14 @@ from tests.conftest import in_ci
 from tests.livestack import run_script
 
 ROOT = Path(__file__).resolve().parents[2]
-#: The operator's plaintext port of the suite's Kafka (its controller, SSL and SASL_SSL ports follow).
-MANAGED_KAFKA_PORT = int(os.environ.get("MANAGED_KAFKA_PORT") or 19392)
-MANAGED_KAFKA_DIR = Path(os.environ.get("MANAGED_KAFKA_DIR") or ROOT / ".local" / "kafka-managed-test")
+#: pytest-xdist's worker number in a parallel run (``gw<n>``), else 0: each worker runs a Kafka of its own.
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+#: The operator's plaintext port of the suite's Kafka (its controller, SSL and SASL_SSL ports follow), 10
+#: ports further for each worker of a parallel run.
+MANAGED_KAFKA_PORT = int(os.environ.get("MANAGED_KAFKA_PORT") or 19392) + 10 * _WORKER
+MANAGED_KAFKA_DIR = Path(os.environ.get("MANAGED_KAFKA_DIR") or ROOT / ".local" / "kafka-managed-test") / (
+    f"worker-{_WORKER}"
+)
 #: The two ways in, by the name of their variables' file.
 LISTENERS = ("heroku", "sasl")
 
