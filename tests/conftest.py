@@ -38,6 +38,47 @@ def _is_fault_test(item: pytest.Item) -> bool:
     return item.nodeid.startswith("tests/faults/")
 
 
+#: Suites whose files share a service of their own (the managed suite's secured Kafka): one process runs all
+#: their files, so that it starts one.
+ONE_PROCESS_SUITES = {"managed"}
+
+
+def _group(nodeid: str) -> str:
+    """What ``./run.local.sh test`` runs in one process: a fault test alone (each process breaks a Kafka and a
+    PostgreSQL of its own, ``tests/faults/conftest.py``), a suite of :data:`ONE_PROCESS_SUITES`, or a file
+    (whose module and session fixtures then start once)."""
+    if nodeid.startswith("tests/faults/"):
+        return nodeid
+    parts = nodeid.split("::", 1)[0].split("/")
+    if len(parts) > 2 and parts[1] in ONE_PROCESS_SUITES:
+        return "/".join(parts[:2])
+    return "/".join(parts)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """With ``--dist loadscope`` (``./run.local.sh test``): each group of :func:`_group` in one process, the
+    groups in the order of collection (``--no-loadscope-reorder``), so the fault tests first."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _group(nodeid)
+
+        def _assign_work_unit(self, node: Any) -> None:
+            # As LoadScopeScheduling's, but every item of a node id is sent, not its first only: the tests
+            # schemathesis makes of one function (one per API operation) share their node id.
+            scope, work_unit = self.workqueue.popitem(last=False)
+            self.assigned_work.setdefault(node, {})[scope] = work_unit
+            wanted = {nodeid for nodeid, completed in work_unit.items() if not completed}
+            collection = self.registered_collections[node]
+            node.send_runtest_some([i for i, nodeid in enumerate(collection) if nodeid in wanted])
+
+    return GroupScheduling(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark every test that hypothesis (or schemathesis, through it) drives as ``fuzz``; put the fault tests
     first."""
