@@ -5,7 +5,7 @@
 #                                            and worker in the foreground (Ctrl-C stops them; the services
 #                                            stay up for the next run: `./run.local.sh services down`)
 #   ./run.local.sh test [pytest args...]     the same set-up, then pytest against the services; exits as pytest
-#                                            (in TEST_WORKERS processes, default 3, with pytest-xdist,
+#                                            (in TEST_WORKERS processes, default 2, with pytest-xdist,
 #                                            grouped by tests/conftest.py; `-n 0` runs one process)
 #   ./run.local.sh services up|down|status   Kafka and PostgreSQL only; `up` also writes .local/env
 #
@@ -142,7 +142,7 @@ case "${1:-}" in
         # Much of the suite's time is spent waiting (on Kafka's fencing and restarts, outages, paced loads),
         # so it runs in more processes than cores, the fault tests first; each process breaks services of
         # its own (tests/faults/conftest.py, tests/managed/conftest.py start them).
-        exec "$PY" -m pytest -n "${TEST_WORKERS:-3}" --dist loadscope --no-loadscope-reorder "$@"
+        exec "$PY" -m pytest -n "${TEST_WORKERS:-2}" --dist loadscope --no-loadscope-reorder "$@"
         ;;
     services)
         case "${2:-}" in
