@@ -29,6 +29,12 @@ PRIVATE_NAMES = (
     # A parameter, read from the running call's frame (the function itself is public).
     ("dramatiq.cli.worker_process", "worker_id"),
     ("sys", "_current_frames"),  # CPython's, documented in the sys module
+    # Share groups (``share/``): kafka-python's base of JSON-built messages, the class keyword that points
+    # its loader at another package (handed on to ``load_json(name, package)``), and the registry that
+    # decodes a response by its request's API key.
+    ("kafka.protocol.api_message", "ApiMessage"),
+    ("kafka.protocol.schemas.load_json", "package"),
+    ("kafka.protocol.api_header.ResponseClassRegistry", "_response_class_registry"),
 )
 
 
@@ -128,6 +134,18 @@ def worker_process_index() -> int | None:
             return index if isinstance(index, int) else None
         frame = frame.f_back
     return None
+
+
+def share_message_class(name: str, package: str) -> Any:
+    """A kafka-python message class built from the JSON definition ``<package>/<name>.json``.
+
+    kafka-python 3.0.12 builds its own messages so, from its package of definitions; the ``load_json``
+    keyword of a class statement points its loader at another package.  A response class registers itself
+    by API key on creation, as kafka-python's own do, so that the answers to its requests are decoded.
+    """
+    from kafka.protocol.api_message import ApiMessage
+
+    return type(name, (ApiMessage,), {"__module__": package, "__slots__": ()}, load_json=package)
 
 
 def run_prometheus_exporter() -> Any:
