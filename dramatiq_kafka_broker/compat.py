@@ -11,7 +11,7 @@ import sys
 import threading
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 #: What this module reaches into, as (object path, attribute): the compatibility test checks each.
@@ -35,6 +35,10 @@ PRIVATE_NAMES = (
     ("kafka.protocol.api_message", "ApiMessage"),
     ("kafka.protocol.schemas.load_json", "package"),
     ("kafka.protocol.api_header.ResponseClassRegistry", "_response_class_registry"),
+    # A request of our own sent to a group's coordinator: the admin client's connections (an instance
+    # attribute, set in __init__) and its coordinator lookup.
+    ("kafka.KafkaAdminClient", "_manager"),
+    ("kafka.KafkaAdminClient", "_find_coordinator_id"),
 )
 
 
@@ -146,6 +150,20 @@ def share_message_class(name: str, package: str) -> Any:
     from kafka.protocol.api_message import ApiMessage
 
     return type(name, (ApiMessage,), {"__module__": package, "__slots__": ()}, load_json=package)
+
+
+def send_to_group_coordinator(admin: KafkaAdminClient, group_id: str, request: Any) -> Any:
+    """Send ``request`` (a message kafka-python lacks, :func:`share_message_class`) to the coordinator of
+    ``group_id`` (a share group's too: Kafka finds it as a group's) and return its answer.
+
+    kafka-python 3.0.12's admin client sends its own requests so, and offers no public way to send another.
+    """
+
+    async def call() -> Any:
+        node = await admin._find_coordinator_id(group_id)
+        return await admin._manager.send(request, node_id=node)
+
+    return admin._manager.run(call)
 
 
 def run_prometheus_exporter() -> Any:

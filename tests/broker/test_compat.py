@@ -8,7 +8,7 @@ import inspect
 import time
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
 from dramatiq_kafka_broker import compat
 
@@ -21,6 +21,7 @@ _INSTANCE_ATTRIBUTES = {
     "rejoin_needed",
     "config",
     "_heartbeat_enabled",
+    "_manager",
 }
 #: Private names that are a function's parameters, read from the frame of a running call.
 _PARAMETERS = {"worker_id"}
@@ -55,10 +56,12 @@ def test_each_private_name_compat_uses_still_exists(owner, attribute, kafka_boot
     # (an instance attribute: look on a live client)
     consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap_servers, group_id="compat-check")
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap_servers)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap_servers)
     try:
         instances = {
             "kafka.KafkaConsumer": consumer,
             "kafka.KafkaProducer": producer,
+            "kafka.KafkaAdminClient": admin,
             "kafka.coordinator.base.BaseCoordinator": consumer._coordinator,
             "kafka.cluster.ClusterMetadata": consumer._cluster,
         }
@@ -68,6 +71,7 @@ def test_each_private_name_compat_uses_still_exists(owner, attribute, kafka_boot
     finally:
         consumer.close()
         producer.close()
+        admin.close()
 
 
 def test_the_metadata_backoff_reaches_the_clients_metadata(kafka_bootstrap_servers):
