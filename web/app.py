@@ -9,7 +9,9 @@ Routes (see ``web/openapi.yaml`` for the full description):
 POST     /api/user                        one JSON object -> 202 ``{"id", "status": "queued"}``
 POST     /api/users                       JSON array, NDJSON, CSV or a multipart CSV/JSON file -> 202
 GET      /api/submissions/{id}            outcome of a submission (200), or 202 while queued
+GET      /api/batches                     recent batches, newest first, with progress and rate
 GET      /api/batches/{id}                state, counts and invalid/failed items of a batch
+GET      /api/reports/throughput          outcomes per interval over the last hour, and lag
 GET      /api/reports/age-distribution    share of stored users per age group
 GET      /api/users                       stored users, filtered by name, by pages
 GET      /healthz, /readyz, /metrics, /openapi.json
@@ -42,7 +44,7 @@ from pipeline import logs, settings
 from pipeline.broker import build_broker
 from pipeline.contract import QUEUE, Status
 from pipeline.settings import WebSettings
-from web import reads, ui
+from web import batch_list, reads, throughput, ui
 from web.auth import BearerTokenMiddleware
 from web.batches import accept_records
 from web.bodies import BodyChunks, ByteLimit, body_stream, file_chunks, read_body, spool
@@ -285,7 +287,9 @@ def create_app(
         # One route for both methods, so that a 405 on it names both in Allow.
         Route("/api/users", users_endpoint, methods=["GET", "POST"]),
         Route("/api/submissions/{id}", reads.get_submission, methods=["GET"]),
+        Route("/api/batches", batch_list.list_batches, methods=["GET"]),
         Route("/api/batches/{id}", reads.get_batch, methods=["GET"]),
+        Route("/api/reports/throughput", throughput.throughput, methods=["GET"]),
         Route("/api/reports/age-distribution", reads.age_distribution, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", reads.readyz, methods=["GET"]),
