@@ -36,8 +36,16 @@ from .broker import (
     DEFAULT_SEND_TIMEOUT_MS,
     KafkaBroker,
 )
-from .deadletters import HEADER_ORIGIN, HEADER_QUEUE, HEADER_REASON, FailedMessage
-from .errors import KafkaConnectionError, KafkaSetupError, MessageFailed, MissingRight, RecordTooLarge
+from .deadletters import HEADER_ORIGIN, HEADER_QUEUE, HEADER_REASON, FailedMessage, FailedRanges, check_ranges
+from .errors import (
+    FailedMessagesChanged,
+    KafkaConnectionError,
+    KafkaSetupError,
+    MessageFailed,
+    MissingRight,
+    RecordTooLarge,
+    UnknownFailedMessages,
+)
 from .topics import MissingTopics, TopicSpec
 
 __all__ = [
@@ -50,6 +58,8 @@ __all__ = [
     "HEADER_QUEUE",
     "HEADER_REASON",
     "FailedMessage",
+    "FailedMessagesChanged",
+    "FailedRanges",
     "KafkaAdmin",
     "KafkaBroker",
     "KafkaConnectionError",
@@ -60,4 +70,6 @@ __all__ = [
     "PartitionGrowth",
     "RecordTooLarge",
     "TopicSpec",
+    "UnknownFailedMessages",
+    "check_ranges",
 ]

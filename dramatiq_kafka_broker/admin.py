@@ -23,7 +23,7 @@ from kafka.admin import OffsetSpec
 from kafka.errors import KafkaError
 
 from .clients import KafkaClients
-from .deadletters import FailedMessage
+from .deadletters import FailedMessage, FailedRanges, check_ranges
 from .errors import KafkaConnectionError, MissingRight
 from .offsets import decode_acked
 from .topics import TopicLayout
@@ -260,19 +260,38 @@ class KafkaAdmin:
         starts, ends = self._bounds(self.layout.topic_for(xq_name(queue_name)))
         return sum(end - starts.get(tp, 0) for tp, end in ends.items())
 
-    def failed_messages(self, queue_name: str, *, limit: int | None = None) -> Iterator[FailedMessage]:
-        """Read the queue's failed messages, oldest first per partition, without consuming them."""
+    def failed_ranges(self, queue_name: str) -> FailedRanges:
+        """Per partition of the queue's failed-message topic, the offsets of the messages it holds now:
+        ``(first, end)``.  What an operator was shown is bounded by such ranges, and so is what
+        :meth:`replay_failed` and :meth:`purge_failed` then do."""
         self._ensure_topics(queue_name)
+        starts, ends = self._bounds(self.layout.topic_for(xq_name(queue_name)))
+        return {tp.partition: (starts.get(tp, 0), end) for tp, end in ends.items()}
+
+    def failed_messages(
+        self, queue_name: str, *, limit: int | None = None, within: FailedRanges | None = None
+    ) -> Iterator[FailedMessage]:
+        """Read the queue's failed messages, oldest first per partition, without consuming them.
+
+        ``within`` keeps the reading to those ranges (and to what the topic still holds of them); the
+        messages read of a partition are always a run from its range's first offset.
+        """
         topic = self.layout.topic_for(xq_name(queue_name))
-        starts, ends = self._bounds(topic)
-        remaining = {tp: end for tp, end in ends.items() if end > starts.get(tp, 0)}
+        ranges = self.failed_ranges(queue_name)
+        if within is not None:
+            ranges = {
+                p: (max(first, ranges[p][0]), min(end, ranges[p][1]))
+                for p, (first, end) in within.items()
+                if p in ranges
+            }
+        remaining = {TopicPartition(topic, p): end for p, (first, end) in ranges.items() if end > first}
         if not remaining:
             return
         reader = self.clients.new_consumer(group_id=None, enable_auto_commit=False)
         try:
             reader.assign(list(remaining))
             for tp in remaining:
-                reader.seek(tp, starts.get(tp, 0))
+                reader.seek(tp, ranges[tp.partition][0])
             seen = 0
             deadline = time.monotonic() + self.clients.timeout_ms / 1000
             while remaining and time.monotonic() < deadline:
@@ -291,16 +310,25 @@ class KafkaAdmin:
         finally:
             reader.close(autocommit=False)
 
-    def replay_failed(self, queue_name: str, *, limit: int | None = None) -> tuple[int, int]:
+    def replay_failed(
+        self, queue_name: str, *, limit: int | None = None, within: FailedRanges | None = None
+    ) -> tuple[int, int]:
         """Put failed messages back on their queue, with their retry count reset, and remove them.
 
         Records that are not Dramatiq messages cannot be replayed: they stay (see ``purge_failed``), and so
-        does everything after them in their partition.  Returns (replayed, left).
+        does everything after them in their partition.  ``within`` (the ranges an operator was shown) keeps
+        the replay to those messages, whatever arrived since.  Returns (replayed, left).
+
+        Raises:
+          FailedMessagesChanged: If messages of ``within`` were removed since (see :func:`check_ranges`).
+          UnknownFailedMessages: If ``within`` names messages the topic never held.
         """
+        if within is not None:
+            check_ranges(self.failed_ranges(queue_name), within)
         replayable: dict[int, list[FailedMessage]] = defaultdict(list)
         blocked: set[int] = set()
         left = 0
-        for failed in self.failed_messages(queue_name, limit=limit):
+        for failed in self.failed_messages(queue_name, limit=limit, within=within):
             if failed.message is None or failed.partition in blocked:
                 blocked.add(failed.partition)
                 left += 1
@@ -326,11 +354,26 @@ class KafkaAdmin:
             self._forget_failures(queue_name)
         return len(fresh), left
 
-    def purge_failed(self, queue_name: str) -> int:
-        """Delete every failed message of a queue; returns how many there were."""
-        count = self.failed_count(queue_name)
-        self._flush(xq_name(queue_name))
-        return count
+    def purge_failed(self, queue_name: str, *, within: FailedRanges | None = None) -> int:
+        """Delete the failed messages of a queue: every one, or those of ``within`` (the ranges an operator
+        was shown, whatever arrived since); returns how many.
+
+        Raises:
+          FailedMessagesChanged: If messages of ``within`` were removed since (see :func:`check_ranges`).
+          UnknownFailedMessages: If ``within`` names messages the topic never held.
+        """
+        if within is None:
+            count = self.failed_count(queue_name)
+            self._flush(xq_name(queue_name))
+            return count
+        check_ranges(self.failed_ranges(queue_name), within)
+        topic = self.layout.topic_for(xq_name(queue_name))
+        cut = {TopicPartition(topic, p): end for p, (first, end) in within.items() if end > first}
+        if cut:
+            self.require_delete(xq_name(queue_name))
+            self.clients.admin_call("delete_records", cut, timeout_ms=self.clients.timeout_ms)
+            self._forget_failures(queue_name)
+        return sum(end - first for first, end in within.values())
 
     # -- records ------------------------------------------------------------------------------------------
     def delete_records(self, queue_name: str) -> None:

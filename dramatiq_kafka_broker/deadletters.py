@@ -1,12 +1,16 @@
-"""Failed messages: how they are written to a queue's ``.XQ`` topic, and what reading one gives back."""
+"""Failed messages: how they are written to a queue's ``.XQ`` topic, what reading one gives back, and the
+bounds that keep an operation to the messages an operator saw (:data:`FailedRanges`)."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 from dramatiq.errors import DecodeError
 from dramatiq.message import Message
+
+from .errors import FailedMessagesChanged, UnknownFailedMessages
 
 #: Header of a failed-message record: why it failed (``"<ExceptionType>: <message>"``).
 HEADER_REASON = "dramatiq-failure"
@@ -16,6 +20,10 @@ HEADER_QUEUE = "dramatiq-queue"
 HEADER_ORIGIN = "dramatiq-origin"
 #: Most bytes of the reason kept in its header.
 _MAX_REASON = 8192
+
+#: Failed messages by position: per partition of a failed-message topic, the offsets ``(first, end)``,
+#: ``first`` included and ``end`` not.
+FailedRanges = dict[int, tuple[int, int]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,3 +71,37 @@ def failure_headers(queue_name: str, reason: str, origin: str) -> list[tuple[str
         (HEADER_QUEUE, queue_name.encode("utf-8")),
         (HEADER_ORIGIN, origin.encode("utf-8")),
     ]
+
+
+
+def check_ranges(held: Mapping[int, tuple[int, int]], seen: Mapping[int, tuple[int, int]]) -> None:
+    """Raise unless ``seen`` (the ranges an operator saw) can be acted on as they are now ``held`` by the
+    topic: each non-empty range starting at its partition's first message (Kafka deletes records only up to
+    an offset) and ending at most at its end.
+
+    Raises:
+      FailedMessagesChanged: If a range starts before its partition's first message: messages seen were
+        removed since (replayed, purged or expired).
+      UnknownFailedMessages: If a range names a partition the topic lacks, ends beyond its partition's end,
+        starts after its first message, or ends before it starts.
+    """
+    for partition, (first, end) in sorted(seen.items()):
+        if partition not in held:
+            raise UnknownFailedMessages(f"the failed-message topic has no partition {partition}")
+        held_first, held_end = held[partition]
+        if not 0 <= first <= end or end > held_end:
+            raise UnknownFailedMessages(
+                f"partition {partition} holds offsets {held_first} to {held_end}, not {first} to {end}"
+            )
+        if first == end:
+            continue  # nothing seen there, nothing to act on
+        if first < held_first:
+            raise FailedMessagesChanged(
+                f"partition {partition} now starts at offset {held_first}, not {first}: failed messages were "
+                "replayed, purged or expired since they were listed"
+            )
+        if first > held_first:
+            raise UnknownFailedMessages(
+                f"partition {partition} starts at offset {held_first}: a range from {first} leaves earlier "
+                "messages that only it could remove"
+            )

@@ -9,6 +9,8 @@
      |                   +-- MissingTopics   a queue's topics missing, and not ours to create (.topics)
      |                   +-- MissingRight    Kafka refused an operation: the app lacks a right (an ACL)
      +-- MessageFailed                       ``join(fail_fast=True)``: a message failed in another process
+     +-- FailedMessagesChanged               the failed messages seen are no longer the topic's first
+     +-- UnknownFailedMessages (ValueError)  offsets of failed messages the topic never held
 
 kafka-python's errors are translated into these once, where a client is called.
 """
@@ -62,3 +64,13 @@ class MessageFailed(DramatiqError):
         if sep and head.isidentifier():
             return cls(head, tail)
         return cls("", reason)
+
+
+class FailedMessagesChanged(DramatiqError):
+    """The failed messages an operation was bounded to (those an operator saw) no longer start where their
+    topic does: some were removed since (replayed, purged or expired), and acting would act on others."""
+
+
+class UnknownFailedMessages(DramatiqError, ValueError):
+    """Bounds of failed messages that the topic does not hold: a partition it lacks, offsets beyond its end,
+    or a range that does not start at a partition's first message (Kafka deletes records only from there)."""

@@ -16,6 +16,7 @@ GET      /api/reports/age-distribution    share of stored users per age group
 GET      /api/users                       stored users, filtered by name, by pages
 GET      /healthz, /readyz, /metrics, /openapi.json
 GET      /, /static/..., /api/overview, /api/users/newest   the operator page (``web/ui.py``)
+GET      /api/failed; POST /api/failed/replay, /purge   failed messages, seen and acted on (``web/failed.py``)
 =======  ==============================  ===============================================================
 
 Both posts take an optional ``Idempotency-Key``: a retry with the same key and body is the same submission
@@ -44,7 +45,7 @@ from pipeline import logs, settings
 from pipeline.broker import build_broker
 from pipeline.contract import QUEUE, Status
 from pipeline.settings import WebSettings
-from web import batch_list, reads, throughput, ui
+from web import batch_list, failed, reads, throughput, ui
 from web.auth import BearerTokenMiddleware
 from web.batches import accept_records
 from web.bodies import BodyChunks, ByteLimit, body_stream, file_chunks, read_body, spool
@@ -297,6 +298,8 @@ def create_app(
         Route("/openapi.json", openapi_endpoint, methods=["GET"]),
         # The operator page at "/" and its two reads (web/ui.py).
         *ui.routes,
+        # The failed-message topic, listed, replayed and purged (web/failed.py).
+        *failed.routes,
     ]
     own_broker = broker is None
 

@@ -3,14 +3,18 @@ group of messages with one wait.
 
 ``KafkaBroker`` has both: its ``admin`` (:class:`~dramatiq_kafka_broker.KafkaAdmin`) and its
 ``enqueue_many``.  Other brokers (Dramatiq's ``StubBroker`` in the unit tests) have neither; for them
-:func:`operations_of` gives operations that answer "not known", and the Enqueuer sends one message at a time.
+:func:`operations_of` gives operations that answer "not known" (figures are None, failed-message operations
+raise :class:`Unknown`), and the Enqueuer sends one message at a time.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Protocol, runtime_checkable
 
 import dramatiq
+
+from dramatiq_kafka_broker import FailedMessage, FailedRanges
 
 
 class Unknown(Exception):
@@ -36,6 +40,23 @@ class BrokerOperations(Protocol):
     def under_replicated(self, queue_name: str) -> dict[str, int] | None:
         """For each of the queue's topics, how many partitions have fewer in-sync replicas than replicas."""
 
+    # Failed messages (``web/failed.py``): a broker without them raises Unknown.
+    def failed_ranges(self, queue_name: str) -> FailedRanges:
+        """Per partition of the failed-message topic, the offsets ``(first, end)`` it holds now."""
+
+    def failed_messages(
+        self, queue_name: str, *, limit: int | None = None, within: FailedRanges | None = None
+    ) -> Iterator[FailedMessage]:
+        """The failed messages, oldest first per partition, kept to ``within``."""
+
+    def replay_failed(
+        self, queue_name: str, *, limit: int | None = None, within: FailedRanges | None = None
+    ) -> tuple[int, int]:
+        """Put the failed messages of ``within`` back on their queue; (replayed, left)."""
+
+    def purge_failed(self, queue_name: str, *, within: FailedRanges | None = None) -> int:
+        """Delete the failed messages of ``within``; how many."""
+
 
 class _NoOperations:
     """The operations of a broker that has none: no figure is known, and ``ping`` cannot tell."""
@@ -51,6 +72,18 @@ class _NoOperations:
 
     def under_replicated(self, queue_name: str) -> None:
         return None
+
+    def failed_ranges(self, queue_name: str) -> FailedRanges:
+        raise Unknown("this broker keeps no failed-message topic")
+
+    def failed_messages(self, queue_name: str, **bounds: Any) -> Iterator[FailedMessage]:
+        raise Unknown("this broker keeps no failed-message topic")
+
+    def replay_failed(self, queue_name: str, **bounds: Any) -> tuple[int, int]:
+        raise Unknown("this broker keeps no failed-message topic")
+
+    def purge_failed(self, queue_name: str, **bounds: Any) -> int:
+        raise Unknown("this broker keeps no failed-message topic")
 
 
 _NO_OPERATIONS = _NoOperations()
