@@ -298,8 +298,7 @@ def create_app(
         Route("/openapi.json", openapi_endpoint, methods=["GET"]),
         # The operator page at "/" and its two reads (web/ui.py).
         *ui.routes,
-        # The failed-message topic, listed, replayed and purged (web/failed.py).
-        *failed.routes,
+        *failed.routes,  # the failed-message topic, listed, replayed and purged
     ]
     own_broker = broker is None
 
