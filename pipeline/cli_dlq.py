@@ -24,7 +24,7 @@ def register(subparsers: Any) -> None:
         ("list", "one line per failed message: partition/offset, time, actor, reason"),
         ("show", "every failed message in full, as JSON lines"),
         ("replay", "put failed messages back on their queue (retries reset) and remove them"),
-        ("purge", "delete every failed message of the queue"),
+        ("purge", "delete the failed messages the queue holds when asked (not those failing meanwhile)"),
         ("count", "print how many failed messages the queue holds"),
     ):
         action = actions.add_parser(name, help=text)
@@ -76,11 +76,14 @@ def _run(broker: KafkaBroker, args: argparse.Namespace) -> int:
             f"replayed {replayed}; left {left} that are not Dramatiq messages (see `dlq show`, `dlq purge`)"
         )
     elif args.dlq_action == "purge":
+        # The messages counted in the question, and only those: what fails while it waits stays.
+        seen = broker.admin.failed_ranges(args.queue)
+        count = sum(end - first for first, end in seen.values())
         if (
             not args.yes
-            and input(f"Delete every failed message of {args.queue!r}? [y/N] ").strip().lower() != "y"
+            and input(f"Delete the {count} failed messages of {args.queue!r}? [y/N] ").strip().lower() != "y"
         ):
             print("nothing deleted")
             return 1
-        print(f"purged {broker.admin.purge_failed(args.queue)}")
+        print(f"purged {broker.admin.purge_failed(args.queue, within=seen)}")
     return 0

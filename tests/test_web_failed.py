@@ -7,6 +7,7 @@ the test's own.
 
 from __future__ import annotations
 
+import argparse
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -261,3 +262,28 @@ def test_the_records_of_a_single_post_message_count_one(client, failed_broker):
     # When / Then
     [item] = client.get("/api/failed").json()["items"]
     assert (item["actor"], item["records"]) == (PROCESS_USER, 1)
+
+
+def test_the_dlq_command_purges_the_messages_it_asked_about_and_not_those_failing_meanwhile(
+    failed_broker, monkeypatch, capsys
+):
+    # Given two failed messages, and a third that fails while the command waits for its answer
+    from pipeline import cli_dlq
+
+    for _ in range(2):
+        fail(failed_broker, 1)
+    later: list[str] = []
+
+    def answer(question: str) -> str:
+        later.append(fail(failed_broker, 1))
+        return "y"
+
+    monkeypatch.setattr("builtins.input", answer)
+
+    # When the operator purges with `python -m pipeline dlq purge users` and says yes
+    code = cli_dlq._run(failed_broker, argparse.Namespace(dlq_action="purge", queue=QUEUE, yes=False))
+
+    # Then the two it counted are gone and the later one stays
+    assert code == 0
+    assert capsys.readouterr().out.strip().endswith("purged 2")
+    assert failed_ids(failed_broker) == later
