@@ -487,12 +487,13 @@ def profile(ctx: Context) -> None:
     _say("profiling (py-spy, not counted in the table)")
     phases: dict[str, Callable[[], Any]] = {
         "singles": lambda: single_posts(ctx, ctx.options.singles),
+        "singles-keyed": lambda: single_posts(ctx, ctx.options.singles, keyed=True),
         "latency": lambda: fixed_rate(ctx, ctx.stack.url, pipeline=True),
         "batches": lambda: post_batch(ctx, ctx.options.batch_rows[0], ctx.tag("p")),
     }
     paths: list[Path] = []
     for phase, run in phases.items():
-        if phase in ctx.options.only:
+        if phase.split("-")[0] in ctx.options.only:
             with _py_spy(ctx, phase) as files:
                 run()
             paths += files

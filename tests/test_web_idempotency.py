@@ -524,9 +524,9 @@ def test_the_answer_replayed_is_the_json_the_client_got(keys, web_client):
 
 def test_one_key_twice_in_one_group_of_claims_is_claimed_once(keys, clean_database):
     # Given two posts of one key whose claims are written together, and a post of another key with them
-    from web.idempotency import Claim, Claiming, IdempotencyKeys
+    from web.idempotency_rows import Claim, Claiming, KeyRows
 
-    store = IdempotencyKeys(retention_s=3600, lock_s=30, retry_after=7)
+    store = KeyRows(retention_s=3600, lock_s=30, retry_after=7)
     claims = [
         Claiming("scope", "same", "f" * 64, "single", "first-id"),
         Claiming("scope", "same", "f" * 64, "single", "second-id"),
@@ -534,7 +534,7 @@ def test_one_key_twice_in_one_group_of_claims_is_claimed_once(keys, clean_databa
     ]
     # When
     with clean_database.connection_context():
-        store._claim_all(claims)
+        store.claim_all(claims)
     # Then: the first is claimed, the second finds it in flight, the other key is claimed too
     assert claims[0].outcome == Claim("scope", "same", "first-id", taken_over=False)
     assert getattr(claims[1].outcome, "code", None) == "idempotency_key_in_flight"
@@ -543,13 +543,11 @@ def test_one_key_twice_in_one_group_of_claims_is_claimed_once(keys, clean_databa
 
 def test_a_retry_while_the_answer_is_being_recorded_gets_it_from_the_process(keys, web_broker, monkeypatch):
     # Given a post answered 202 whose settlement is slow to be written (it goes after the answer)
-    from web.idempotency import IdempotencyKeys
+    from web.idempotency_rows import KeyRows
 
     release = threading.Event()
-    write = IdempotencyKeys._accept_all
-    monkeypatch.setattr(
-        IdempotencyKeys, "_accept_all", lambda self, rows: (release.wait(30), write(self, rows))
-    )
+    write = KeyRows.accept_all
+    monkeypatch.setattr(KeyRows, "accept_all", lambda self, rows: (release.wait(30), write(self, rows)))
     key = new_key()
     with make_client(web_broker) as client:
         first = post_user(client, key)

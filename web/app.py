@@ -117,20 +117,28 @@ async def post_user(request: Request) -> Response:
         else await run_in_threadpool(parse_object, body)
     )
 
-    async def accept(submission_id: str) -> dict[str, Any]:
-        # With the posts that arrive at the same time, as one message, unless SINGLE_LINGER_MS is 0.
-        await state.enqueuer.send_single(single_record(submission_id, data), size=len(body))
+    def accepted(submission_id: str) -> dict[str, Any]:
         state.metrics.accepted.labels("single").inc()
         logger.info("accepted submission %s", submission_id)
         return {"id": submission_id, "status": Status.QUEUED}
 
     if key is None:
-        answer, replayed = await accept(state.signer.new_submission_id()), False
+        # With the posts that arrive at the same time, as one message, unless SINGLE_LINGER_MS is 0.
+        submission_id = state.signer.new_submission_id()
+        await state.enqueuer.send_single(single_record(submission_id, data), size=len(body))
+        answer, replayed = accepted(submission_id), False
     else:
         fingerprint = Fingerprint(SINGLE, "json")
         fingerprint.update(body)
-        answer, replayed = await state.idempotency_keys.submit(
-            request, key, fingerprint, new_id=state.signer.new_submission_id, accept=accept
+        answer, replayed = await state.idempotency_keys.submit_single(
+            request,
+            key,
+            fingerprint,
+            new_id=state.signer.new_submission_id,
+            record=lambda submission_id: single_record(submission_id, data),
+            size=len(body),
+            enqueuer=state.enqueuer,
+            accepted=accepted,
         )
     return _accepted(answer, f"/api/submissions/{answer['id']}", replayed=replayed)
 

@@ -33,6 +33,8 @@ class GroupCommit(Generic[Item]):
       linger(float): Longest wait of an item for others, in seconds.
       max_records(int): Most items in one write.
       max_bytes(int): Most bytes (as the items' ``size`` says) in one write; a larger item goes alone.
+      eager(bool): Write an item at once when no write is in flight (the default).  ``False``: every item
+        waits ``linger`` for others, for writes nobody waits for, where fewer and larger writes are worth it.
 
     >>> coalescer = GroupCommit(enqueuer.send_records, linger=0.005, max_records=100, max_bytes=2**18)
     >>> await coalescer.submit(single_record(submission_id, data), size=len(body))
@@ -45,12 +47,14 @@ class GroupCommit(Generic[Item]):
         linger: float,
         max_records: int,
         max_bytes: int,
+        eager: bool = True,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self._send = send
         self.linger = linger
         self.max_records = max_records
         self.max_bytes = max_bytes
+        self.eager = eager
         self._waiting: list[_Waiting[Item]] = []
         self._waiting_bytes = 0
         self._in_flight = 0
@@ -84,7 +88,7 @@ class GroupCommit(Generic[Item]):
         self._waiting.append(_Waiting(item, done))
         self._waiting_bytes += size
         if (
-            self._in_flight == 0
+            (self.eager and self._in_flight == 0)
             or len(self._waiting) >= self.max_records
             or self._waiting_bytes >= self.max_bytes
         ):

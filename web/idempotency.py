@@ -15,13 +15,15 @@ from the same caller and with the same body (the same :class:`Fingerprint`) is t
 Where keys are remembered: the table ``idempotency_keys`` (``pipeline.models.IdempotencyKey``), a row per
 caller and key.  Not an id derived from the key and the body: ids carry their issue time, so a derived id
 would need the first use's time stored anyway, and the 409 and the 422 need a state that every web process
-sees.  Only keyed posts touch the table, twice: a claim (``INSERT ... ON CONFLICT DO NOTHING``) before the
-enqueue and a settlement (``UPDATE``) after it, each one statement for the keyed posts that arrive together.
-The settlement is written after the ``202`` has gone out; until it is, a retry that reaches the same process
-is answered from memory, one that reaches another gets the ``409``.  The process that claims a key holds it
-until ``locked_until``, which it renews while it works; if it dies, the lock runs out and the next retry takes
-the submission over.  When PostgreSQL cannot be reached, a keyed post is answered ``503 database_unavailable``
-so that the client retries with the same key; posts without a key never touch the database.
+sees.  Only keyed posts touch the table (``web/idempotency_rows.py``), twice: a claim (``INSERT ... ON
+CONFLICT DO NOTHING``) before the enqueue and a settlement (``UPDATE``) after it, each one statement for the
+keyed posts that arrive together; keyed single posts are then sent together, as one Kafka message, as
+unkeyed ones are.  The settlement is written after the ``202`` has gone out, without waiting for
+PostgreSQL's disk; until it is, a retry that reaches the same process is answered from memory, one that
+reaches another gets the ``409``.  The process that claims a key holds it until ``locked_until``, which it
+renews while it works; if it dies, the lock runs out and the next retry takes the submission over.  When
+PostgreSQL cannot be reached, a keyed post is answered ``503 database_unavailable`` so that the client
+retries with the same key; posts without a key never touch the database.
 
 The caller is the bearer token when ``API_TOKEN`` is set (its SHA-256 is stored, never the token); without
 it every client shares one scope.  Rows past the retention window are deleted in the background, a few at
@@ -32,29 +34,29 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
-import math
 import re
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
 from typing import IO, Any
 
 import peewee
-from peewee import SQL, fn
 from starlette.requests import Request
 
 from pipeline.settings import WebSettings
 from web.auth import bearer_token
 from web.bodies import READ_SIZE
-from web.errors import (
-    ApiError,
-    IdempotencyKeyInFlight,
-    IdempotencyKeyReused,
-    InvalidIdempotencyKey,
-    ServiceUnavailable,
-)
+from web.enqueue import Enqueuer
+from web.errors import ApiError, IdempotencyKeyInFlight, InvalidIdempotencyKey, ServiceUnavailable
 from web.group_commit import GroupCommit
+from web.idempotency_rows import (
+    BATCH,
+    SINGLE,
+    Accepting,
+    Claim,
+    Claiming,
+    KeyRows,
+    Replay,
+)
 from web.reads import run_database_work
 
 logger = logging.getLogger(__name__)
@@ -68,15 +70,8 @@ _VALID_KEY = re.compile(rf"[\x21-\x7e]{{1,{MAX_KEY_LENGTH}}}")
 #: Seconds a claim outlasts the enqueue deadline (the settlement's round trip); a longer post renews it.
 #: Every time is PostgreSQL's ``now()``, so the clocks of the web hosts do not matter.
 LOCK_MARGIN_S = 5.0
-#: Claims of a process between two deletions of expired rows, and the most rows one deletion takes.
-PRUNE_EVERY = 1000
-PRUNE_ROWS = 10_000
-#: Times a claim is tried again when the row it read changed under it (deleted, replaced).
-CLAIM_ATTEMPTS = 3
 
-#: The kinds of submission (``IdempotencyKey.kind``) and the states of a key (``IdempotencyKey.state``).
-SINGLE, BATCH = "single", "batch"
-IN_FLIGHT, ACCEPTED, UNSURE = "in_flight", "accepted", "unsure"
+__all__ = ["BATCH", "SINGLE", "Fingerprint", "IdempotencyKeys", "caller_scope", "requested_key"]
 
 
 def requested_key(request: Request) -> str | None:
@@ -127,75 +122,15 @@ class Fingerprint:
         return self.hexdigest()
 
 
-@dataclass(frozen=True)
-class Claim:
-    """A key this request holds: its submission's id, and whether an earlier attempt had it first."""
-
-    scope: str
-    key: str
-    submission_id: str
-    taken_over: bool
-
-
-@dataclass(frozen=True)
-class Replay:
-    """The ``202`` body a key's first post was answered."""
-
-    answer: dict[str, Any]
-
-
-@dataclass
-class Claiming:
-    """A keyed post waiting for its claim to be written (with the posts that came with it), then what its
-    key made of it: a :class:`Claim`, a :class:`Replay`, or the error to answer."""
-
-    scope: str
-    key: str
-    fingerprint: str
-    kind: str
-    fresh_id: str
-    outcome: Claim | Replay | ApiError | None = None
-
-
-@dataclass(frozen=True)
-class _Accepting:
-    """A claim to settle as accepted with the ``202`` body its post got."""
-
-    claim: Claim
-    answer: dict[str, Any]
-
-
-#: The claims of the keyed posts that arrive together, as one statement: the rows inserted are the
-#: claims won; a key already there (or twice in the group) is decided one by one.
-_CLAIM_ROWS = (
-    "INSERT INTO idempotency_keys (scope, key, fingerprint, kind, submission_id, state, locked_until, "
-    "created_at) "
-    "SELECT scope, key, fingerprint, kind, submission_id, 'in_flight', now() + make_interval(secs => %s), "
-    "now() FROM json_to_recordset(%s::json) "
-    "AS t(scope text, key text, fingerprint text, kind text, submission_id text) "
-    "ON CONFLICT DO NOTHING RETURNING scope, key, submission_id"
-)
-#: Their settlements once answered 202, as one statement (json, not jsonb: the answer keeps its order).
-_ACCEPT_ROWS = (
-    "UPDATE idempotency_keys AS k SET state = 'accepted', answer = t.answer, locked_until = now() "
-    "FROM json_to_recordset(%s::json) AS t(scope text, key text, submission_id text, answer json) "
-    "WHERE k.scope = t.scope AND k.key = t.key AND k.submission_id = t.submission_id "
-    "AND k.state = 'in_flight'"
-)
 #: Longest wait of a key's write for others to share its statement, and most writes in one statement.
 GROUP_LINGER_S = 0.005
 GROUP_MAX_ROWS = 200
-
-
-def _model() -> Any:
-    # Imported on first use, as web.reads does: the web starts without the models or the database.
-    from pipeline.models import IdempotencyKey
-
-    return IdempotencyKey
-
-
-def _seconds(value: float) -> SQL:
-    return SQL("make_interval(secs => %s)", [value])
+#: Wait of every settlement for others: nobody waits for it (it goes after the 202), so it waits longer,
+#: for fewer and larger statements.
+SETTLE_LINGER_S = 0.05
+SETTLE_MAX_ROWS = 1000
+#: Claims of a process between two deletions of expired rows.
+PRUNE_EVERY = 1000
 
 
 class IdempotencyKeys:
@@ -203,7 +138,8 @@ class IdempotencyKeys:
 
     The claims, and the settlements as accepted, of the keyed posts that arrive together are written as
     one statement each (:class:`~web.group_commit.GroupCommit`), so that a keyed post costs the database
-    a share of two round trips, not two of its own.
+    a share of two round trips, not two of its own.  Keyed single posts go further: the posts of one
+    group are claimed together and then sent together, as one Kafka message, as posts without a key are.
 
     Parameters:
       retention_s(int): Seconds a key is remembered after its first use.
@@ -212,8 +148,7 @@ class IdempotencyKeys:
     """
 
     def __init__(self, *, retention_s: int, lock_s: float, retry_after: int) -> None:
-        self.retention_s = retention_s
-        self.lock_s = lock_s
+        self.rows = KeyRows(retention_s=retention_s, lock_s=lock_s, retry_after=retry_after)
         self.retry_after = retry_after
         self._claims = 0
         self._background: set[asyncio.Task[None]] = set()  # a reference to each task, until it is done
@@ -231,150 +166,48 @@ class IdempotencyKeys:
             retry_after=config.retry_after_seconds,
         )
 
-    # --- In the thread pool, inside a connection (web.reads.run_database_work) -----------------------------
+    @property
+    def lock_s(self) -> float:
+        """Seconds a claim holds its key unless renewed (kept by :class:`KeyRows`)."""
+        return self.rows.lock_s
 
-    def _claim_all(self, claims: list[Claiming]) -> None:
-        """Claim each key for its fresh id, or find what its row makes of the post (``outcome``)."""
-        rows = [
-            {
-                "scope": c.scope,
-                "key": c.key,
-                "fingerprint": c.fingerprint,
-                "kind": c.kind,
-                "submission_id": c.fresh_id,
-            }
-            for c in claims
-        ]
-        database = _model()._meta.database
-        won = set(database.execute_sql(_CLAIM_ROWS, (self.lock_s, json.dumps(rows))).fetchall())
-        for claiming in claims:
-            if (claiming.scope, claiming.key, claiming.fresh_id) in won:
-                claiming.outcome = Claim(claiming.scope, claiming.key, claiming.fresh_id, taken_over=False)
-                continue
-            try:
-                claiming.outcome = self._claim_used(claiming)
-            except ApiError as exc:
-                claiming.outcome = exc
+    @lock_s.setter
+    def lock_s(self, value: float) -> None:
+        self.rows.lock_s = value
 
-    def _claim_used(self, claiming: Claiming) -> Claim | Replay:
-        """What a key that has a row makes of the post: its first answer, a take-over, or a new claim
-        when the row is gone or past its retention; raise ``IdempotencyKeyReused`` or ``...InFlight``."""
-        Key = _model()
-        for _ in range(CLAIM_ATTEMPTS):
-            with Key._meta.database.atomic():
-                found = self._decide(Key, claiming)
-            if found is not None:
-                return found
-            inserted = (
-                Key.insert(self._new_row(claiming), scope=claiming.scope, key=claiming.key)
-                .on_conflict_ignore()
-                .returning(Key.submission_id)
-                .tuples()
-                .execute()
-            )
-            if list(inserted):  # (the row was deleted meanwhile: the key is free)
-                return Claim(claiming.scope, claiming.key, claiming.fresh_id, taken_over=False)
-        raise IdempotencyKeyInFlight(
-            "another request with this Idempotency-Key is being accepted", retry_after=1
-        )
-
-    def _new_row(self, claiming: Claiming) -> dict[Any, Any]:
-        Key = _model()
-        return {
-            Key.fingerprint: claiming.fingerprint,
-            Key.kind: claiming.kind,
-            Key.submission_id: claiming.fresh_id,
-            Key.state: IN_FLIGHT,
-            Key.answer: None,
-            Key.locked_until: fn.now() + _seconds(self.lock_s),
-            Key.created_at: fn.now(),
-        }
-
-    def _decide(self, Key: Any, claiming: Claiming) -> Claim | Replay | None:
-        """Within a transaction: what the key's row (locked for update) makes of this post; ``None`` when
-        the row is gone (deleted meanwhile)."""
-        lock_left = SQL("greatest(extract(epoch from locked_until - now()), 0)").alias("lock_left")
-        expired = (Key.created_at < fn.now() - _seconds(self.retention_s)).alias("expired")
-        scope, key = claiming.scope, claiming.key
-        this = (Key.scope == scope) & (Key.key == key)
-        row = Key.select(Key, lock_left, expired).where(this).for_update().first()
-        if row is None:
-            return None
-        locked = row.state == IN_FLIGHT and row.lock_left > 0
-        if row.expired and not locked:  # a key past its retention is free: a new submission
-            Key.update(self._new_row(claiming)).where(this).execute()
-            return Claim(scope, key, claiming.fresh_id, taken_over=False)
-        if row.fingerprint != claiming.fingerprint or row.kind != claiming.kind:
-            raise IdempotencyKeyReused(
-                "this Idempotency-Key was used with another body (or on the other route); use a new key "
-                "for a new submission"
-            )
-        if row.state == ACCEPTED:
-            return Replay(row.answer)
-        if locked:
-            wait = max(1, min(self.retry_after, math.ceil(row.lock_left)))
-            raise IdempotencyKeyInFlight(
-                "a request with this Idempotency-Key is being accepted; retry later", retry_after=wait
-            )
-        # Unsure (its enqueue failed, and may have reached Kafka), or its process died: the same id again.
-        Key.update(state=IN_FLIGHT, locked_until=fn.now() + _seconds(self.lock_s)).where(this).execute()
-        return Claim(scope, key, row.submission_id, taken_over=True)
-
-    def _accept_all(self, accepted: list[_Accepting]) -> None:
-        rows = [
-            {
-                "scope": a.claim.scope,
-                "key": a.claim.key,
-                "submission_id": a.claim.submission_id,
-                "answer": a.answer,
-            }
-            for a in accepted
-        ]
-        _model()._meta.database.execute_sql(_ACCEPT_ROWS, (json.dumps(rows),))
-
-    def _settle(self, claim: Claim, **changes: Any) -> None:
-        """Change the claim's row while it is still in flight under this claim's id."""
-        Key = _model()
-        Key.update(**changes).where(
-            (Key.scope == claim.scope)
-            & (Key.key == claim.key)
-            & (Key.submission_id == claim.submission_id)
-            & (Key.state == IN_FLIGHT)
-        ).execute()
-
-    def _release(self, claim: Claim) -> None:
-        Key = _model()
-        Key.delete().where(
-            (Key.scope == claim.scope)
-            & (Key.key == claim.key)
-            & (Key.submission_id == claim.submission_id)
-            & (Key.state == IN_FLIGHT)
-        ).execute()
-
-    def _prune(self) -> None:
-        Key = _model()
-        old = (
-            Key.select(SQL("ctid"))
-            .where((Key.created_at < fn.now() - _seconds(self.retention_s)) & (Key.locked_until < fn.now()))
-            .limit(PRUNE_ROWS)
-        )
-        deleted = Key.delete().where(SQL("ctid").in_(old)).execute()
-        logger.info("deleted %d idempotency keys past their retention", deleted)
-
-    # --- On the event loop --------------------------------------------------------------------------------
+    # --- Writes, each one statement for the posts that arrive together --------------------------------------
 
     async def _database(self, work: Callable[[], object]) -> None:
         await run_database_work(work, where="idempotency keys", retry_after=self.retry_after)
 
     async def _write_claims(self, claims: list[Claiming]) -> None:
-        await self._database(lambda: self._claim_all(claims))
+        await self._database(lambda: self.rows.claim_all(claims))
 
-    async def _write_accepts(self, accepted: list[_Accepting]) -> None:
+    async def _send_singles(self, group: list[Claiming], enqueuer: Enqueuer) -> None:
+        """Claim the keys of single posts that came together, then send the records of the claims won as
+        one message, holding their keys until it is durable; a failed send is left on each (``failure``)."""
+        await self._write_claims(group)
+        won = [c for c in group if isinstance(c.outcome, Claim)]
+        if not won:
+            return
+        claims = [c.outcome for c in won if isinstance(c.outcome, Claim)]
+        release = self._hold(claims)
+        try:
+            records = [c.record(claim.submission_id) for c, claim in zip(won, claims, strict=True)]
+            await enqueuer.send_records(records)
+        except Exception as exc:  # QueueUnavailable, or a bug: the posts answer it, their keys go unsure
+            for claiming in won:
+                claiming.failure = exc
+            await self._best_effort("settle", lambda: self.rows.unsure(claims))
+        finally:
+            release()
+
+    async def _write_accepts(self, accepted: list[Accepting]) -> None:
         """Settle claims as accepted, after their posts were answered; until then this process answers a
         retry itself.  Not written (the database went away, the process died): the lock runs out and a
         retry takes the submission over, with its id."""
         try:
-            await self._database(lambda: self._accept_all(accepted))
+            await self._database(lambda: self.rows.accept_all(accepted))
         except (ServiceUnavailable, peewee.DatabaseError) as exc:
             logger.warning("could not settle %d idempotency keys: %s", len(accepted), exc)
         finally:
@@ -383,12 +216,21 @@ class IdempotencyKeys:
                 if place in self._answered and self._answered[place][1] is accepting.answer:
                     del self._answered[place]  # (and not the answer of a later claim of the key)
 
-    def _writer(self, name: str, send: Callable[[list[Any]], Awaitable[None]]) -> GroupCommit[Any]:
+    def _writer(
+        self,
+        name: str,
+        send: Callable[[list[Any]], Awaitable[None]],
+        *,
+        linger: float = GROUP_LINGER_S,
+        max_records: int = GROUP_MAX_ROWS,
+        max_bytes: int = GROUP_MAX_ROWS,
+        eager: bool = True,
+    ) -> GroupCommit[Any]:
         loop = asyncio.get_running_loop()
         writer = self._writers.get(name)
         if writer is None or writer.loop is not loop:  # one per event loop (an app may see several)
             writer = self._writers[name] = GroupCommit(
-                send, linger=GROUP_LINGER_S, max_records=GROUP_MAX_ROWS, max_bytes=GROUP_MAX_ROWS
+                send, linger=linger, max_records=max_records, max_bytes=max_bytes, eager=eager
             )
         return writer
 
@@ -416,19 +258,16 @@ class IdempotencyKeys:
     def _prune_now_and_then(self) -> None:
         self._claims += 1
         if self._claims % PRUNE_EVERY == 0:
-            self._start(self._best_effort("delete expired rows of", self._prune))
+            self._start(self._best_effort("delete expired rows of", self.rows.prune))
 
-    def _hold(self, claim: Claim) -> Callable[[], None]:
-        """Renew the claim's lock every third of it (a batch may take longer than one lock) until the
+    def _hold(self, claims: list[Claim]) -> Callable[[], None]:
+        """Renew the claims' locks every third of a lock (a batch may take longer than one lock) until the
         function returned is called.  A timer, not a task, until the first renewal is due: most posts end
         long before."""
 
-        def extend() -> None:
-            self._settle(claim, locked_until=fn.now() + _seconds(self.lock_s))
-
         async def renew() -> None:
             while True:
-                await self._best_effort("renew", extend)
+                await self._best_effort("renew", lambda: self.rows.renew(claims))
                 await asyncio.sleep(self.lock_s / 3)
 
         loop = asyncio.get_running_loop()
@@ -441,6 +280,71 @@ class IdempotencyKeys:
                 task.cancel()
 
         return release
+
+    # --- The posts ------------------------------------------------------------------------------------------
+
+    def _decided(self, claiming: Claiming) -> dict[str, Any] | Claim:
+        """The answer to replay for a claimed post, or the claim it won; raise the error it is answered."""
+        found = claiming.outcome
+        answered = self._answered.get((claiming.scope, claiming.key))
+        if isinstance(found, IdempotencyKeyInFlight) and answered and answered[0] == claiming.fingerprint:
+            return answered[1]  # answered by this process, its settlement still being written
+        if isinstance(found, ApiError):
+            raise found
+        assert found is not None
+        if isinstance(found, Replay):
+            return found.answer
+        self._prune_now_and_then()
+        if found.taken_over:
+            logger.info("idempotency key taken over: enqueueing %s again", found.submission_id)
+        return found
+
+    def _settle_later(self, claiming: Claiming, claim: Claim, answer: dict[str, Any]) -> None:
+        # Settled in the background: the 202 does not wait for it.
+        self._answered[claiming.scope, claiming.key] = (claiming.fingerprint, answer)
+        settlements = self._writer(
+            "accepts",
+            self._write_accepts,
+            linger=SETTLE_LINGER_S,
+            max_records=SETTLE_MAX_ROWS,
+            max_bytes=SETTLE_MAX_ROWS,
+            eager=False,
+        )
+        settlements.add(Accepting(claim, answer))
+
+    async def submit_single(
+        self,
+        request: Request,
+        key: str,
+        fingerprint: Fingerprint,
+        *,
+        new_id: Callable[[], str],
+        record: Callable[[str], Any],
+        size: int,
+        enqueuer: Enqueuer,
+        accepted: Callable[[str], dict[str, Any]],
+    ) -> tuple[dict[str, Any], bool]:
+        """The ``202`` body of a keyed single post and whether it is a replay.  ``record(id)`` is the post's
+        record under ``id``; it is sent with the keyed posts that come with it (``enqueuer``'s linger and
+        bounds) unless the key was answered already; ``accepted(id)`` is the ``202`` body once it is."""
+        scope = caller_scope(request)
+        claiming = Claiming(scope, key, fingerprint.hexdigest(), SINGLE, new_id(), record=record)
+        writer = self._writer(
+            "singles",
+            lambda group: self._send_singles(group, enqueuer),
+            linger=enqueuer.linger_ms / 1000,
+            max_records=enqueuer.max_records,
+            max_bytes=enqueuer.max_group_bytes,
+        )
+        await writer.submit(claiming, size=size)
+        found = self._decided(claiming)
+        if not isinstance(found, Claim):
+            return found, True
+        if claiming.failure is not None:
+            raise claiming.failure
+        answer = accepted(found.submission_id)
+        self._settle_later(claiming, found, answer)
+        return answer, False
 
     async def submit(
         self,
@@ -455,38 +359,22 @@ class IdempotencyKeys:
         under ``id`` and returns its ``202`` body; it runs unless the key was answered already."""
         claiming = Claiming(caller_scope(request), key, fingerprint.hexdigest(), fingerprint.kind, new_id())
         await self._writer("claims", self._write_claims).submit(claiming)
-        found = claiming.outcome
-        answered = self._answered.get((claiming.scope, key))
-        if isinstance(found, IdempotencyKeyInFlight) and answered and answered[0] == claiming.fingerprint:
-            return answered[1], True  # answered by this process, its settlement still being written
-        if isinstance(found, ApiError):
-            raise found
-        assert found is not None
-        if isinstance(found, Replay):
-            return found.answer, True
-        self._prune_now_and_then()
-        if found.taken_over:
-            logger.info("idempotency key taken over: enqueueing %s again", found.submission_id)
-        release = self._hold(found)
+        found = self._decided(claiming)
+        if not isinstance(found, Claim):
+            return found, True
+        release = self._hold([found])
         try:
             answer = await accept(found.submission_id)
-        except ServiceUnavailable:
-            await self._unsure(found)
-            raise
-        except ApiError:  # refused as it was read (4xx): the key is free for a corrected post
-            await self._best_effort("release", lambda: self._release(found))
+        except ApiError as exc:
+            if isinstance(exc, ServiceUnavailable):
+                await self._best_effort("settle", lambda: self.rows.unsure([found]))
+            else:  # refused as it was read (4xx): the key is free for a corrected post
+                await self._best_effort("release", lambda: self.rows.release(found))
             raise
         except Exception:
-            await self._unsure(found)
+            await self._best_effort("settle", lambda: self.rows.unsure([found]))
             raise
         finally:
             release()
-        # Settled in the background: the 202 does not wait for it, so that the posts in flight reach the
-        # enqueue together (and share Kafka messages) as often as without keys.
-        self._answered[claiming.scope, key] = (claiming.fingerprint, answer)
-        self._writer("accepts", self._write_accepts).add(_Accepting(found, answer))
+        self._settle_later(claiming, found, answer)
         return answer, False
-
-    async def _unsure(self, claim: Claim) -> None:
-        """The enqueue failed but may have reached Kafka: the next retry takes it over at once."""
-        await self._best_effort("settle", lambda: self._settle(claim, state=UNSURE, locked_until=fn.now()))
