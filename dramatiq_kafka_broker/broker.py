@@ -22,6 +22,9 @@ from .consumer import _KafkaConsumer
 from .deadletters import failure_headers
 from .errors import KafkaConnectionError, MessageFailed
 from .metrics import delivery_errors
+from .share.consumer import _KafkaShareConsumer
+from .share.layout import ShareTopicLayout
+from .share.offsets import ShareGroupAdmin
 from .topics import TopicLayout
 
 #: Partitions of each topic the broker creates: a consumer group shares P partitions among N members
@@ -56,6 +59,8 @@ class KafkaBroker(Broker):
       middleware(list[Middleware]): The middleware to add to this broker (Dramatiq's defaults when None).
       topic_prefix(str): Put in front of every topic and consumer group name.
       group_id(str): Base name of the consumer groups; one group per topic is derived from it.
+      group_type(str): ``"classic"`` (consumer groups) or ``"share"`` (share groups, KIP-932: any number of
+        workers per partition, an outcome per message; named ``<group>.share``; delay queues stay classic).
       group_instance_id(str | None): The stable name of this worker host, for static group membership
         (KIP-345): each consumer joins its group as ``<topic_prefix><group_instance_id>-p<process index>``
         (the index Dramatiq's command line gave the worker process), so that a worker restarted within
@@ -104,6 +109,7 @@ class KafkaBroker(Broker):
         middleware: list[dramatiq.Middleware] | None = None,
         topic_prefix: str = "",
         group_id: str = "dramatiq",
+        group_type: str = "classic",
         group_instance_id: str | None = None,
         client_id: str = "dramatiq",
         create_topics: bool = True,
@@ -124,7 +130,10 @@ class KafkaBroker(Broker):
         if isinstance(bootstrap_servers, str):
             bootstrap_servers = [s.strip() for s in bootstrap_servers.split(",") if s.strip()]
         #: How topics and groups are named, and the topics this broker creates: the one owner of those values.
-        self.layout = TopicLayout(
+        if group_type not in ("classic", "share"):
+            raise ValueError(f"group_type must be 'classic' or 'share', not {group_type!r}")
+        self.group_type = group_type
+        self.layout = (ShareTopicLayout if group_type == "share" else TopicLayout)(
             topic_prefix=topic_prefix,
             group_id=group_id,
             partitions=partitions,
@@ -149,7 +158,7 @@ class KafkaBroker(Broker):
             consumer_options=consumer_options,
             admin_options=admin_options,
         )
-        self.admin = KafkaAdmin(
+        self.admin = (ShareGroupAdmin if group_type == "share" else KafkaAdmin)(
             self.clients,
             self.layout,
             declared_queues=self.get_declared_queues,
@@ -164,9 +173,9 @@ class KafkaBroker(Broker):
         self._scope = threading.local()
 
     @property
-    def consumer_class(self) -> type[_KafkaConsumer]:
-        """The class of the consumers :meth:`consume` makes; a subclass may swap it."""
-        return _KafkaConsumer
+    def consumer_class(self) -> type[Consumer]:
+        """The class of the consumers :meth:`consume` makes (share mode: of queues); a subclass swaps it."""
+        return _KafkaShareConsumer if self.group_type == "share" else _KafkaConsumer
 
     @property
     def topic_prefix(self) -> str:
@@ -275,7 +284,9 @@ class KafkaBroker(Broker):
         if q_name(queue_name) not in self.queues:
             raise QueueNotFound(queue_name)
         self.ensure_topics(queue_name)
-        return self.consumer_class(self, queue_name, prefetch, timeout)
+        if self.group_type == "share" and queue_name != q_name(queue_name):
+            return _KafkaConsumer(self, queue_name, prefetch, timeout)
+        return self.consumer_class(self, queue_name, prefetch, timeout)  # type: ignore[call-arg]
 
     def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
         """Enqueue a message and return once Kafka has acknowledged it (with ``confirm_delivery`` off, once

@@ -166,6 +166,24 @@ def send_to_group_coordinator(admin: KafkaAdminClient, group_id: str, request: A
     return admin._manager.run(call)
 
 
+def share_network_client(options: dict[str, Any], timeout_ms: int) -> Any:
+    """A kafka-python network client, bootstrapped, with no IO thread: the caller's thread drives it.
+
+    kafka-python 3.0.12 has no public client for requests of its own making; its consumer, producer and
+    admin client each build this one (``kafka.net.compat.KafkaNetClient``) and bootstrap it through its
+    connection manager.
+    """
+    from kafka.net.compat import KafkaNetClient
+
+    client = KafkaNetClient(**options)
+    try:
+        client._manager.bootstrap(timeout_ms)
+    except Exception:
+        client.close()
+        raise
+    return client
+
+
 def run_prometheus_exporter() -> Any:
     """Dramatiq's Prometheus exporter server (the body of the process Dramatiq forks for it).
 
