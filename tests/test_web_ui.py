@@ -171,3 +171,50 @@ def unreachable_database() -> Iterator[None]:
         yield
     finally:
         db.configure(settings.DATABASE_URL)
+
+
+def test_the_script_never_writes_html_and_calls_only_routes_the_app_has(client: TestClient) -> None:
+    # Given
+    import re
+
+    from starlette.routing import Match
+
+    script = client.get("/static/app.js").text
+    # When: every API path the script names (template parts become a sample id)
+    paths = {
+        re.sub(r"\$\{[^}]*\}", "x", path).split("?")[0]
+        for path in re.findall(r"[`\"'](/api/[^`\"'\s]*)", script)
+    }
+    # Then
+    assert not re.search(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write", script)
+    assert {"/api/batches", "/api/reports/throughput", "/api/failed"} <= paths
+    variants = {"invalid.x": ("invalid.csv", "invalid.ndjson"), "failed/x": ("failed/replay", "failed/purge")}
+    expanded = {p for p in paths if not any(part in p for part in variants)} | {
+        p.replace(part, one) for p in paths for part, both in variants.items() if part in p for one in both
+    }
+    routes = client.app.routes  # type: ignore[attr-defined]
+    for path in expanded:
+        method = "POST" if path.startswith("/api/failed/") else "GET"
+        scope = {"type": "http", "path": path, "method": method}
+        assert any(route.matches(scope)[0] == Match.FULL for route in routes), (method, path)
+
+
+@pytest.mark.postgres
+def test_the_throughput_report_gives_the_lag_summed_over_partitions(sql: Any) -> None:
+    # Given
+    with _client(InspectableBroker()) as client:
+        # When
+        body = client.get("/api/reports/throughput").json()
+    # Then
+    assert body["lag"] == {"users": 7, "users.DQ": 1}
+
+
+@pytest.mark.postgres
+def test_the_throughput_report_stands_without_the_lag_when_kafka_cannot_be_inspected(sql: Any) -> None:
+    # Given
+    with _client(UnreachableBroker()) as client:
+        # When
+        response = client.get("/api/reports/throughput")
+    # Then
+    assert response.status_code == 200 and response.json()["lag"] is None
+    assert len(response.json()["series"]) >= 60

@@ -3,7 +3,9 @@
  * Plain browser JavaScript, no build step. It talks to the same API as any client:
  *   POST /api/users (the file as the body, its content type from its name, an Idempotency-Key per file),
  *   GET  /api/batches/<id>?limit=&cursor=   (polled until "completed"),
- *   GET  /api/reports/age-distribution, /api/users/newest, /api/overview, /readyz.
+ *   GET  /api/reports/age-distribution, /api/users/newest, /api/overview, /readyz,
+ *   GET  /api/batches (the recent batches, polled), /api/reports/throughput (drawn as SVG),
+ *   GET  /api/batches/<id>/invalid.csv|.ndjson (downloaded), GET /api/failed, POST /api/failed/replay|purge.
  * Data from the API is put in the page with textContent only, never as HTML.
  */
 "use strict";
@@ -12,6 +14,10 @@
   const PAGE_SIZE = 20;
   const BATCH_POLL_MS = 700;
   const SYSTEM_POLL_MS = 5000;
+  const BATCHES_POLL_MS = 2000;
+  const BATCHES_PAGE = 10;
+  const NAMES_KEY = "bup.batchNames";
+  const STACKED = ["stored", "duplicate", "invalid", "failed"];
   const OUTCOMES = ["queued", "stored", "duplicate", "invalid", "failed"];
   // Answers after which the same upload may be sent again (0: the connection failed).
   const RETRIED = new Set([0, 409, 429, 502, 503, 504]);
@@ -56,10 +62,14 @@
     try { return JSON.parse(text); } catch { return null; }
   }
 
-  async function api(path) {
+  async function api(path, options = {}) {
     let response;
+    const headers = { Accept: "application/json", ...authHeaders() };
+    if (options.json !== undefined) headers["Content-Type"] = "application/json";
+    const init = { method: options.method || "GET", headers };
+    if (options.json !== undefined) init.body = JSON.stringify(options.json);
     try {
-      response = await fetch(path, { headers: { Accept: "application/json", ...authHeaders() } });
+      response = await fetch(path, init);
     } catch (e) {
       throw new ApiError(0, "network_error", "the service cannot be reached");
     }
@@ -163,6 +173,8 @@
       if (answer.status !== 202) throw errorOf(answer.status, answer.body);
       const again = answer.replayed ? " (an earlier attempt had been accepted)" : "";
       say(`Accepted ${number.format(answer.body.count)} records as batch ${answer.body.batch_id}${again}.`, "ok");
+      names.remember(answer.body.batch_id, file.name);
+      refreshBatches();
       follow(answer.body.batch_id, answer.body.count);
     } catch (e) {
       const retry = RETRIED.has(e.status) ? " Press Upload again to retry: it is sent as the same upload." : "";
@@ -299,9 +311,13 @@
         const lag = lags.reduce((a, b) => a + b, 0);
         badge("lag", `${number.format(lag)} waiting`, lag > 0 ? "busy" : "ok");
       } else badge("lag", "n/a", "unknown");
-      const failed = overview.failed_messages;
-      if (failed === null || failed === undefined) badge("failed-messages", "n/a", "unknown");
-      else badge("failed-messages", number.format(failed), failed > 0 ? "error" : "ok");
+      const count = overview.failed_messages;
+      if (count === null || count === undefined) badge("failed-messages", "n/a", "unknown");
+      else badge("failed-messages", number.format(count), count > 0 ? "error" : "ok");
+      if (count !== failed.count) {
+        failed.count = count; // the list is Kafka's records: read again only when their number changed
+        refreshFailed();
+      }
       const under = overview.under_replicated;
       if (under === null || under === undefined) badge("replicas", "n/a", "unknown");
       else if (under === 0) badge("replicas", "in sync", "ok");
@@ -363,10 +379,256 @@
   let refreshing = null;
   function refreshSystem() {
     // One refresh at a time: a slow Kafka must not pile requests up.
-    refreshing ??= Promise.allSettled([refreshHealth(), refreshAges(), refreshNewest()]).finally(() => {
+    refreshing ??= Promise.allSettled([refreshHealth(), refreshAges(), refreshNewest(), refreshThroughput()]).finally(() => {
       refreshing = null;
     });
     return refreshing;
+  }
+
+  // --- recent batches: a list polled every BATCHES_POLL_MS, one cheap query per refresh -----------------
+  // File names are the browser's only: the API knows a batch's form (csv, json, ndjson), not its file.
+  const names = {
+    all() {
+      return parseJson(sessionStorage.getItem(NAMES_KEY) || "{}") || {};
+    },
+    remember(batchId, name) {
+      const all = names.all();
+      all[batchId] = name;
+      const kept = Object.entries(all).slice(-50); // the newest few are enough
+      sessionStorage.setItem(NAMES_KEY, JSON.stringify(Object.fromEntries(kept)));
+    },
+  };
+  const batches = { cursors: [null], next: null, refreshing: null };
+  const duration = new Intl.NumberFormat(undefined, { maximumFractionDigits: 0 });
+
+  function age(seconds) {
+    if (seconds < 90) return `${duration.format(seconds)} s`;
+    if (seconds < 5400) return `${duration.format(seconds / 60)} min`;
+    if (seconds < 172800) return `${duration.format(seconds / 3600)} h`;
+    return `${duration.format(seconds / 86400)} d`;
+  }
+
+  /** A bar of the batch's outcomes: one segment per outcome, its width the outcome's share of the batch. */
+  function outcomeBar(item) {
+    const bar = element("div", null, "stack");
+    const total = Math.max(item.count, 1);
+    const p = item.state === "completed" ? 100 : Math.min(percent(item.processed, item.count), 99);
+    bar.setAttribute("role", "progressbar");
+    bar.setAttribute("aria-valuemin", "0");
+    bar.setAttribute("aria-valuemax", String(item.count));
+    bar.setAttribute("aria-valuenow", String(item.processed));
+    bar.setAttribute("aria-label", `${p} % processed`);
+    bar.dataset.percent = String(p);
+    for (const status of STACKED) {
+      const n = item.counts[status] || 0;
+      if (!n) continue;
+      const segment = element("span", null, "segment");
+      segment.dataset.status = status;
+      segment.style.width = `${(n * 100) / total}%`;
+      segment.title = `${status}: ${number.format(n)}`;
+      bar.append(segment);
+    }
+    const cell = element("td", null, "progress-col");
+    const counts = STACKED.filter((s) => item.counts[s]).map((s) => `${number.format(item.counts[s])} ${s}`);
+    cell.append(bar, element("span", `${p} %${counts.length ? " · " + counts.join(", ") : ""}`, "small muted"));
+    return cell;
+  }
+
+  function invalidLink(item) {
+    const cell = element("td");
+    if (!item.counts.invalid) {
+      cell.textContent = "–";
+      return cell;
+    }
+    const suffix = item.source === "csv" || item.source === null ? "csv" : "ndjson";
+    const link = element("a", `invalid.${suffix}`, "invalid-link");
+    link.href = `/api/batches/${encodeURIComponent(item.batch_id)}/invalid.${suffix}`;
+    link.download = `${item.batch_id}-invalid.${suffix}`;
+    link.addEventListener("click", (event) => download(event, link));
+    cell.append(link);
+    return cell;
+  }
+
+  /** A plain link downloads by itself; with a token, the file is fetched with it and handed over as a blob. */
+  async function download(event, link) {
+    if (!token.get()) return;
+    event.preventDefault();
+    try {
+      const response = await fetch(link.href, { headers: authHeaders() });
+      if (!response.ok) throw errorOf(response.status, parseJson(await response.text()), response.statusText);
+      const url = URL.createObjectURL(await response.blob());
+      const save = element("a");
+      save.href = url;
+      save.download = link.download;
+      document.body.append(save);
+      save.click();
+      save.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 60_000);
+    } catch (e) {
+      $("batches-checked").textContent = `Download failed: ${describe(e)}`;
+    }
+  }
+
+  function batchRow(item) {
+    const open = element("button", item.batch_id.slice(-10), "link");
+    open.type = "button";
+    open.title = `Follow batch ${item.batch_id}`;
+    open.addEventListener("click", () => follow(item.batch_id, item.count));
+    const name = names.all()[item.batch_id];
+    const first = element("td", null, "batch-cell");
+    first.append(open);
+    if (name) first.append(element("span", name, "small muted file-name"));
+    const state = element("span", item.state, "badge");
+    state.dataset.state = item.state === "completed" ? (item.counts.failed ? "error" : "ok") : "busy";
+    const tr = row([
+      first,
+      element("td", item.source || "–"),
+      element("td", number.format(item.count), "num"),
+      wrap("td", state),
+      outcomeBar(item),
+      element("td", item.rate === null ? "–" : `${number.format(item.rate)}/s`, "num nowrap"),
+      element("td", age(item.age_seconds), "num nowrap"),
+      invalidLink(item),
+    ]);
+    tr.dataset.batchId = item.batch_id;
+    tr.dataset.state = item.state;
+    return tr;
+  }
+
+  async function loadBatches() {
+    const cursor = batches.cursors[batches.cursors.length - 1];
+    const query = `limit=${BATCHES_PAGE}${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`;
+    try {
+      const page = await api(`/api/batches?${query}`);
+      $("batches").tBodies[0].replaceChildren(...page.items.map(batchRow));
+      $("batches-empty").hidden = page.items.length > 0;
+      batches.next = page.next_cursor;
+      $("batches-older").disabled = !page.next_cursor;
+      $("batches-newest").disabled = batches.cursors.length <= 1;
+      $("batches-checked").textContent = `Updated ${new Date().toLocaleTimeString()}`;
+    } catch (e) {
+      $("batches-checked").textContent = `Batches unavailable: ${describe(e)}`;
+    }
+  }
+
+  function refreshBatches() {
+    batches.refreshing ??= loadBatches().finally(() => { batches.refreshing = null; });
+    return batches.refreshing;
+  }
+
+  function pageBatches(older) {
+    if (older && batches.next) batches.cursors.push(batches.next);
+    else if (!older) batches.cursors = [null];
+    refreshBatches();
+  }
+
+  // --- throughput: outcomes per minute over the last hour, stacked bars in SVG, and the lag -------------
+  const SVG = "http://www.w3.org/2000/svg";
+
+  function svg(tag, attributes) {
+    const node = document.createElementNS(SVG, tag);
+    for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, String(value));
+    return node;
+  }
+
+  function drawThroughput(report) {
+    const chart = $("throughput-chart");
+    const [width, height, top] = [600, 160, 14];
+    const totals = report.series.map((point) => STACKED.reduce((sum, s) => sum + point[s], 0));
+    const largest = Math.max(...totals, 1);
+    const step = width / Math.max(report.series.length, 1);
+    const nodes = [svg("line", { x1: 0, y1: height - 0.5, x2: width, y2: height - 0.5, class: "axis" })];
+    report.series.forEach((point, index) => {
+      let y = height;
+      for (const status of STACKED) {
+        if (!point[status]) continue;
+        const h = ((height - top) * point[status]) / largest;
+        y -= h;
+        const rect = svg("rect", { x: index * step + 0.5, y, width: Math.max(step - 1, 1), height: h, class: `bar-${status}` });
+        const title = svg("title", {});
+        title.textContent = `${storedAt.format(new Date(point.start))}: ${number.format(point[status])} ${status}`;
+        rect.append(title);
+        nodes.push(rect);
+      }
+    });
+    const label = svg("text", { x: 4, y: 11, class: "chart-label" });
+    label.textContent = `${number.format(largest)} / ${report.interval_seconds / 60} min`;
+    nodes.push(label);
+    chart.replaceChildren(...nodes);
+    const all = totals.reduce((a, b) => a + b, 0);
+    chart.dataset.total = String(all);
+    const recent = totals.slice(-Math.max(1, Math.round(300 / report.interval_seconds))).reduce((a, b) => a + b, 0);
+    $("throughput-recent").textContent = number.format(recent);
+    $("throughput-total").textContent = number.format(all);
+    const parts = STACKED.map((s) => `${number.format(report.totals[s])} ${s}`).join(", ");
+    $("throughput-summary").textContent = `Records reaching an outcome per minute since ${new Date(report.since).toLocaleTimeString()}: ${parts}.`;
+    const lags = report.lag ? Object.values(report.lag) : null;
+    $("throughput-lag").textContent = lags ? `${number.format(lags.reduce((a, b) => a + b, 0))} waiting` : "n/a";
+  }
+
+  async function refreshThroughput() {
+    try {
+      drawThroughput(await api("/api/reports/throughput?interval=60"));
+    } catch (e) {
+      $("throughput-summary").textContent = `Throughput unavailable: ${describe(e)}`;
+    }
+  }
+
+  // --- failed messages: the list, and replay or purge of exactly the messages listed ---------------------
+  const failed = { snapshot: null, listed: 0, count: null };
+
+  function failedStatus(text, kind) {
+    $("failed-status").textContent = text;
+    $("failed-status").dataset.kind = kind || "info";
+  }
+
+  async function refreshFailed() {
+    try {
+      const page = await api("/api/failed?limit=50");
+      $("failed").tBodies[0].replaceChildren(
+        ...page.items.map((item) =>
+          row([
+            element("td", item.failed_at ? storedAt.format(new Date(item.failed_at)) : "–", "nowrap"),
+            element("td", item.actor || "(not a message)"),
+            element("td", item.reason || "–", "reason"),
+            element("td", item.records === null || item.records === undefined ? "–" : number.format(item.records), "num"),
+          ])
+        )
+      );
+      failed.snapshot = page.snapshot;
+      failed.listed = page.listed;
+      const more = page.more ? ` The topic holds ${number.format(page.held - page.listed)} more: replay or purge these first.` : "";
+      $("failed-summary").textContent = page.listed ? `${number.format(page.listed)} listed.${more}` : "No failed message.";
+      $("failed-replay").disabled = $("failed-purge").disabled = !page.listed;
+      $("failed-card").dataset.listed = String(page.listed);
+    } catch (e) {
+      failed.snapshot = null;
+      $("failed-replay").disabled = $("failed-purge").disabled = true;
+      $("failed").tBodies[0].replaceChildren();
+      $("failed-summary").textContent = e.code === "no_failed_topic" ? "This broker has no failed-message topic." : `Failed messages unavailable: ${describe(e)}`;
+    }
+  }
+
+  async function actOnFailed(action) {
+    if (!failed.snapshot || !failed.listed) return;
+    const what = `${number.format(failed.listed)} failed message${failed.listed === 1 ? "" : "s"}`;
+    const question = action === "replay"
+      ? `Replay the ${what} listed? They go back on the queue; messages that failed since are left alone.`
+      : `Purge the ${what} listed? They are deleted for good; messages that failed since are left alone.`;
+    if (!window.confirm(question)) return;
+    $("failed-replay").disabled = $("failed-purge").disabled = true;
+    try {
+      const answer = await api(`/api/failed/${action}`, { method: "POST", json: { snapshot: failed.snapshot } });
+      if (action === "replay") {
+        const left = answer.left ? `; ${number.format(answer.left)} left (not messages: purge them)` : "";
+        failedStatus(`Replayed ${number.format(answer.replayed)}${left}.`, "ok");
+      } else failedStatus(`Purged ${number.format(answer.purged)}.`, "ok");
+    } catch (e) {
+      const again = e.code === "failed_messages_changed" ? " The list changed since: look again." : "";
+      failedStatus(`${action === "replay" ? "Replay" : "Purge"} refused: ${describe(e)}.${again}`, "error");
+    }
+    await refreshFailed();
+    refreshSystem();
   }
 
   // --- start -------------------------------------------------------------------------------------------
@@ -379,12 +641,19 @@
     });
     $("items-next").addEventListener("click", () => page(1));
     $("items-prev").addEventListener("click", () => page(-1));
+    $("batches-older").addEventListener("click", () => pageBatches(true));
+    $("batches-newest").addEventListener("click", () => pageBatches(false));
+    $("failed-replay").addEventListener("click", () => actOnFailed("replay"));
+    $("failed-purge").addEventListener("click", () => actOnFailed("purge"));
+    $("failed-refresh").addEventListener("click", () => { failedStatus(""); refreshFailed(); });
     $("auth-form").addEventListener("submit", (event) => {
       event.preventDefault();
       token.set($("token").value.trim());
       $("token").value = "";
       $("auth").hidden = true;
       refreshSystem();
+      refreshBatches();
+      refreshFailed();
       if (batch.id) follow(batch.id, batch.expected);
     });
     $("token-forget").addEventListener("click", () => {
@@ -394,7 +663,9 @@
     const fromHash = new URLSearchParams(location.hash.slice(1)).get("batch");
     if (fromHash) follow(fromHash, null);
     refreshSystem();
+    refreshBatches();
     setInterval(() => { if (!document.hidden) refreshSystem(); }, SYSTEM_POLL_MS);
+    setInterval(() => { if (!document.hidden) refreshBatches(); }, BATCHES_POLL_MS);
   }
 
   start();
