@@ -162,6 +162,10 @@ def _send(clients: KafkaClients, group_id: str, request: Any) -> Any:
     try:
         return compat.send_to_group_coordinator(clients.admin, group_id, request)
     except KafkaError as e:
+        # A refusal comes as early as the coordinator's lookup (FindCoordinator needs DESCRIBE on the group).
+        setup = share_group_error(group_id, getattr(e, "errno", -1), str(e), operation="Describe")
+        if setup is not None:
+            raise setup from None
         clients.discard("_admin")
         raise KafkaConnectionError(f"{MESSAGE} for {group_id!r}: {e}") from None
 
