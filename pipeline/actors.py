@@ -33,7 +33,7 @@ import dramatiq
 import peewee
 import psycopg2
 
-from pipeline import persist_plan, settings
+from pipeline import invalid_records, persist_plan, settings
 from pipeline.contract import (
     PERSIST_USERS,
     PROCESS_USER,
@@ -161,6 +161,7 @@ def validate_users(records: list[BatchRecord], batch_id: str | None, source: str
                 "errors": errors,
             }
         )
+    invalid_records.attach(records, results, batch_id)
     return results
 
 
@@ -206,9 +207,10 @@ def _persist_one_by_one(results: list[ValidatedRecord]) -> dict[str, int]:
     counts = persist_plan.empty_counts()
     failing: list[ValidatedRecord] = []
     last_error: Exception | None = None
+    header = invalid_records.header_of(results)  # kept with whichever record of the chunk gets through
     for result in results:
         try:
-            for status, n in _persist([result]).items():
+            for status, n in _persist([result], header).items():
                 counts[status] += n
         except Exception as error:
             failing.append(result)
@@ -267,12 +269,12 @@ def _upsert_outcomes(cursor: Any, rows: list[SubmissionRow]) -> None:
         cursor.execute(_UPSERT_OUTCOMES, {"rows": json.dumps(rows), "now": now})
 
 
-def _persist(results: list[ValidatedRecord]) -> dict[str, int]:
+def _persist(results: list[ValidatedRecord], header: list[str] | None = None) -> dict[str, int]:
     """Persist a chunk in one transaction (the decisions are :mod:`pipeline.persist_plan`'s).
 
     Round trips: BEGIN, one SELECT of the outcomes already written, one INSERT of the users, a SELECT of
     the ids of keys stored before (only when some are, one per :data:`INSERT_CHUNK` keys), one upsert of
-    the outcomes, COMMIT.
+    the outcomes, the invalid records kept and their CSV header (only when some are), COMMIT.
     """
     columns = unique_columns(settings.UNIQUE_FIELDS)
     with _database_work():
@@ -283,6 +285,8 @@ def _persist(results: list[ValidatedRecord]) -> dict[str, int]:
         existing = _existing_ids(cursor, missing, columns) if missing else {}
         rows, counts = persist_plan.outcomes(chunk, stored_ids, existing)
         _upsert_outcomes(cursor, rows)
+        kept = invalid_records.kept_rows(chunk.todo, rows)
+        invalid_records.keep(cursor, kept, header or invalid_records.header_of(results))
     return counts
 
 
@@ -294,6 +298,21 @@ def register_batch(batch_id: str, count: int, source: str | None = None) -> None
     with _database_work():
         Batch.insert(id=batch_id, count=count, source=source).on_conflict_ignore().execute()
     logger.info("registered batch=%s count=%d", batch_id, count)
+    _prune_invalid_records()
+
+
+def _prune_invalid_records() -> None:
+    """Delete the kept invalid records past ``INVALID_RECORD_RETENTION_S`` (once per batch registered).
+
+    Best effort: a failure is logged and left to the next batch, never a reason to redo the registration.
+    """
+    try:
+        with database.connection_context(), _PEEWEE_ERRORS:
+            invalid_records.prune(database, settings.INVALID_RECORD_RETENTION_S)
+    except Exception as error:
+        if isinstance(error, TRANSIENT):
+            reset_connection()
+        logger.warning("could not delete expired invalid records: %s: %s", type(error).__name__, error)
 
 
 def _submission_records(message: dict[str, Any]) -> list[dict[str, Any]]:

@@ -27,7 +27,7 @@ submission that has none yet.  Text that quotes a client (a field path, an error
 from __future__ import annotations
 
 import enum
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 #: The queue every message of the user pipeline goes to.
 QUEUE = "users"
@@ -78,12 +78,27 @@ class SubmissionPayload(TypedDict):
 
 
 class BatchRecord(TypedDict):
-    """One record of a batch: its id (``<batch_id>.<row>``), row number, parsed data and parse errors."""
+    """One record of a batch: its id (``<batch_id>.<row>``), row number, parsed data and parse errors.
+
+    ``raw`` is what the web could not make an object of (``data`` None): a CSV row's cells, or the text of
+    a JSON value or NDJSON line.  ``header``, on the first record of each chunk of a CSV batch, is the
+    header's cells as uploaded.  Both serve the invalid-rows file, and older messages lack them.
+    """
 
     id: str
     row: int | None
     data: Any
     errors: list[FieldError]
+    raw: NotRequired[Any]
+    header: NotRequired[list[str]]
+
+
+class KeptRecord(TypedDict):
+    """An invalid record of a batch as the client sent it, kept for the invalid-rows file: its parsed
+    ``data``, or the ``raw`` form of :class:`BatchRecord` (one of the two is not None)."""
+
+    data: Any
+    raw: Any
 
 
 class ChunkPayload(TypedDict):
@@ -102,6 +117,10 @@ class ValidatedRecord(TypedDict):
     batch_id: str | None
     user: dict[str, Any] | None
     errors: list[FieldError]
+    #: Only on an invalid record of a batch (while ``INVALID_RECORD_RETENTION_S`` is not 0).
+    kept: NotRequired[KeptRecord]
+    #: A CSV batch's header, on the first kept record of a message.
+    header: NotRequired[list[str]]
 
 
 def storable_text(text: str) -> str:

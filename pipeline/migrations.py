@@ -200,6 +200,23 @@ def _0006_outcome_counters(migrator: PostgresqlMigrator) -> None:
         database.execute_sql(statement)
 
 
+def _0007_invalid_records(migrator: PostgresqlMigrator) -> None:
+    # The invalid records of batches as their clients sent them, and the CSV header of each batch that has
+    # some (pipeline/invalid_records.py): personal data, deleted INVALID_RECORD_RETENTION_S after they were
+    # written, hence the created_at indexes; batch_id is indexed for a batch's header to go with its last
+    # record.  The invalid-rows file reads a record by its submission's id (the primary key).
+    for statement in (
+        "CREATE TABLE invalid_records (id varchar(128) PRIMARY KEY, batch_id varchar(128) NOT NULL, "
+        "row integer NOT NULL, data jsonb, raw jsonb, created_at timestamptz NOT NULL DEFAULT now())",
+        "CREATE INDEX invalid_records_created_at ON invalid_records (created_at)",
+        "CREATE INDEX invalid_records_batch_id ON invalid_records (batch_id)",
+        "CREATE TABLE invalid_record_headers (batch_id varchar(128) PRIMARY KEY, header jsonb NOT NULL, "
+        "created_at timestamptz NOT NULL DEFAULT now())",
+        "CREATE INDEX invalid_record_headers_created_at ON invalid_record_headers (created_at)",
+    ):
+        database.execute_sql(statement)
+
+
 #: Every migration, in order; append only.
 MIGRATIONS: list[tuple[str, Callable[[PostgresqlMigrator], None]]] = [
     ("0001_initial", _0001_initial),
@@ -208,6 +225,7 @@ MIGRATIONS: list[tuple[str, Callable[[PostgresqlMigrator], None]]] = [
     ("0004_submission_status_check", _0004_submission_status_check),
     ("0005_idempotency_keys", _0005_idempotency_keys),
     ("0006_outcome_counters", _0006_outcome_counters),
+    ("0007_invalid_records", _0007_invalid_records),
 ]
 
 

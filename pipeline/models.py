@@ -94,6 +94,32 @@ class Batch(_Base):
         table_name = "batches"
 
 
+class InvalidRecord(_Base):
+    """An invalid record of a batch as its client sent it (``pipeline/invalid_records.py``), kept for
+    ``INVALID_RECORD_RETENTION_S``: ``data`` when it parsed as an object, else ``raw``."""
+
+    id = CharField(primary_key=True, max_length=128)
+    batch_id = CharField(max_length=128, index=True)
+    row = IntegerField()
+    data = BinaryJSONField(null=True, index=False)
+    raw = BinaryJSONField(null=True, index=False)
+    created_at = DateTimeTZField(default=_now, index=True)
+
+    class Meta:
+        table_name = "invalid_records"
+
+
+class InvalidRecordHeader(_Base):
+    """The header of a CSV batch that has kept invalid records, its cells as uploaded."""
+
+    batch_id = CharField(primary_key=True, max_length=128)
+    header = BinaryJSONField(index=False)
+    created_at = DateTimeTZField(default=_now, index=True)
+
+    class Meta:
+        table_name = "invalid_record_headers"
+
+
 class IdempotencyKey(_Base):
     """An ``Idempotency-Key`` of a caller and the submission it stands for (``web/idempotency.py``).
 

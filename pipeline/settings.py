@@ -151,6 +151,9 @@ DATABASE_URL = _database_url(os.environ)
 UNIQUE_FIELDS = _list("UNIQUE_FIELDS", "name,age")
 #: Largest ``additional_info`` kept for a user, in bytes of JSON.
 MAX_ADDITIONAL_INFO_BYTES = _int("MAX_ADDITIONAL_INFO_BYTES", 16 * 1024, minimum=0)
+#: Seconds an invalid record of a batch (personal data, as the client sent it) is kept for the batch's
+#: invalid-rows file after it was processed; then it is deleted.  0 keeps none.
+INVALID_RECORD_RETENTION_S = _int("INVALID_RECORD_RETENTION_S", 7 * 24 * 3600, minimum=0)
 
 # --- Kafka -------------------------------------------------------------------------------------------------
 _ENV = os.environ
@@ -235,6 +238,7 @@ class WebSettings:
     single_linger_ms: int = SINGLE_LINGER_MS
     single_max_records: int = SINGLE_MAX_RECORDS
     idempotency_key_retention_s: int = IDEMPOTENCY_KEY_RETENTION_S
+    invalid_record_retention_s: int = INVALID_RECORD_RETENTION_S
     #: Longest wait for one broker call before answering 503, in seconds: Kafka's send timeout plus slack.
     enqueue_timeout_seconds: float = KAFKA_SEND_TIMEOUT_MS / 1000 + 2
 

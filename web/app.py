@@ -11,6 +11,7 @@ POST     /api/users                       JSON array, NDJSON, CSV or a multipart
 GET      /api/submissions/{id}            outcome of a submission (200), or 202 while queued
 GET      /api/batches                     recent batches, newest first, with progress and rate
 GET      /api/batches/{id}                state, counts and invalid/failed items of a batch
+GET      /api/batches/{id}/invalid.csv    its invalid records as a file (``.ndjson`` too; web/invalid_rows.py)
 GET      /api/reports/throughput          outcomes per interval over the last hour, and lag
 GET      /api/reports/age-distribution    share of stored users per age group
 GET      /api/users                       stored users, filtered by name, by pages
@@ -45,7 +46,7 @@ from pipeline import logs, settings
 from pipeline.broker import build_broker
 from pipeline.contract import QUEUE, Status
 from pipeline.settings import WebSettings
-from web import batch_list, failed, reads, throughput, ui
+from web import batch_list, failed, invalid_rows, reads, throughput, ui
 from web.auth import BearerTokenMiddleware
 from web.batches import accept_records
 from web.bodies import BodyChunks, ByteLimit, body_stream, file_chunks, read_body, spool
@@ -298,14 +299,14 @@ def create_app(
         Route("/api/submissions/{id}", reads.get_submission, methods=["GET"]),
         Route("/api/batches", batch_list.list_batches, methods=["GET"]),
         Route("/api/batches/{id}", reads.get_batch, methods=["GET"]),
+        *invalid_rows.routes,  # GET /api/batches/{id}/invalid.csv, .ndjson
         Route("/api/reports/throughput", throughput.throughput, methods=["GET"]),
         Route("/api/reports/age-distribution", reads.age_distribution, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", reads.readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi_endpoint, methods=["GET"]),
-        # The operator page at "/" and its two reads (web/ui.py).
-        *ui.routes,
+        *ui.routes,  # the operator page at "/" and its two reads
         *failed.routes,  # the failed-message topic, listed, replayed and purged
     ]
     own_broker = broker is None

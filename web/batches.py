@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from pipeline.contract import BatchRecord
 from web import parsing
 from web.enqueue import Enqueuer, chunk_message, register_batch_message
 from web.errors import ApiError, InvalidBody, PayloadTooLarge
@@ -37,6 +38,23 @@ PARSERS: dict[str, Parser] = {
     "ndjson": parsing.iter_ndjson,
     "csv": parsing.iter_csv,
 }
+
+
+def _batch_record(batch_id: str, record: parsing.ParsedRecord, *, first_of_chunk: bool) -> BatchRecord:
+    """The record as ``validate_users`` takes it.  What could not be parsed travels as ``raw``, and a CSV
+    header on each chunk's first record, so that the worker can keep an invalid record for the
+    invalid-rows file (``web/invalid_rows.py``)."""
+    sent: BatchRecord = {
+        "id": record_id(batch_id, record.row),
+        "row": record.row,
+        "data": record.data,
+        "errors": record.errors,  # type: ignore[typeddict-item]
+    }
+    if record.raw is not None:
+        sent["raw"] = record.raw
+    if first_of_chunk and record.header is not None:
+        sent["header"] = record.header
+    return sent
 
 
 def accept_records(
@@ -64,14 +82,7 @@ def accept_records(
             count += 1
             if count > max_records:
                 raise PayloadTooLarge(f"a batch may hold at most {max_records} records")
-            chunk.append(
-                {
-                    "id": record_id(batch_id, record.row),
-                    "row": record.row,
-                    "data": record.data,
-                    "errors": record.errors,
-                }
-            )
+            chunk.append(_batch_record(batch_id, record, first_of_chunk=not chunk))
             if len(chunk) >= chunk_size:
                 group.append(chunk_message(batch_id, source, chunk))
                 chunk = []

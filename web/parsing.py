@@ -19,6 +19,7 @@ Rules shared by every form:
 Per-record problems that do not stop the batch (the record then carries ``errors`` and ``data`` ``None``):
 an element of a JSON array or an NDJSON line that is not an object (field ``_row`` / ``_line``), an NDJSON
 line that is not JSON (``_line``), a CSV row with more or fewer cells than the header (``_row``).
+A file exported by ``GET /api/batches/<id>/invalid.*`` reads as its records were: ``web/invalid_file.py``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.contract import storable_text
+from web import invalid_file
 from web.errors import InvalidBody, Malformed, PayloadTooLarge
 
 #: Deepest nesting of objects and arrays accepted in a record (the record itself is level 1).
@@ -50,6 +52,10 @@ class ParsedRecord:
     row: int
     data: dict[str, Any] | None
     errors: list[dict[str, str]] = field(default_factory=list)
+    #: What could not be made an object (``data`` None): a CSV row's cells, a JSON value's or line's text.
+    raw: Any = None
+    #: A CSV batch's header cells as uploaded (the same list for every row).
+    header: list[str] | None = None
 
 
 def _reject_constant(name: str) -> Any:
@@ -172,16 +178,17 @@ def _json_type(value: Any) -> str:
 
 def _record(row: int, value: Any, field_name: str, what: str) -> ParsedRecord:
     if isinstance(value, dict):
-        return ParsedRecord(row, value)
+        return ParsedRecord(row, invalid_file.drop_marker_keys(value))
     return ParsedRecord(
         row,
         None,
         [{"field": field_name, "message": f"{what} {row} is {_json_type(value)}, not a JSON object"}],
+        raw=json.dumps(value),
     )
 
 
-def _unstorable_record(row: int, exc: _Unstorable, field_name: str) -> ParsedRecord:
-    return ParsedRecord(row, None, [{"field": exc.path or field_name, "message": exc.message}])
+def _unstorable_record(row: int, exc: _Unstorable, field_name: str, raw: str) -> ParsedRecord:
+    return ParsedRecord(row, None, [{"field": exc.path or field_name, "message": exc.message}], raw=raw)
 
 
 def _texts(chunks: Iterable[bytes], *, code: str) -> Iterator[str]:
@@ -281,7 +288,7 @@ def iter_json_array(chunks: Iterable[bytes], *, max_record_bytes: int) -> Iterat
             _check_storable(value, body.text[body.position : end])
             yield _record(row, value, "_row", "row")
         except _Unstorable as exc:
-            yield _unstorable_record(row, exc, "_row")
+            yield _unstorable_record(row, exc, "_row", json.dumps(value))
         body.position = end
         if not body.skip_whitespace():
             raise Malformed("the JSON array is not closed (was the body cut short?)")
@@ -349,19 +356,12 @@ def iter_ndjson(chunks: Iterable[bytes], *, max_record_bytes: int) -> Iterator[P
         try:
             value = _loads(line)
         except _Unstorable as exc:
-            yield _unstorable_record(row, exc, "_line")
+            yield _unstorable_record(row, exc, "_line", storable_text(line.strip(" \t\r\n")))
             continue
         except ValueError as exc:
-            yield ParsedRecord(
-                row,
-                None,
-                [
-                    {
-                        "field": "_line",
-                        "message": f"line {row} is not valid JSON: {_describe_json_error(exc, where=False)}",
-                    }
-                ],
-            )
+            message = f"line {row} is not valid JSON: {_describe_json_error(exc, where=False)}"
+            raw = storable_text(line.strip(" \t\r\n"))
+            yield ParsedRecord(row, None, [{"field": "_line", "message": message}], raw=raw)
             continue
         yield _record(row, value, "_line", "line")
 
@@ -452,25 +452,33 @@ def iter_csv(chunks: Iterable[bytes], *, max_record_bytes: int) -> Iterator[Pars
     # strict: a quote left open at the end of the body (a cut-off upload) is an error, not a value.
     reader = csv.reader(lines, strict=True)
     paths: list[tuple[str, ...]] | None = None
+    header: list[str] = []
+    markers: tuple[int, ...] = ()  # the columns of a file exported by GET /api/batches/<id>/invalid.csv
     row = 0
     try:
         for cells in reader:
             if not cells or all(cell == "" for cell in cells):
                 continue
             if paths is None:
-                paths = parse_csv_header(cells)
+                markers = invalid_file.marker_columns(cells)
+                header = invalid_file.without_markers(cells, markers)
+                paths = parse_csv_header(header)
                 continue
             row += 1
+            cells = invalid_file.without_markers(cells, markers)
             if len(cells) != len(paths):
                 message = f"row {row} has {len(cells)} fields, the header has {len(paths)}"
-                yield ParsedRecord(row, None, [{"field": "_row", "message": message}])
+                raw = [storable_text(cell) for cell in cells]
+                yield ParsedRecord(row, None, [{"field": "_row", "message": message}], raw, header)
                 continue
             bad = next((index for index, cell in enumerate(cells) if "\x00" in cell), None)
             if bad is not None:
                 message = "the value contains a NUL character (\\u0000), which cannot be stored"
-                yield ParsedRecord(row, None, [{"field": ".".join(paths[bad]), "message": message}])
+                raw = [storable_text(cell) for cell in cells]
+                error = {"field": ".".join(paths[bad]), "message": message}
+                yield ParsedRecord(row, None, [error], raw, header)
                 continue
-            yield ParsedRecord(row, _nest(paths, cells))
+            yield ParsedRecord(row, _nest(paths, cells), header=header)
     except csv.Error as exc:
         if "field larger than field limit" in str(exc):  # a quoted value spanning many short lines
             raise PayloadTooLarge(
