@@ -11,6 +11,7 @@ download is never used (it cannot be fetched here).  The screenshot is saved as
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg2
 import pytest
 
 from tests.conftest import in_ci
@@ -307,5 +309,175 @@ def test_the_page_sends_a_file_again_under_its_key_and_a_file_chosen_again_under
     assert keys[1] == keys[2] == keys[0]
     assert replayed_batch == first_batch
     assert keys[3] is not None and UUID_KEY.fullmatch(keys[3]) and keys[3] != keys[0]
+    assert script_errors == []
+    page.close()
+
+
+# ======================================================================================================
+# The operator's view: recent batches, invalid rows as a file, throughput, failed messages
+# ======================================================================================================
+
+
+def open_with_token(browser: object, live_server: LiveServer) -> tuple[Any, list[str]]:
+    """The page in a new tab, the token entered; and the list its script errors go to."""
+    page = browser.new_page(viewport={"width": 1280, "height": 1000}, accept_downloads=True)  # type: ignore[attr-defined]
+    script_errors: list[str] = []
+    page.on("pageerror", lambda error: script_errors.append(str(error)))
+    page.goto(live_server.url + "/")
+    page.wait_for_selector("#auth:not([hidden])")
+    page.fill("#token", live_server.token)
+    page.click("#auth-form button[type=submit]")
+    return page, script_errors
+
+
+def upload_on_page(page: Any, path: Path) -> str:
+    """Upload ``path`` with the page's form; the batch id it was accepted as."""
+    page.set_input_files("#file", str(path))
+    page.click("#upload-button")
+    page.wait_for_selector("#upload-status[data-kind=ok]")
+    return page.text_content("#batch-id") or ""
+
+
+def corrected(exported: str) -> str:
+    """The invalid rows of ``users_csv`` set right (an age, no email, every column), markers kept."""
+    import csv
+    import io
+
+    rows = list(csv.DictReader(io.StringIO(exported)))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]), restval="", lineterminator="\r\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**{k: v or "" for k, v in row.items() if k is not None}, "age": "40", "email": ""})
+    return out.getvalue()
+
+
+def test_a_batch_uploaded_on_the_page_is_listed_fills_its_bar_and_its_invalid_rows_corrected_upload_clean(
+    live_server: LiveServer, browser: object, tmp_path: Path
+) -> None:
+    # Given the page with the token, and a CSV of users (25 invalid rows, 1 duplicate)
+    tag = uuid.uuid4().hex[:8]
+    path = tmp_path / f"users-{tag}.csv"
+    path.write_text(users_csv(tag, generated=60), encoding="utf-8")
+    records = users_csv(tag, generated=60).count("\r\n") - 1
+    page, script_errors = open_with_token(browser, live_server)
+
+    # When it is uploaded on the page
+    batch_id = upload_on_page(page, path)
+
+    # Then the batch is in the list of recent batches, under its file's name, and its bar fills
+    listed = f'#batches tr[data-batch-id="{batch_id}"]'
+    page.wait_for_selector(listed, timeout=BATCH_WAIT_MS)
+    assert path.name in (page.text_content(listed) or "")
+    page.wait_for_selector(f'{listed} .stack[data-percent="100"]', timeout=BATCH_WAIT_MS)
+    page.wait_for_selector(f'{listed}[data-state="completed"]')
+    in_database = live_server.outcome_counts(batch_id)
+    stored = records - EXPECTED_INVALID - EXPECTED_DUPLICATE
+    assert in_database == {"stored": stored, "invalid": EXPECTED_INVALID, "duplicate": EXPECTED_DUPLICATE}
+    shown = page.text_content(f"{listed} .progress-col") or ""
+    assert f"{EXPECTED_INVALID} invalid" in shown and "1 duplicate" in shown
+    widths = page.eval_on_selector_all(
+        f"{listed} .segment", "nodes => nodes.map(n => [n.dataset.status, parseFloat(n.style.width)])"
+    )
+    assert dict(widths)["invalid"] == pytest.approx(100 * EXPECTED_INVALID / records, abs=0.01)
+    assert sum(width for _, width in widths) == pytest.approx(100, abs=0.01)
+
+    # When its invalid rows are downloaded from the list
+    with page.expect_download() as download:
+        page.click(f"{listed} a.invalid-link")
+    exported = Path(download.value.path()).read_text(encoding="utf-8")
+
+    # Then the file holds every invalid row, in the uploader's columns, with its row number and errors
+    lines = exported.splitlines()
+    assert lines[0].startswith("_row,_errors,") and "name.firstName" in lines[0]
+    assert len(lines) == 1 + EXPECTED_INVALID
+    assert [line.split(",")[0] for line in lines[1:3]] == ["2", "5"]
+
+    # When the file, corrected, is uploaded as it is
+    fixed = tmp_path / f"fixed-{tag}.csv"
+    fixed.write_text(corrected(exported), encoding="utf-8")
+    fixed_batch = upload_on_page(page, fixed)
+
+    # Then it is a clean batch: every row stored, none invalid
+    fixed_row = f'#batches tr[data-batch-id="{fixed_batch}"]'
+    page.wait_for_selector(f'{fixed_row} .stack[data-percent="100"]', timeout=BATCH_WAIT_MS)
+    assert live_server.outcome_counts(fixed_batch) == {"stored": EXPECTED_INVALID}
+    assert page.locator(f"{fixed_row} a.invalid-link").count() == 0
+
+    # and the throughput chart counts what the database says reached an outcome in the last hour
+    [(last_hour,)] = live_server.sql(
+        "SELECT count(*) FROM submissions "
+        "WHERE updated_at >= date_trunc('minute', now()) - interval '59 minutes'"
+    )
+    page.wait_for_function(
+        f"Number(document.querySelector('#throughput-chart').dataset.total) >= {last_hour}", timeout=30_000
+    )
+    assert page.locator("#throughput-chart rect.bar-stored").count() >= 1
+    assert re.fullmatch(r"[\d,]+ waiting", page.text_content("#throughput-lag") or "")
+    assert script_errors == []
+    page.screenshot(path=str(ARTIFACTS / "operator-page-batches.png"), full_page=True)
+    page.close()
+
+
+def test_a_failed_message_is_listed_on_the_page_and_replayed_from_it(
+    live_server: LiveServer, browser: object, kafka_bootstrap_servers: str
+) -> None:
+    # Given a submission marked failed, and its message on the failed-message topic (as a worker leaves
+    # them when the database stays away past the retries)
+    import dramatiq
+
+    from pipeline.contract import PERSIST_USERS, QUEUE
+    from pipeline.validation import validate_record
+    from tests.broker.conftest import make_kafka_broker
+
+    tag = uuid.uuid4().hex[:8]
+    submission_id = f"replayed-{tag}"
+    reason = f"OperationalError: the database went away ({tag})"
+    with psycopg2.connect(live_server.database_url) as connection, connection.cursor() as cursor:
+        errors_json = json.dumps([{"field": "_system", "message": reason}])
+        cursor.execute(
+            "INSERT INTO submissions (id, status, errors) VALUES (%s, 'failed', %s)",
+            (submission_id, errors_json),
+        )
+    user, errors = validate_record({"name": f"Replayed {tag}", "age": 33}, source="json")
+    result = {"id": submission_id, "row": None, "batch_id": None, "user": user, "errors": errors}
+    message = dramatiq.Message(
+        queue_name=QUEUE, actor_name=PERSIST_USERS, args=([result],), kwargs={}, options={"retries": 5}
+    )
+    broker = make_kafka_broker(kafka_bootstrap_servers, live_server.topic_prefix)
+    try:
+        broker.declare_queue(QUEUE)
+        broker.dead_letter_raw(QUEUE, message.encode(), reason, origin="users:0:1")
+    finally:
+        broker.close()
+    page, script_errors = open_with_token(browser, live_server)
+    questions: list[str] = []
+
+    def accept(dialog: Any) -> None:
+        questions.append(dialog.message)
+        dialog.accept()
+
+    page.on("dialog", accept)
+
+    # When the operator lists the failed messages and replays them
+    page.wait_for_function(
+        f"document.querySelector('#failed tbody')?.textContent.includes('{tag}')", timeout=30_000
+    )
+    listed = int(page.get_attribute("#failed-card", "data-listed") or "0")
+    row_text = page.text_content("#failed tbody") or ""
+    page.click("#failed-replay")
+    page.wait_for_selector("#failed-status[data-kind=ok]")
+
+    # Then they asked first, replayed exactly what was listed, and the record got its real outcome
+    assert "persist_users" in row_text and reason in row_text
+    assert len(questions) == 1 and f"Replay the {listed} failed message" in questions[0]
+    assert (page.text_content("#failed-status") or "").startswith(f"Replayed {listed}")
+    for _ in range(120):
+        [(status,)] = live_server.sql("SELECT status FROM submissions WHERE id = %s", submission_id)
+        if status == "stored":
+            break
+        page.wait_for_timeout(500)
+    assert status == "stored"
+    page.wait_for_function("document.querySelector('#failed-card').dataset.listed === '0'", timeout=30_000)
     assert script_errors == []
     page.close()
