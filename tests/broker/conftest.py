@@ -63,6 +63,17 @@ def kafka_broker(kafka_bootstrap_servers: str, topic_prefix: str) -> Iterator[Ka
 
 
 @pytest.fixture
+def kafka_share_broker(kafka_bootstrap_servers: str, topic_prefix: str) -> Iterator[KafkaBroker]:
+    """A KafkaBroker in share mode: its queues are consumed by share groups (KIP-932)."""
+    broker = make_kafka_broker(kafka_bootstrap_servers, topic_prefix, group_type="share")
+    broker.emit_after("process_boot")
+    dramatiq.set_broker(broker)
+    yield broker
+    delete_topics(broker)
+    broker.close()
+
+
+@pytest.fixture
 def stub_broker() -> Iterator[StubBroker]:
     broker = StubBroker(middleware=fast_middleware())
     broker.emit_after("process_boot")
@@ -72,9 +83,10 @@ def stub_broker() -> Iterator[StubBroker]:
     broker.close()
 
 
-@pytest.fixture(params=["stub", "kafka"])
+@pytest.fixture(params=["stub", "kafka", "kafka_share"])
 def broker(request: pytest.FixtureRequest) -> dramatiq.Broker:
-    """The behaviour suite runs against both brokers: what holds for StubBroker must hold for KafkaBroker."""
+    """The behaviour suite runs against StubBroker and KafkaBroker in both group types: what holds for
+    StubBroker must hold for KafkaBroker, with consumer groups or share groups."""
     return request.getfixturevalue(f"{request.param}_broker")
 
 
