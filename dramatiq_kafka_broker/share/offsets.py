@@ -11,7 +11,8 @@ starts at the earliest offset (``share.auto.offset.reset=earliest``, which
 
 :class:`ShareGroupAdmin` is :class:`~..admin.KafkaAdmin` for a broker in share mode: its ``lag`` (read by
 ``join``, the web's ``/metrics`` and overview, and autoscalers through them), ``ping`` (``/readyz``: also
-whether the cluster has share groups) and ``group_state`` read the share group instead of the classic one.
+whether the cluster has share groups) and ``group_state`` read a queue's share group instead of a consumer
+group (a delay queue keeps its consumer group: ``.layout.ShareTopicLayout``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from dramatiq.common import dq_name
+from dramatiq.common import dq_name, q_name
 from kafka.errors import KafkaError
 
 from .. import compat
@@ -130,7 +131,10 @@ class ShareGroupAdmin(KafkaAdmin):
         check_share_support(self.clients)
 
     def lag(self, queue_name: str) -> dict[int, int]:
-        """Messages of a queue (or ``.DQ``) not yet settled by its share group, per partition."""
+        """Messages of a queue not yet settled by its share group, per partition; of a delay queue (``.DQ``,
+        which keeps its consumer group) not yet acked, as :meth:`KafkaAdmin.lag` counts them."""
+        if queue_name != q_name(queue_name):
+            return super().lag(queue_name)
         starts, ends = self._bounds(self.layout.topic_for(queue_name))
         topic = self.layout.topic_for(queue_name)
         group = self.layout.group_for(queue_name)
@@ -144,9 +148,13 @@ class ShareGroupAdmin(KafkaAdmin):
         )
 
     def group_state(self, queue_name: str) -> str:
-        """Each topic's lag and the share group's start offsets (for a timed-out join)."""
+        """The queue's lag and its share group's start offsets, and its delay queue's lag and consumer group
+        (for a timed-out join)."""
         parts = []
         for name in (queue_name, dq_name(queue_name)):
+            if name != q_name(name):
+                parts.append(super().group_state(name).partition("; ")[0])
+                continue
             try:
                 topic, group = self.layout.topic_for(name), self.layout.group_for(name)
                 partitions = sorted(tp.partition for tp in self._partitions(topic))

@@ -23,6 +23,7 @@ from dramatiq_kafka_broker import KafkaBroker, MissingRight, compat
 from dramatiq_kafka_broker.share import admin as share_admin
 from dramatiq_kafka_broker.share import protocol
 from dramatiq_kafka_broker.share.offsets import ShareGroupAdmin, describe_share_group_offsets
+from tests.broker.conftest import delete_topics, make_kafka_broker
 
 #: How long a test waits for the share group to assign partitions, in seconds.
 ASSIGNMENT_TIMEOUT_S = 20
@@ -57,6 +58,11 @@ def _set_limit(broker: KafkaBroker, group_id: str, limit: int) -> None:
     )
     answer = broker.clients.admin_call("alter_configs", [resource], raise_on_unknown=False, incremental=True)
     assert answer == {"group": {group_id: "OK"}}
+    # Kafka answers before its metadata shows the change
+    deadline = time.monotonic() + 10
+    while _group_configs(broker, group_id)[share_admin.DELIVERY_COUNT_LIMIT] != str(limit):
+        assert time.monotonic() < deadline, "the group's limit never showed"
+        time.sleep(0.05)
 
 
 # -- the cluster ---------------------------------------------------------------------------------------------
@@ -245,17 +251,13 @@ class _Member:
         )
 
 
-def _share_admin(broker: KafkaBroker) -> ShareGroupAdmin:
-    """The admin a broker in share mode has, on this broker's clients and layout."""
-    return ShareGroupAdmin(
-        broker.clients,
-        broker.layout,
-        declared_queues=broker.get_declared_queues,
-        ensure_topics=broker.ensure_topics,
-        enqueue_confirmed=broker._enqueue_confirmed,
-        flush=broker.flush,
-        forget_failures=broker._forget_failures,
-    )
+@pytest.fixture
+def share_broker(kafka_bootstrap_servers: str, topic_prefix: str) -> Iterator[KafkaBroker]:
+    """A KafkaBroker in share mode, on this test's own topics and groups."""
+    broker = make_kafka_broker(kafka_bootstrap_servers, topic_prefix, group_type="share")
+    yield broker
+    delete_topics(broker)
+    broker.close()
 
 
 def _produce(broker: KafkaBroker, topic: str, count: int) -> None:
@@ -263,11 +265,13 @@ def _produce(broker: KafkaBroker, topic: str, count: int) -> None:
     broker.clients.wait(futures)
 
 
-def test_share_lag_counts_every_record_then_less_once_some_are_accepted(kafka_broker):
+def test_share_lag_counts_every_record_then_less_once_some_are_accepted(share_broker):
     # Given a queue of 3 partitions holding 12 records, whose share group no worker has joined yet
+    kafka_broker = share_broker
     kafka_broker.declare_queue("shared")
     kafka_broker.ensure_topics("shared")
-    admin = _share_admin(kafka_broker)
+    admin = kafka_broker.admin
+    assert isinstance(admin, ShareGroupAdmin)
     group, topic = kafka_broker.group_for("shared"), kafka_broker.topic_for("shared")
     share_admin.prepare_share_group(kafka_broker.clients, group, delivery_limit=4)
     _produce(kafka_broker, topic, 12)
@@ -297,16 +301,19 @@ def test_share_lag_counts_every_record_then_less_once_some_are_accepted(kafka_br
         member.leave()
 
 
-def test_a_share_group_nobody_joined_lags_by_everything_and_is_described_without_state(kafka_broker):
-    # Given a queue with 4 records and a share group that was never joined
+def test_a_share_group_nobody_joined_lags_by_everything_and_is_described_without_state(share_broker):
+    # Given a queue with 4 records and a share group that was never joined, and a delay queue with 2
+    kafka_broker = share_broker
     kafka_broker.declare_queue("unjoined")
     kafka_broker.ensure_topics("unjoined")
     topic = kafka_broker.topic_for("unjoined")
     _produce(kafka_broker, topic, 4)
-    # Then Kafka knows no start offset for it, and its lag is the 4 records
+    _produce(kafka_broker, kafka_broker.topic_for("unjoined.DQ"), 2)
+    # Then Kafka knows no start offset for it, and its lag is the 4 records; the delay queue's consumer
+    # group (classic in share mode too) lags by its 2
     described = describe_share_group_offsets(
         kafka_broker.clients, kafka_broker.group_for("unjoined"), topic, [0, 1, 2]
     )
     assert {o.start_offset for o in described.values()} == {-1}
-    assert _share_admin(kafka_broker).lag("unjoined") == kafka_broker.admin.lag("unjoined")
-    assert sum(_share_admin(kafka_broker).lag("unjoined").values()) == 4
+    assert sum(kafka_broker.admin.lag("unjoined").values()) == 4
+    assert sum(kafka_broker.admin.lag("unjoined.DQ").values()) == 2
