@@ -40,6 +40,13 @@ READY_TIMEOUT_SECONDS = 2.0
 #: Longest ``name`` filter accepted by ``GET /api/users``.
 MAX_NAME_FILTER = 200
 
+#: A batch's outcomes from the counters the triggers of migration 0006 keep (at most 8 rows a batch): a
+#: COUNT over the submissions of a batch of a million records read them all at every poll of the page.
+_BATCH_COUNTS = (
+    "SELECT coalesce(sum(stored), 0), coalesce(sum(duplicate), 0), coalesce(sum(invalid), 0), "
+    "coalesce(sum(failed), 0) FROM batch_outcomes WHERE batch_id = %s"
+)
+
 # Errors that mean "the database is not there", as opposed to a bug in a query.
 _UNAVAILABLE = (peewee.OperationalError, peewee.InterfaceError)
 
@@ -175,15 +182,8 @@ async def get_batch(request: Request) -> Response:
         models = _models()
         Submission = models.Submission
         batch = models.Batch.get_or_none(models.Batch.id == batch_id)
-        counts: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
-        grouped = (
-            Submission.select(Submission.status, peewee.fn.COUNT(Submission.id).alias("n"))
-            .where(Submission.batch_id == batch_id)
-            .group_by(Submission.status)
-            .tuples()
-        )
-        for status, number in grouped:
-            counts[status] = counts.get(status, 0) + number
+        totals = models.database.execute_sql(_BATCH_COUNTS, (batch_id,)).fetchone()
+        counts: dict[str, int] = {status: int(n) for status, n in zip(OUTCOMES, totals, strict=True)}
         items = list(
             Submission.select(Submission.id, Submission.row, Submission.status, Submission.errors)
             .where(

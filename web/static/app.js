@@ -533,7 +533,7 @@
 
   function drawThroughput(report) {
     const chart = $("throughput-chart");
-    const [width, height, top] = [600, 160, 14];
+    const [width, height, top] = [600, 160, 4];
     const totals = report.series.map((point) => STACKED.reduce((sum, s) => sum + point[s], 0));
     const largest = Math.max(...totals, 1);
     const step = width / Math.max(report.series.length, 1);
@@ -551,9 +551,7 @@
         nodes.push(rect);
       }
     });
-    const label = svg("text", { x: 4, y: 11, class: "chart-label" });
-    label.textContent = `${number.format(largest)} / ${report.interval_seconds / 60} min`;
-    nodes.push(label);
+    $("throughput-scale").textContent = `top: ${number.format(largest)} records / ${report.interval_seconds / 60} min`;
     chart.replaceChildren(...nodes);
     const all = totals.reduce((a, b) => a + b, 0);
     chart.dataset.total = String(all);
