@@ -266,10 +266,15 @@ async def list_failed(request: Request) -> Response:
 
 async def _requested_snapshot(request: Request) -> Snapshot:
     """The snapshot of a replay or purge body: ``application/json`` ``{"snapshot": "f1...."}``."""
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    media, *parameters = request.headers.get("content-type", "").lower().split(";")
+    charset = next(
+        (v for k, _, v in (p.partition("=") for p in parameters) if k.strip() == "charset"), "utf-8"
+    )
     # JSON only: a cross-site form cannot send it without the browser asking first (CORS).
-    if media != "application/json":
-        raise UnsupportedMediaType(f"send {{'snapshot': ...}} as application/json, not {media or 'nothing'}")
+    if media.strip() != "application/json" or charset.strip().strip('"') not in {"utf-8", "utf8"}:
+        raise UnsupportedMediaType(
+            f"send {{'snapshot': ...}} as UTF-8 application/json, not {media or 'nothing'}"
+        )
     ByteLimit(MAX_ACTION_BODY_BYTES).check_declared(request)
     body = parse_object(await read_body(request, MAX_ACTION_BODY_BYTES))
     snapshot = body.get("snapshot")
