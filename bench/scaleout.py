@@ -4,6 +4,7 @@
     python -m bench.scaleout --only curve --hosts 1,2,4 --rows 20000
     python -m bench.scaleout --only events --rounds 5
     python -m bench.scaleout --only soak --soak-minutes 10 --soak-hosts 4
+    python -m bench.scaleout --only groups --rows 20000 --rounds 2   # 4 hosts: classic vs share group
 
 A *host* is the Procfile's worker line run with one process (``dramatiq pipeline --processes 1``, so one
 group member per host) in a CPU cgroup of its own capped at ``--cap`` of a core (``tests.livestack.CpuCap``,
@@ -23,6 +24,13 @@ The cap of the speed-up that a consumer group allows is ``P / ceil(P / N)`` for 
 the oldest host leaves by SIGTERM, 12 s later another is SIGKILLed (then the round restores two hosts).
 For each event: the longest stretch in which no host stored anything (distinct ``users.created_at``, one
 per storing transaction) in the 8 s before the event, and in the ``--after`` seconds from it.
+
+**Group types** (``--only groups``): on a queue of ``--group-partitions`` (2) partitions, ``--group-hosts``
+(4) hosts in a classic consumer group (where hosts beyond the partitions idle), then the same hosts in a
+share group (``KAFKA_GROUP_TYPE=share``, KIP-932: every host reads every partition), each on a stack of its
+own: the curve's point for that many hosts (rows/s of a CSV, single posts' latency, CPU) and their ratio;
+then, in the share group, ``--rounds`` rounds of the events above (a host joins, one leaves, one crashes)
+and the longest stretches without a store around each.
 
 **Soak** (``--only soak``): single posts at ``--rate`` for ``--soak-minutes`` on ``--soak-hosts`` hosts; the
 resident memory, threads and open file descriptors of the web and of each worker process every 10 s, the
@@ -136,10 +144,13 @@ def reap(run: Run) -> None:
 
 
 def _assignments(host: Host, topic: str) -> int:
+    """How often the host's consumer of ``topic`` was given its partitions (a consumer group's or a share
+    group's assignment, as each logs it)."""
     try:
-        return host.log.read_text(errors="replace").count(f"Partitions assigned to {topic}:")
+        text = host.log.read_text(errors="replace")
     except OSError:
         return 0
+    return text.count(f"Partitions assigned to {topic}:") + text.count(f" assigned {topic}: ")
 
 
 def settle(run: Run, timeout: float = 90.0) -> float:
@@ -408,6 +419,76 @@ def summarize_events(rounds: list[dict[str, Any]]) -> dict[str, dict[str, float]
             "added_max": max(r[f"{event}_after"] - r[f"{event}_before"] for r in rounds),
         }
     return out
+
+
+# -- group types -----------------------------------------------------------------------------------------
+def group_types(options: argparse.Namespace) -> dict[str, Any]:
+    """The same hosts on a queue of few partitions in a consumer group, then in a share group; and, in the
+    share group, hosts joining and leaving.  Each group type on a stack of its own (topics, database)."""
+    partitions, hosts = options.group_partitions, options.group_hosts
+    found: dict[str, Any] = {"partitions": partitions, "hosts": hosts}
+    for group_type in ("classic", "share"):
+        _say(f"groups: {hosts} hosts in a {group_type} group on {partitions} partitions")
+        opts = argparse.Namespace(**{**vars(options), "partitions": partitions})
+        env = {**_stack_env(opts), "KAFKA_GROUP_TYPE": group_type}
+        stack = new_stack(
+            ",".join(settings.KAFKA_BOOTSTRAP_SERVERS), settings.DATABASE_URL, kind="scale", env=env
+        )
+        run = Run(options=opts, stack=stack, tag=uuid.uuid4().hex[:6])
+        try:
+            stack.start_web()
+            stack.wait_ready()
+            _say(f"  logs in {stack.logs}")
+            point = measure_point(run, hosts)
+            found[group_type] = point
+            _say(
+                f"  {group_type}: {point['rows_per_s']:.0f} rows/s; hosts {point['host_cores']} cores; "
+                f"singles p50 {point['single_p50_s'] * 1000:.0f} ms p99 {point['single_p99_s'] * 1000:.0f} ms"
+            )
+            if group_type == "share" and options.rounds:
+                for host in list(run.hosts):
+                    remove_host(run, host, signal.SIGTERM)
+                reap(run)
+                found["share_events"] = events(run)
+                found["share_events_summary"] = summarize_events(found["share_events"])
+        finally:
+            for host in list(run.hosts):
+                remove_host(run, host, signal.SIGTERM)
+            reap(run)
+            stack.close(delete_topics=True)
+    found["ratio"] = found["share"]["rows_per_s"] / found["classic"]["rows_per_s"]
+    return found
+
+
+def render_group_types(found: dict[str, Any]) -> str:
+    lines = [
+        f"| {found['hosts']} hosts, {found['partitions']} partitions | rows/s | request->row p50 / p99 "
+        "| hosts' CPU (cores each) | machine busy |",
+        "|---|---:|---|---|---:|",
+    ]
+    for group_type in ("classic", "share"):
+        p = found[group_type]
+        lines.append(
+            f"| {group_type} group | {p['rows_per_s']:.0f} | "
+            f"{p['single_p50_s'] * 1000:.0f} / {p['single_p99_s'] * 1000:.0f} ms | "
+            f"{' '.join(f'{c:.2f}' for c in p['host_cores'])} | {p['machine_busy']:.0%} |"
+        )
+    lines.append(f"\nshare / classic: {found['ratio']:.2f}x")
+    if "share_events_summary" in found:
+        lines.append("\nIn the share group:\n")
+        lines.append(render_events(found["share_events_summary"], len(found["share_events"])))
+    return "\n".join(lines)
+
+
+def _stack_env(options: argparse.Namespace) -> dict[str, str]:
+    """The environment of a run's web and hosts."""
+    return {
+        "KAFKA_PARTITIONS": str(options.partitions),
+        "BATCH_CHUNK_SIZE": str(options.chunk),
+        "WORKER_METRICS_PORT": "0",
+        "WORKER_PROCESSES": "1",
+        **dict(pair.split("=", 1) for pair in options.env),
+    }
 
 
 # -- soak ------------------------------------------------------------------------------------------------
@@ -702,7 +783,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--soak-minutes", type=float, default=10.0, help="length of the soak (10)")
     parser.add_argument("--soak-hosts", type=int, default=4, help="hosts during the soak (4)")
     parser.add_argument("--soak-warmup-s", type=float, default=60.0, help="soak seconds before the baseline")
-    parser.add_argument("--only", default="curve,events", help="curve, events, soak (comma-separated)")
+    parser.add_argument("--group-partitions", type=int, default=2, help="partitions of --only groups (2)")
+    parser.add_argument("--group-hosts", type=int, default=4, help="hosts of --only groups (4)")
+    parser.add_argument(
+        "--only", default="curve,events", help="curve, events, groups, soak (comma-separated)"
+    )
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for web and hosts")
     parser.add_argument("--plot", type=Path, help="also write the curve's PNG here")
     parser.add_argument(
@@ -733,20 +818,25 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     header = facts(options)
     print(header, flush=True)
-    env = {
-        "KAFKA_PARTITIONS": str(options.partitions),
-        "BATCH_CHUNK_SIZE": str(options.chunk),
-        "WORKER_METRICS_PORT": "0",
-        "WORKER_PROCESSES": "1",
-        **dict(pair.split("=", 1) for pair in options.env),
-    }
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    if options.only == {"groups"}:
+        # Stacks of its own, one per group type.
+        found = {"facts": header, "options": {k: str(v) for k, v in vars(options).items()}}
+        try:
+            found["groups"] = group_types(options)
+            print(render_group_types(found["groups"]), flush=True)
+        finally:
+            path = RESULTS_DIR / f"scaleout-groups-{stamp}.json"
+            path.write_text(json.dumps(found, indent=1, default=str))
+            _say(f"figures: {path}")
+        return 0
+    env = _stack_env(options)
     stack = new_stack(
         ",".join(settings.KAFKA_BOOTSTRAP_SERVERS), settings.DATABASE_URL, kind="scale", env=env
     )
     run = Run(options=options, stack=stack, tag=uuid.uuid4().hex[:6])
     results: dict[str, Any] = {"facts": header, "options": {k: str(v) for k, v in vars(options).items()}}
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     try:
         stack.start_web()
         stack.wait_ready()
