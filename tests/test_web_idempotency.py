@@ -3,6 +3,7 @@ PostgreSQL (where keys are remembered): a retried post is the same submission, n
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import threading
@@ -17,14 +18,18 @@ import pytest
 from dramatiq.brokers.stub import StubBroker
 
 from tests.web_support import (
+    LONG_WAIT_S,
     FailingBroker,
     HangingBroker,
+    HeldBroker,
     assert_error,
     batch_records,
     enqueued,
     json_bytes,
     make_client,
+    run,
     single_records,
+    until,
 )
 from web.idempotency import MAX_KEY_LENGTH
 
@@ -208,6 +213,65 @@ def test_of_many_racing_posts_of_one_key_exactly_one_enqueues(keys, web_broker):
     assert len(accepted) == 1
     assert sum(1 for a in answers if a.status_code == 202 and "idempotent-replayed" not in a.headers) == 1
     assert [r["id"] for r in single_records(enqueued(web_broker))] == list(accepted)
+
+
+def _keyed_group(broker: HeldBroker) -> list[Any]:
+    """A first keyed post held in its send, then nine keyed posts that come meanwhile and go together once
+    it ends; the ten answers, after the settlements are written."""
+    app = make_client(broker, single_linger_ms=LONG_WAIT_S * 1000).app
+
+    async def scenario(client: Any, app: Any) -> list[Any]:
+        def keyed(i: int) -> Any:
+            body = {"name": f"user {i}", "age": 20 + i}
+            headers = {**JSON, "Idempotency-Key": f"k{i}"}
+            return asyncio.ensure_future(client.post("/api/user", content=json_bytes(body), headers=headers))
+
+        first = keyed(0)
+        await asyncio.to_thread(broker.holding.wait, LONG_WAIT_S)
+        rest = [keyed(i) for i in range(1, 10)]
+        await until(lambda: app.state.idempotency_keys.waiting_singles == 9)
+        broker.release.set()
+        answers = [await first, *await asyncio.gather(*rest)]
+        await app.state.idempotency_keys.drain()
+        return answers
+
+    return run(app, scenario)
+
+
+def test_keyed_posts_that_arrive_together_are_claimed_together_and_sent_as_one_message(keys):
+    # Given a first keyed post whose send is in flight
+    broker = HeldBroker()
+    # When nine keyed posts come meanwhile
+    answers = _keyed_group(broker)
+    # Then the nine went to Kafka as one message, each under the id its key was claimed for
+    assert [a.status_code for a in answers] == [202] * 10
+    messages = enqueued(broker)
+    assert [len(m.args[0]) for m in messages] == [1, 9]
+    ids = [a.json()["id"] for a in answers]
+    assert [r["id"] for r in single_records(messages)] == ids
+    rows = {row["key"]: row for row in keys()}
+    assert [rows[f"k{i}"]["submission_id"] for i in range(10)] == ids
+    assert {row["state"] for row in rows.values()} == {"accepted"}
+
+
+def test_every_keyed_post_of_a_failed_send_is_503_and_its_retry_keeps_its_id(keys):
+    # Given a first keyed post whose send is in flight, after which Kafka fails
+    broker = HeldBroker(fail_later=True)
+    # When nine keyed posts come meanwhile and go together
+    first, *failed = _keyed_group(broker)
+    # Then each of the nine is refused, its key left for a retry at once with its id
+    assert first.status_code == 202
+    for answer in failed:
+        assert_error(answer, 503, "queue_unavailable")
+    rows = {row["key"]: row for row in keys()}
+    assert [(rows[f"k{i}"]["state"], rows[f"k{i}"]["locked"]) for i in range(1, 10)] == [
+        ("unsure", False)
+    ] * 9
+    broker.fail_later = False
+    with make_client(broker) as client:
+        retried = post_user(client, "k3", {"name": "user 3", "age": 23})
+    assert retried.status_code == 202, retried.text
+    assert retried.json()["id"] == rows["k3"]["submission_id"]
 
 
 # --- Another body, another route ----------------------------------------------------------------------------

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
 import anyio
 import dramatiq
+import httpx
 from dramatiq.brokers.stub import StubBroker
 from starlette.testclient import TestClient
 
@@ -149,3 +151,53 @@ class BatchingBroker(StubBroker):
     def enqueue_many(self, messages: list[dramatiq.Message[Any]]) -> list[dramatiq.Message[Any]]:
         self.groups.append(len(messages))
         return [self.enqueue(m) for m in messages]
+
+
+#: Long enough that no test ends by waiting for it.
+LONG_WAIT_S = 30
+
+
+class HeldBroker(StubBroker):
+    """A StubBroker that holds its first send until ``release`` is set; the sends after it succeed, or fail
+    as when Kafka is down if ``fail_later`` is set.  ``sizes`` lists the records of each message sent."""
+
+    def __init__(self, *, fail_later: bool = False) -> None:
+        super().__init__()
+        self.fail_later = fail_later
+        self.release = threading.Event()
+        self.holding = threading.Event()
+        self.sizes: list[int] = []
+        self._lock = threading.Lock()
+
+    def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> dramatiq.Message[Any]:
+        with self._lock:
+            first = not self.holding.is_set()
+            self.holding.set()
+        if first:
+            self.release.wait(LONG_WAIT_S)
+        elif self.fail_later:
+            raise dramatiq.errors.ConnectionClosed("Kafka is down")
+        with self._lock:
+            self.sizes.append(len(message.args[0]))
+        return super().enqueue(message, delay=delay)
+
+
+Scenario = Callable[[httpx.AsyncClient, Any], Awaitable[Any]]
+
+
+def run(app: Any, scenario: Scenario) -> Any:
+    """Run ``scenario(client, app)`` on an event loop with an HTTP client of ``app``."""
+
+    async def main() -> Any:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            return await scenario(client, app)
+
+    return asyncio.run(main())
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait until ``condition()`` holds (checked every millisecond, for at most ``LONG_WAIT_S``)."""
+    async with asyncio.timeout(LONG_WAIT_S):
+        while not condition():
+            await asyncio.sleep(0.001)

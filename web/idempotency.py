@@ -167,6 +167,12 @@ class IdempotencyKeys:
         )
 
     @property
+    def waiting_singles(self) -> int:
+        """Keyed single posts waiting to be claimed and sent with others (0 before the first)."""
+        writer = self._writers.get("singles")
+        return writer.waiting if writer is not None else 0
+
+    @property
     def lock_s(self) -> float:
         """Seconds a claim holds its key unless renewed (kept by :class:`KeyRows`)."""
         return self.rows.lock_s
