@@ -18,6 +18,7 @@ group (a delay queue keeps its consumer group: ``.layout.ShareTopicLayout``).
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 from dramatiq.common import dq_name, q_name
@@ -25,7 +26,7 @@ from kafka.errors import KafkaError
 
 from .. import compat
 from ..admin import KafkaAdmin
-from ..clients import KafkaClients
+from ..clients import ADMIN_ATTEMPTS, ADMIN_RETRY_BACKOFF_S, KafkaClients
 from ..errors import KafkaConnectionError
 from . import protocol
 from .admin import check_share_support, share_group_error
@@ -34,6 +35,9 @@ from .admin import check_share_support, share_group_error
 MESSAGE = "DescribeShareGroupOffsets"
 #: A group Kafka has no state for yet: GROUP_ID_NOT_FOUND.
 _NO_GROUP = 69
+#: COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR: asked again, with the
+#: coordinator looked up again, up to ``ADMIN_ATTEMPTS`` times.
+_MOVING = {14, 15, 16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,20 +80,34 @@ def describe_share_group_offsets(
             )
         ]
     )
-    response = _send(clients, group_id, request)
-    unknown = {p: SharePartitionOffsets(p, -1, -1) for p in partitions}
+    for attempt in range(1, ADMIN_ATTEMPTS + 1):
+        response = _send(clients, group_id, request)
+        moving = {g.error_code for g in response.groups} & _MOVING
+        if not moving or attempt == ADMIN_ATTEMPTS:
+            return _offsets(response, group_id, topic, partitions)
+        # The group's coordinator moved or is loading (a node restarted): a fresh admin client looks it
+        # up again.
+        clients.discard("_admin")
+        time.sleep(ADMIN_RETRY_BACKOFF_S * attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _offsets(
+    response: Any, group_id: str, topic: str, partitions: list[int]
+) -> dict[int, SharePartitionOffsets]:
+    found = {p: SharePartitionOffsets(p, -1, -1) for p in partitions}
     for group in response.groups:
         _raise_for(group_id, group.error_code, group.error_message, topic, allow=_NO_GROUP)
         if group.error_code == _NO_GROUP:
-            return unknown
+            return found
         for described in group.topics:
             for p in described.partitions:
                 _raise_for(group_id, p.error_code, p.error_message, topic)
                 lag = getattr(p, "lag", -1)
-                unknown[p.partition_index] = SharePartitionOffsets(
+                found[p.partition_index] = SharePartitionOffsets(
                     p.partition_index, p.start_offset, -1 if lag is None else lag
                 )
-    return unknown
+    return found
 
 
 def share_lag(
