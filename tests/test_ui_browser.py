@@ -362,6 +362,8 @@ def test_a_batch_uploaded_on_the_page_is_listed_fills_its_bar_and_its_invalid_ro
     records = users_csv(tag, generated=60).count("\r\n") - 1
     page, script_errors = open_with_token(browser, live_server)
 
+    page.evaluate("window.sameDocument = true")  # a reload would drop it
+
     # When it is uploaded on the page
     batch_id = upload_on_page(page, path)
 
@@ -371,6 +373,7 @@ def test_a_batch_uploaded_on_the_page_is_listed_fills_its_bar_and_its_invalid_ro
     assert path.name in (page.text_content(listed) or "")
     page.wait_for_selector(f'{listed} .stack[data-percent="100"]', timeout=BATCH_WAIT_MS)
     page.wait_for_selector(f'{listed}[data-state="completed"]')
+    assert page.evaluate("window.sameDocument === true")
     in_database = live_server.outcome_counts(batch_id)
     stored = records - EXPECTED_INVALID - EXPECTED_DUPLICATE
     assert in_database == {"stored": stored, "invalid": EXPECTED_INVALID, "duplicate": EXPECTED_DUPLICATE}
