@@ -138,6 +138,7 @@ case "${1:-}" in
     test)
         shift
         scripts/browser.sh install
+        scripts/promtool.sh install
         prepare
         # Much of the suite's time is spent waiting (on Kafka's fencing and restarts, outages, paced loads),
         # so it runs in more processes than cores, the fault tests first; each process breaks services of
