@@ -39,6 +39,10 @@ PRIVATE_NAMES = (
     # attribute, set in __init__) and its coordinator lookup.
     ("kafka.KafkaAdminClient", "_manager"),
     ("kafka.KafkaAdminClient", "_find_coordinator_id"),
+    # The share consumer's own network client: kafka-python's client of its protocol layer, and the
+    # bootstrap of its connection manager (an instance attribute, set in __init__).
+    ("kafka.net.compat", "KafkaNetClient"),
+    ("kafka.net.compat.KafkaNetClient", "_manager"),
 )
 
 

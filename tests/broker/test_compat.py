@@ -24,7 +24,7 @@ _INSTANCE_ATTRIBUTES = {
     "_manager",
 }
 #: Private names that are a function's parameters, read from the frame of a running call.
-_PARAMETERS = {"worker_id"}
+_PARAMETERS = {"worker_id", "package"}
 
 
 def _resolve(path: str):
@@ -57,8 +57,10 @@ def test_each_private_name_compat_uses_still_exists(owner, attribute, kafka_boot
     consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap_servers, group_id="compat-check")
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap_servers)
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap_servers)
+    network = compat.share_network_client({"bootstrap_servers": [kafka_bootstrap_servers]}, 10_000)
     try:
         instances = {
+            "kafka.net.compat.KafkaNetClient": network,
             "kafka.KafkaConsumer": consumer,
             "kafka.KafkaProducer": producer,
             "kafka.KafkaAdminClient": admin,
@@ -72,6 +74,7 @@ def test_each_private_name_compat_uses_still_exists(owner, attribute, kafka_boot
         consumer.close()
         producer.close()
         admin.close()
+        network.close()
 
 
 def test_the_metadata_backoff_reaches_the_clients_metadata(kafka_bootstrap_servers):
@@ -187,3 +190,30 @@ def _poll_until(consumer, condition, timeout: float = 20) -> None:
         assert time.monotonic() < deadline, "the consumer did not join its group in time"
         # (long enough for a join to end inside it: kafka-python drops a join that outlasts its poll)
         consumer.poll(timeout_ms=1000)
+
+
+def test_a_share_message_class_is_built_from_our_package_and_decodes_its_answers():
+    # Given a definition of ours, built through kafka-python's loader
+    response = compat.share_message_class("ShareFetchResponse", "dramatiq_kafka_broker.share.schemas")
+    # Then it is the message our file defines, with its nested structs...
+    assert response.API_KEY == 78 and response.json["name"] == "ShareFetchResponse"
+    assert hasattr(response.ShareFetchableTopicResponse, "PartitionData")
+    # ...and kafka-python's registry decodes answers with it (the loader hook and the registry both work)
+    from kafka.protocol.api_header import RequestHeader, ResponseClassRegistry
+
+    header = RequestHeader(request_api_key=78, request_api_version=1, correlation_id=1, client_id="t")
+    assert ResponseClassRegistry.get_response_class(header).name == "ShareFetchResponse"
+
+
+def test_the_share_network_client_is_bootstrapped_and_driven_by_its_callers_thread(kafka_bootstrap_servers):
+    # Given the share consumer's network client
+    from kafka.protocol.metadata import MetadataRequest
+
+    client = compat.share_network_client({"bootstrap_servers": [kafka_bootstrap_servers]}, 10_000)
+    try:
+        # Then it knows the cluster at once, and a request sent on it is answered by polling it
+        node = client.least_loaded_node(bootstrap_fallback=True)
+        answer = client.send_and_receive(node, MetadataRequest(topics=[], min_version=10), timeout_ms=10_000)
+        assert answer.brokers
+    finally:
+        client.close()
