@@ -138,7 +138,7 @@ class Snapshot:
         body = text[len(SNAPSHOT_PREFIX) :]
         try:
             triples = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
-        except (ValueError, binascii.Error):
+        except (ValueError, binascii.Error, RecursionError):  # RecursionError: nested too deep
             raise InvalidSnapshot("the snapshot cannot be read: list the failed messages again") from None
         ranges: FailedRanges = {}
         for triple in triples if isinstance(triples, list) else [None]:

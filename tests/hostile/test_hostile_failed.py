@@ -120,6 +120,8 @@ def forged_snapshots(broker: KafkaBroker, first: str) -> list[str]:
         packed([[busy, low, high, 0]]),
         packed([[[busy], low, high]]),
         "f1.\u00e9\u00e9",
+        SNAPSHOT_PREFIX
+        + base64.urlsafe_b64encode(b"[" * 6000).decode(),  # nested past Python's recursion limit
         "f1.\x00",
     ]
 
