@@ -217,6 +217,37 @@ def _0007_invalid_records(migrator: PostgresqlMigrator) -> None:
         database.execute_sql(statement)
 
 
+def _0008_batches_in_flight(migrator: PostgresqlMigrator) -> None:
+    # A batch is registered (batches) when a worker takes its register_batch, sent after its last chunk:
+    # with a lag, that is near the end of a large batch.  Until then its id is in batches_in_flight, noted
+    # by a trigger when its first outcomes are written, so that the list of batches shows it while it runs.
+    # Registering it deletes the row; a row left by a registration that raced the note is never listed
+    # (the list skips registered ids).  TRUNCATE of submissions empties it, as it does the counters.
+    for statement in (
+        "CREATE TABLE batches_in_flight (batch_id varchar(128) PRIMARY KEY, first_at timestamptz NOT NULL)",
+        "CREATE INDEX batches_in_flight_first_at ON batches_in_flight (first_at, batch_id)",
+        "CREATE FUNCTION submissions_note_in_flight() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "INSERT INTO batches_in_flight (batch_id, first_at) SELECT n.batch_id, min(n.updated_at) "
+        "FROM new_rows n WHERE n.batch_id IS NOT NULL "
+        "AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.id = n.batch_id) "
+        "GROUP BY n.batch_id ORDER BY n.batch_id ON CONFLICT DO NOTHING; RETURN NULL; END $$",
+        "CREATE TRIGGER submissions_note_in_flight AFTER INSERT ON submissions REFERENCING NEW TABLE AS "
+        "new_rows FOR EACH STATEMENT EXECUTE FUNCTION submissions_note_in_flight()",
+        "CREATE FUNCTION batches_registered() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "DELETE FROM batches_in_flight WHERE batch_id = NEW.id; RETURN NULL; END $$",
+        "CREATE TRIGGER batches_registered AFTER INSERT ON batches FOR EACH ROW "
+        "EXECUTE FUNCTION batches_registered()",
+        "CREATE FUNCTION submissions_forget_in_flight() RETURNS trigger LANGUAGE plpgsql AS $$ "
+        "BEGIN DELETE FROM batches_in_flight; RETURN NULL; END $$",
+        "CREATE TRIGGER submissions_forget_in_flight AFTER TRUNCATE ON submissions "
+        "FOR EACH STATEMENT EXECUTE FUNCTION submissions_forget_in_flight()",
+        "INSERT INTO batches_in_flight (batch_id, first_at) SELECT o.batch_id, min(o.first_at) "
+        "FROM batch_outcomes o WHERE o.first_at IS NOT NULL "
+        "AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.id = o.batch_id) GROUP BY o.batch_id",
+    ):
+        database.execute_sql(statement)
+
+
 #: Every migration, in order; append only.
 MIGRATIONS: list[tuple[str, Callable[[PostgresqlMigrator], None]]] = [
     ("0001_initial", _0001_initial),
@@ -226,6 +257,7 @@ MIGRATIONS: list[tuple[str, Callable[[PostgresqlMigrator], None]]] = [
     ("0005_idempotency_keys", _0005_idempotency_keys),
     ("0006_outcome_counters", _0006_outcome_counters),
     ("0007_invalid_records", _0007_invalid_records),
+    ("0008_batches_in_flight", _0008_batches_in_flight),
 ]
 
 

@@ -84,12 +84,50 @@ def test_a_batch_without_outcomes_yet_is_all_queued_and_has_no_rate(sql, web_cli
     assert item["rate"] is None and item["last_outcome_at"] is None
 
 
+def test_a_batch_not_registered_yet_is_listed_from_its_first_outcome_with_its_count_unknown(sql, web_client):
+    # Given a registered batch, then the first outcomes of a batch whose register_batch is still queued
+    older = register(sql, 2, created="now() - interval '1 minute'")
+    running = signer.new_batch_id()
+    outcomes(sql, running, ["stored", "invalid", "stored"])
+    # When
+    before = web_client.get("/api/batches").json()["items"]
+    # Then it is listed first, its count and queued unknown, its outcomes counted
+    assert [item["batch_id"] for item in before] == [running, older]
+    assert before[0]["count"] is None and before[0]["counts"]["queued"] is None
+    assert before[0]["state"] == "processing" and before[0]["processed"] == 3
+    assert (before[0]["counts"]["stored"], before[0]["counts"]["invalid"]) == (2, 1)
+    assert before[0]["source"] is None and before[0]["rate"] is not None
+
+    # When a worker registers it, and more outcomes follow
+    sql("INSERT INTO batches (id, count, source) VALUES (%s, 4, 'ndjson')", running)
+    outcomes(sql, running, ["duplicate"], start=4)
+    after = web_client.get("/api/batches").json()["items"]
+    # Then it is listed once, registered and complete, and no longer noted as in flight
+    assert [item["batch_id"] for item in after] == [running, older]
+    assert (after[0]["count"], after[0]["source"], after[0]["state"]) == (4, "ndjson", "completed")
+    assert sql("SELECT count(*) FROM batches_in_flight") == [(0,)]
+
+
+def test_a_registered_batch_noted_in_flight_by_a_race_is_listed_once(sql, web_client):
+    # Given a registered batch whose in-flight note was written as it registered (the two raced)
+    batch_id = register(sql, 1)
+    sql("INSERT INTO batches_in_flight (batch_id, first_at) VALUES (%s, now())", batch_id)
+    # When
+    items = web_client.get("/api/batches?limit=1").json()
+    # Then
+    assert [item["batch_id"] for item in items["items"]] == [batch_id]
+    assert items["next_cursor"] is None
+
+
 def test_pages_by_cursor_list_every_batch_once_even_when_they_were_registered_at_the_same_moment(
     sql, web_client
 ):
     # Given seven batches, four of them with the same creation time
     ids = [register(sql, 1, created="timestamptz '2026-01-01 00:00:00+00'") for _ in range(4)]
     ids += [register(sql, 1) for _ in range(3)]
+    ids += [signer.new_batch_id() for _ in range(2)]  # and two not registered yet
+    for batch_id in ids[-2:]:
+        outcomes(sql, batch_id, ["stored"])
     # When
     seen, cursor, pages = [], None, 0
     while True:
@@ -101,9 +139,9 @@ def test_pages_by_cursor_list_every_batch_once_even_when_they_were_registered_at
         if cursor is None:
             break
     # Then
-    assert pages == 4
+    assert pages == 5
     assert sorted(seen) == sorted(ids) and len(seen) == len(set(seen))
-    assert seen[3:] == sorted(ids[:4], reverse=True)  # the tie is broken by id, newest-first order kept
+    assert seen[5:] == sorted(ids[:4], reverse=True)  # the tie is broken by id, newest-first order kept
 
 
 def test_the_counts_follow_the_workers_a_replay_and_a_deletion(sql, web_client):

@@ -1,9 +1,11 @@
 """``GET /api/batches``: the recent batches, newest first, each with its progress.
 
-A batch is listed once a worker has registered it (``register_batch``, sent right after its last chunk).
-Its outcomes are read from ``batch_outcomes``, the counters that triggers on ``submissions`` keep
-(migration ``0006_outcome_counters``): a page of ``limit`` batches costs one query that reads ``limit``
-rows of ``batches`` by the index on ``(created_at, id)`` and at most 8 counter rows per batch, whatever
+A batch is registered (``batches``) when a worker takes its ``register_batch``, sent after its last chunk;
+before that, from its first outcome on, it is in ``batches_in_flight`` (migration
+``0008_batches_in_flight``) and is listed with its count unknown (``null``) and the time of its first
+outcome.  Its outcomes are read from ``batch_outcomes``, the counters that triggers on ``submissions`` keep
+(migration ``0006_outcome_counters``): a page of ``limit`` batches costs one query that reads at most
+``limit`` rows of each table by the indexes on their times, and at most 8 counter rows per batch, whatever
 the size of the batches (``docs/operating.md`` gives the figure for a batch of a million records).
 
 Pages are by keyset: ``cursor`` is the opaque ``next_cursor`` of the previous page (the creation time and
@@ -41,16 +43,23 @@ _MAX_MICROSECONDS = (datetime.datetime(9999, 12, 31, tzinfo=datetime.UTC) - _EPO
 _PAGE = """
 SELECT b.id, b.count, b.source, b.created_at, o.stored, o.duplicate, o.invalid, o.failed,
        o.first_at, o.last_at, now()
-FROM (SELECT id, count, source, created_at FROM batches {where}
-      ORDER BY created_at DESC, id DESC LIMIT %s) AS b
+FROM (
+  (SELECT id, count, source, created_at FROM batches {registered}
+   ORDER BY created_at DESC, id DESC LIMIT %(n)s)
+  UNION ALL
+  (SELECT f.batch_id, NULL::integer, NULL::varchar, f.first_at FROM batches_in_flight AS f
+   WHERE NOT EXISTS (SELECT 1 FROM batches AS r WHERE r.id = f.batch_id) {in_flight}
+   ORDER BY f.first_at DESC, f.batch_id DESC LIMIT %(n)s)
+  ORDER BY created_at DESC, id DESC LIMIT %(n)s) AS b
 LEFT JOIN LATERAL (
   SELECT sum(stored)::bigint AS stored, sum(duplicate)::bigint AS duplicate, sum(invalid)::bigint AS invalid,
          sum(failed)::bigint AS failed, min(first_at) AS first_at, max(last_at) AS last_at
   FROM batch_outcomes WHERE batch_id = b.id) AS o ON true
 ORDER BY b.created_at DESC, b.id DESC
 """
-#: The keyset condition of every page after the first (PostgreSQL compares the row values in index order).
-_AFTER_CURSOR = "WHERE (created_at, id) < (%s, %s)"
+#: The keyset conditions of every page after the first (PostgreSQL compares the row values in index order).
+_AFTER_REGISTERED = "WHERE (created_at, id) < (%(at)s, %(id)s)"
+_AFTER_IN_FLIGHT = "AND (f.first_at, f.batch_id) < (%(at)s, %(id)s)"
 
 
 class InvalidCursor(ApiError):
@@ -93,7 +102,7 @@ def batch_summary(row: tuple[Any, ...]) -> dict[str, Any]:
     batch_id, count, source, created_at, *outcomes, first_at, last_at, now = row
     counts = {status: int(n or 0) for status, n in zip(OUTCOMES, outcomes, strict=True)}
     processed = sum(counts.values())
-    completed = processed >= count
+    completed = count is not None and processed >= count
     now = _utc(now) or datetime.datetime.now(datetime.UTC)
     created_at, first_at, last_at = _utc(created_at) or now, _utc(first_at), _utc(last_at)
     rate = None
@@ -107,7 +116,7 @@ def batch_summary(row: tuple[Any, ...]) -> dict[str, Any]:
         "count": count,
         "state": "completed" if completed else "processing",
         "processed": processed,
-        "counts": {Status.QUEUED: max(0, count - processed), **counts},
+        "counts": {Status.QUEUED: None if count is None else max(0, count - processed), **counts},
         "rate": rate,
         "created_at": created_at.isoformat(),
         "age_seconds": round(max((now - created_at).total_seconds(), 0.0), 1),
@@ -118,8 +127,13 @@ def batch_summary(row: tuple[Any, ...]) -> dict[str, Any]:
 def _read_page(limit: int, after: tuple[datetime.datetime, str] | None) -> list[tuple[Any, ...]]:
     from pipeline.db import database  # on first use, as web.reads does
 
-    where, params = ("", []) if after is None else (_AFTER_CURSOR, list(after))
-    return list(database.execute_sql(_PAGE.format(where=where), [*params, limit + 1]).fetchall())
+    params: dict[str, Any] = {"n": limit + 1}
+    registered = in_flight = ""
+    if after is not None:
+        registered, in_flight = _AFTER_REGISTERED, _AFTER_IN_FLIGHT
+        params.update(at=after[0], id=after[1])
+    statement = _PAGE.format(registered=registered, in_flight=in_flight)
+    return list(database.execute_sql(statement, params).fetchall())
 
 
 async def list_batches(request: Request) -> Response:

@@ -411,15 +411,18 @@
   /** A bar of the batch's outcomes: one segment per outcome, its width the outcome's share of the batch. */
   function outcomeBar(item) {
     const bar = element("div", null, "stack");
-    const total = Math.max(item.count, 1);
-    const p = item.state === "completed" ? 100 : Math.min(percent(item.processed, item.count), 99);
+    // The count is null until a worker has registered the batch: no share to draw, a hatched bar instead.
+    const known = item.count !== null && item.count !== undefined;
+    const total = Math.max(known ? item.count : item.processed, 1);
+    const p = item.state === "completed" ? 100 : known ? Math.min(percent(item.processed, item.count), 99) : null;
     bar.setAttribute("role", "progressbar");
     bar.setAttribute("aria-valuemin", "0");
-    bar.setAttribute("aria-valuemax", String(item.count));
+    if (known) bar.setAttribute("aria-valuemax", String(item.count));
     bar.setAttribute("aria-valuenow", String(item.processed));
-    bar.setAttribute("aria-label", `${p} % processed`);
-    bar.dataset.percent = String(p);
-    for (const status of STACKED) {
+    bar.setAttribute("aria-label", p === null ? `${number.format(item.processed)} processed` : `${p} % processed`);
+    bar.dataset.percent = p === null ? "" : String(p);
+    bar.classList.toggle("unknown", !known);
+    for (const status of known ? STACKED : []) {
       const n = item.counts[status] || 0;
       if (!n) continue;
       const segment = element("span", null, "segment");
@@ -430,7 +433,8 @@
     }
     const cell = element("td", null, "progress-col");
     const counts = STACKED.filter((s) => item.counts[s]).map((s) => `${number.format(item.counts[s])} ${s}`);
-    cell.append(bar, element("span", `${p} %${counts.length ? " · " + counts.join(", ") : ""}`, "small muted"));
+    const head = p === null ? "registering" : `${p} %`;
+    cell.append(bar, element("span", `${head}${counts.length ? " · " + counts.join(", ") : ""}`, "small muted"));
     return cell;
   }
 
@@ -483,7 +487,7 @@
     const tr = row([
       first,
       element("td", item.source || "–"),
-      element("td", number.format(item.count), "num"),
+      element("td", item.count === null ? "…" : number.format(item.count), "num"),
       wrap("td", state),
       outcomeBar(item),
       element("td", item.rate === null ? "–" : `${number.format(item.rate)}/s`, "num nowrap"),
