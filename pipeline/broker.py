@@ -23,6 +23,7 @@ def build_broker(**overrides: Any) -> KafkaBroker:
         "topic_prefix": settings.KAFKA_TOPIC_PREFIX,
         "group_id": settings.KAFKA_GROUP_ID,
         "group_instance_id": settings.KAFKA_GROUP_INSTANCE_ID or None,
+        "group_type": settings.KAFKA_GROUP_TYPE,
         "client_id": settings.KAFKA_CLIENT_ID,
         "create_topics": settings.KAFKA_CREATE_TOPICS,
         "partitions": settings.KAFKA_PARTITIONS,

@@ -55,6 +55,13 @@ def _list(name: str, default: str) -> list[str]:
     return [part.strip() for part in _str(name, default).split(",") if part.strip()]
 
 
+def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = _str(name, default).lower()
+    if value not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    return value
+
+
 def _kafka_servers(env: Mapping[str, str]) -> list[str]:
     """``KAFKA_BOOTSTRAP_SERVERS`` wins; else Heroku's ``KAFKA_URL`` (``kafka+ssl://h:p,kafka+ssl://h:p``)."""
     raw = env.get("KAFKA_BOOTSTRAP_SERVERS") or env.get("KAFKA_URL") or "127.0.0.1:19092"
@@ -171,6 +178,10 @@ KAFKA_GROUP_ID = _str("KAFKA_GROUP_ID", "bup-workers")
 #: dyno's restart may outlast the 10 s and every scale-in would stall (docs/operating.md, "Restarts and
 #: static membership").
 KAFKA_GROUP_INSTANCE_ID = _group_instance_id(_ENV)
+#: How workers share a queue: ``classic`` consumer groups (a partition per worker process, offsets
+#: committed; any Kafka) or ``share`` groups (KIP-932: any number of workers per partition, an outcome per
+#: message; Kafka 4.1+ with ``share.version=1``).  A share group is named ``<group>.share``.
+KAFKA_GROUP_TYPE = _choice("KAFKA_GROUP_TYPE", "classic", ("classic", "share"))
 #: Client id reported to Kafka.
 KAFKA_CLIENT_ID = _str("KAFKA_CLIENT_ID", "batch-user-processing")
 #: Whether the app creates the topics it needs.  False when the Kafka service's operator makes them (Heroku's

@@ -33,3 +33,14 @@ def test_the_group_instance_id_is_named_or_herokus_dyno_name_when_allowed(env, e
 def test_a_static_membership_flag_that_is_not_a_boolean_is_refused():
     with pytest.raises(ValueError, match="KAFKA_STATIC_MEMBERSHIP"):
         load_settings({"KAFKA_STATIC_MEMBERSHIP": "maybe"})
+
+
+@pytest.mark.parametrize(("raw", "expected"), [(None, "classic"), ("share", "share"), ("Classic", "classic")])
+def test_the_group_type_is_classic_unless_share_is_asked_for(raw, expected):
+    settings, _ = load_settings({} if raw is None else {"KAFKA_GROUP_TYPE": raw})
+    assert settings.KAFKA_GROUP_TYPE == expected
+
+
+def test_a_group_type_that_is_neither_is_refused():
+    with pytest.raises(ValueError, match="KAFKA_GROUP_TYPE must be one of classic, share"):
+        load_settings({"KAFKA_GROUP_TYPE": "queue"})
