@@ -287,3 +287,19 @@ def test_the_dlq_command_purges_the_messages_it_asked_about_and_not_those_failin
     assert code == 0
     assert capsys.readouterr().out.strip().endswith("purged 2")
     assert failed_ids(failed_broker) == later
+
+
+def test_the_documented_bounds_are_the_codes(web_client):
+    # Given the served description of GET /api/failed
+    from web import failed
+
+    parameters = {
+        p["name"]: p["schema"]
+        for p in web_client.get("/openapi.json").json()["paths"]["/api/failed"]["get"]["parameters"]
+    }
+    # Then
+    assert (parameters["limit"]["default"], parameters["limit"]["maximum"]) == (
+        failed.DEFAULT_LIMIT,
+        failed.MAX_LIMIT,
+    )
+    assert parameters["after"]["maxLength"] == failed.MAX_SNAPSHOT_CHARS
