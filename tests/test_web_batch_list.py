@@ -235,3 +235,25 @@ def test_a_cursor_the_api_did_not_give_is_400_invalid_cursor(sql, web_client, cu
 @pytest.mark.parametrize("limit", ["0", "101", "-1", "1e3", "99999999999999999999999", "x"])
 def test_a_limit_out_of_range_is_400_invalid_parameter(sql, web_client, limit):
     assert_error(web_client.get("/api/batches", params={"limit": limit}), 400, "invalid_parameter")
+
+
+@pytest.mark.parametrize("path", ["/api/batches", "/api/reports/throughput"])
+def test_both_reads_answer_503_when_the_database_is_unreachable(pipeline_database, path):
+    # Given the database pointed at a port where nothing listens
+    from pipeline import db as pipeline_db
+    from tests.web_support import make_client
+    from web.reads import ping_database
+
+    saved = dict(pipeline_database.connect_params, database=pipeline_database.database)
+    pipeline_db.configure("postgresql://bup@127.0.0.1:9/nowhere")
+    try:
+        with make_client() as client:
+            # When
+            response = client.get(path)
+    finally:
+        pipeline_database.close_all()
+        pipeline_database.init(**saved)
+    # Then
+    assert_error(response, 503, "database_unavailable")
+    assert response.headers["retry-after"] == "7"
+    ping_database()  # the session's database is back for the tests that follow
