@@ -484,3 +484,45 @@ def test_a_failed_message_is_listed_on_the_page_and_replayed_from_it(
     page.wait_for_function("document.querySelector('#failed-card').dataset.listed === '0'", timeout=30_000)
     assert script_errors == []
     page.close()
+
+
+def test_a_batch_still_running_is_listed_with_its_size_unknown_and_fills_once_registered(
+    live_server: LiveServer, browser: object
+) -> None:
+    # Given the page open, and the first outcomes of a batch whose register_batch no worker has taken yet
+    batch_id = f"inflight{uuid.uuid4().hex}"
+    page, script_errors = open_with_token(browser, live_server)
+    page.evaluate("window.sameDocument = true")
+    with psycopg2.connect(live_server.database_url) as connection, connection.cursor() as cursor:
+        for row, status in enumerate(["stored", "invalid", "stored"], 1):
+            insert = (
+                "INSERT INTO submissions (id, batch_id, row, status, errors) VALUES (%s, %s, %s, %s, '[]')"
+            )
+            cursor.execute(insert, (f"{batch_id}.{row}", batch_id, row, status))
+    connection.close()
+    listed = f'#batches tr[data-batch-id="{batch_id}"]'
+
+    # When the list refreshes by itself
+    page.wait_for_selector(f"{listed} .stack.unknown", timeout=30_000)
+
+    # Then it is there, processing, its size unknown, its outcomes counted
+    assert page.get_attribute(listed, "data-state") == "processing"
+    assert page.text_content(f"{listed} td:nth-child(3)") == "…"
+    assert "registering · 2 stored, 1 invalid" in (page.text_content(f"{listed} .progress-col") or "")
+
+    # When a worker registers it with its last record's outcome
+    with psycopg2.connect(live_server.database_url) as connection, connection.cursor() as cursor:
+        cursor.execute("INSERT INTO batches (id, count, source) VALUES (%s, 4, 'csv')", (batch_id,))
+        insert = (
+            "INSERT INTO submissions (id, batch_id, row, status, errors) VALUES (%s, %s, 4, 'stored', '[]')"
+        )
+        cursor.execute(insert, (f"{batch_id}.4", batch_id))
+    connection.close()
+
+    # Then the same row fills, without the page being reloaded
+    page.wait_for_selector(f'{listed} .stack[data-percent="100"]', timeout=30_000)
+    assert page.get_attribute(listed, "data-state") == "completed"
+    assert page.locator(listed).count() == 1
+    assert page.evaluate("window.sameDocument === true")
+    assert script_errors == []
+    page.close()
