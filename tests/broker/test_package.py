@@ -26,9 +26,19 @@ SERVICE_MODULES = {
 }
 
 
+def _sources() -> list[Path]:
+    """The package's modules, its subpackages' (``share/``) and their message definitions."""
+    found = [*PACKAGE.glob("*.py"), *PACKAGE.glob("*/*.py"), *PACKAGE.glob("*/schemas/*.py")]
+    return sorted(found + list(PACKAGE.glob("*/schemas/*.json")))
+
+
 def test_importing_every_module_of_the_broker_loads_nothing_of_the_service():
     # Given every module of the package
-    modules = sorted(f"dramatiq_kafka_broker.{path.stem}" for path in PACKAGE.glob("*.py"))
+    modules = sorted(
+        "dramatiq_kafka_broker." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+        for path in _sources()
+        if path.suffix == ".py"
+    )
     code = (
         "import importlib, json, sys\n"
         "import dramatiq.cli\n"  # as in a worker process started by `dramatiq theirapp`
@@ -66,7 +76,8 @@ def test_the_broker_builds_a_distribution_of_its_own_that_needs_only_dramatiq_an
         metadata = email.message_from_bytes(archive.read(metadata_name))
     # Then it holds the package's modules and nothing else of the repository
     packaged = {n for n in names if not n.startswith("dramatiq_kafka_broker-")}
-    assert packaged == {f"dramatiq_kafka_broker/{p.name}" for p in PACKAGE.glob("*.py")}
+    assert packaged == {f"dramatiq_kafka_broker/{p.relative_to(PACKAGE).as_posix()}" for p in _sources()}
+    assert "dramatiq_kafka_broker/share/schemas/ShareFetchRequest.json" in packaged
     # ... and requires Dramatiq and kafka-python by version ranges (the service pins exact versions)
     required = {
         r.split(";")[0].replace(" ", "") for r in metadata.get_all("Requires-Dist") if "extra" not in r
