@@ -526,3 +526,54 @@ def test_a_batch_still_running_is_listed_with_its_size_unknown_and_fills_once_re
     assert page.evaluate("window.sameDocument === true")
     assert script_errors == []
     page.close()
+
+
+def test_an_ndjson_batch_s_invalid_records_download_as_ndjson_and_corrected_upload_clean(
+    live_server: LiveServer, browser: object, tmp_path: Path
+) -> None:
+    # Given an NDJSON batch with two invalid records, uploaded on the page
+    tag = uuid.uuid4().hex[:8]
+    records = [
+        {"name": f"Nd Valid {tag}", "age": 30},
+        {"name": f"Nd Old {tag}", "age": 200, "phoneNumber": "+1 415 555 0100"},
+        {"name": f"Nd Valid2 {tag}", "age": 31},
+        {"name": f"Nd NoAge {tag}", "email": "=cmd|' /C calc'!A0"},
+    ]
+    path = tmp_path / f"users-{tag}.ndjson"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    page, script_errors = open_with_token(browser, live_server)
+    batch_id = upload_on_page(page, path)
+    listed = f'#batches tr[data-batch-id="{batch_id}"]'
+    page.wait_for_selector(f'{listed} .stack[data-percent="100"]', timeout=BATCH_WAIT_MS)
+
+    # When its invalid records are downloaded from the list
+    assert page.text_content(f"{listed} a.invalid-link") == "invalid.ndjson"
+    with page.expect_download() as download:
+        page.click(f"{listed} a.invalid-link")
+    lines = Path(download.value.path()).read_text(encoding="utf-8").splitlines()
+
+    # Then each is the record as sent, with its row and errors
+    exported = [json.loads(line) for line in lines]
+    assert [record["_row"] for record in exported] == [2, 4]
+    assert exported[0]["phoneNumber"] == "+1 415 555 0100" and exported[0]["_errors"]
+    assert exported[1]["email"] == records[3]["email"]
+
+    # When they are corrected and uploaded again as they are
+    fixed = tmp_path / f"fixed-{tag}.ndjson"
+    fixed.write_text(
+        "".join(json.dumps({**r, "age": 40, "email": None}) + "\n" for r in exported), encoding="utf-8"
+    )
+    fixed_batch = upload_on_page(page, fixed)
+
+    # Then both are stored
+    page.wait_for_selector(f'#batches tr[data-batch-id="{fixed_batch}"] .stack[data-percent="100"]')
+    assert live_server.outcome_counts(fixed_batch) == {"stored": 2}
+    stored = live_server.sql("SELECT name, age FROM users WHERE name LIKE %s ORDER BY name", f"Nd % {tag}")
+    assert stored == [
+        (f"Nd NoAge {tag}", 40),
+        (f"Nd Old {tag}", 40),
+        (f"Nd Valid {tag}", 30),
+        (f"Nd Valid2 {tag}", 31),
+    ]
+    assert script_errors == []
+    page.close()
