@@ -3,7 +3,8 @@ broker, which imports the broker package and nothing of the service.
 
 Run as ``dramatiq tests.broker.worker_app``; configured by the test through the environment:
 ``TEST_KAFKA`` (bootstrap servers), ``TEST_PREFIX`` (topic prefix), ``TEST_LOG`` (file every processed
-message is appended to, as ``<pid> <n>``), ``TEST_SLEEP_MS`` (work per message), ``TEST_COMMIT_MS``.
+message is appended to, as ``<pid> <n>``), ``TEST_SLEEP_MS`` (work per message), ``TEST_COMMIT_MS``,
+``TEST_GROUP_TYPE`` (``classic``, the default, or ``share``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ broker = make_kafka_broker(
     os.environ["TEST_KAFKA"],
     os.environ["TEST_PREFIX"],
     commit_interval_ms=int(os.environ.get("TEST_COMMIT_MS", "100")),
+    group_type=os.environ.get("TEST_GROUP_TYPE", "classic"),
 )
 dramatiq.set_broker(broker)
 
