@@ -146,16 +146,29 @@ class FaultStack(Stack):
     def wait_consuming(self, workers: int, timeout: float = 60) -> None:
         """Wait until ``workers`` worker processes share the queue: its consumer group (and the delay
         queue's) is stable with that many members.  A crashed worker stays a member until its session
-        times out (10 s), so this also waits for the group to forget the dead."""
+        times out (10 s), so this also waits for the group to forget the dead.  In share mode
+        (``KAFKA_GROUP_TYPE=share``) the delay queue's group counts the members, and the queue's share
+        group must be stable."""
         deadline = time.monotonic() + timeout
-        groups = [self.broker.group_for(QUEUE), self.broker.group_for(f"{QUEUE}.DQ")]
+        share = self.broker.group_type == "share"
+        # (in share mode the queue's share group has no classic description: its delay queue's consumer
+        # group, one member per worker process, counts them, and the share group must be Stable)
+        groups = [self.broker.group_for(f"{QUEUE}.DQ")]
+        if not share:
+            groups.insert(0, self.broker.group_for(QUEUE))
         while True:
             try:
                 described = self.broker.clients.admin_call("describe_groups", groups)
+                if share:
+                    listed = self.broker.clients.admin_call("list_groups", types_filter=["share"])
+                    queue_group = self.broker.group_for(QUEUE)
+                    share_states = [g["group_state"] for g in listed if g["group_id"] == queue_group]
             except KafkaConnectionError as error:  # (no coordinator yet: a new cluster's offsets topic)
                 states = [str(error)]
             else:
                 states = [(g["group_state"], len(g["members"])) for g in described.values()]
+                if share:
+                    states.append((share_states[0] if share_states else "absent", workers))
             if all(state == ("Stable", workers) for state in states):
                 return
             if time.monotonic() > deadline:
@@ -255,6 +268,7 @@ def make_stack(
             bootstrap_servers=kafka_bootstrap_servers,
             topic_prefix=stack.prefix,
             group_id=GROUP_ID,
+            group_type=stack.env.get("KAFKA_GROUP_TYPE", "classic"),
             replication_factor=int(stack.env.get("KAFKA_REPLICATION_FACTOR", "1")),
             middleware=[],
         )

@@ -23,13 +23,17 @@ CRASHES = 2
 BETWEEN_CRASHES_S = 4
 #: How long the running workers get to consume again once Kafka answers after the last crash, in seconds.
 RESUME_S = 30
+#: What a share group adds to it, in seconds: records its members had acquired when Kafka died come back
+#: when their locks run out (``share.record.lock.duration.ms``, 30 s by default).
+SHARE_LOCK_S = 30
 
 
+@pytest.mark.parametrize("group_type", ["classic", "share"])
 def test_killing_the_only_kafka_node_twice_under_load_pauses_the_workers_and_loses_nothing(
-    make_stack, services, figures
+    make_stack, services, figures, group_type
 ):
-    # Given two workers sharing the queue, and a load of singles and batches under way
-    stack = make_stack(workers=2, KAFKA_SEND_TIMEOUT_MS="3000")
+    # Given two workers sharing the queue (a consumer group, or a share group), and a load under way
+    stack = make_stack(workers=2, KAFKA_SEND_TIMEOUT_MS="3000", KAFKA_GROUP_TYPE=group_type)
     stack.wait_consuming(2)
     processes = stack.alive()
     # (long enough to outlast both crashes and the workers' return: the check below needs it still running)
@@ -53,7 +57,7 @@ def test_killing_the_only_kafka_node_twice_under_load_pauses_the_workers_and_los
     assert accepted < plan.submissions, "the load ended before the workers were back: lengthen it"
     load.wait_accepted(accepted + 1, timeout=RESUME_S)
     wanted = ledger.ids
-    deadline = back + 2 * RESUME_S
+    deadline = back + 2 * RESUME_S + (SHARE_LOCK_S if group_type == "share" else 0)
     while len(done := stack.sql("SELECT 1 FROM submissions WHERE id = ANY(%s)", wanted)) < len(wanted):
         assert time.monotonic() < deadline, (
             f"{len(wanted) - len(done)} of {len(wanted)} submissions accepted by then have no outcome "

@@ -1,4 +1,5 @@
-"""PostgreSQL goes away under load: briefly (within the retry budget), then for longer than it.
+"""PostgreSQL goes away under load: briefly (within the retry budget), then for longer than it; and, in
+share mode, for longer than a record's lock, within the retry budget.
 
 Promise 3 of docs/guarantees.md: an outage the retries outlast only delays work; one that outlasts
 the retries ends as ``failed``, on the failed-message topic, and ``python -m pipeline dlq replay`` after
@@ -18,6 +19,9 @@ pytestmark = pytest.mark.slow
 
 #: How long PostgreSQL stays down in the short outage, in seconds (after its fast shutdown).
 SHORT_OUTAGE_S = 10
+#: How long PostgreSQL stays down in share mode's long outage, in seconds: longer than a share group's
+#: record lock (``share.record.lock.duration.ms``, 30 s), so that any lock held through it runs out.
+LOCK_OUTAGE_S = 35
 
 
 def test_a_short_postgres_outage_is_retried_and_everything_is_stored(make_stack, services, figures):
@@ -54,6 +58,39 @@ def test_a_short_postgres_outage_is_retried_and_everything_is_stored(make_stack,
     assert any("Traceback (most recent call last):" in line for line in lines)
     strays = [line for line in lines if not line.startswith("[")]
     assert strays == [], strays[:5]
+    figures.notes.append(f"messages retried while PostgreSQL was down: {retried}")
+
+
+def test_a_postgres_outage_longer_than_the_record_locks_dead_letters_nothing_in_share_mode(
+    make_stack, services, figures
+):
+    # Given workers in a share group, a retry budget of some 70 s (20 retries, backoff 0.5 s doubling up
+    # to 4 s) and a load under way
+    stack = make_stack(
+        workers=2, KAFKA_GROUP_TYPE="share", MAX_RETRIES="20", MIN_BACKOFF_MS="500", MAX_BACKOFF_MS="4000"
+    )
+    stack.wait_consuming(2)
+    plan = Plan(uuid.uuid4().hex[:8], singles=800, batches=6, batch_size=150)
+    load = Load(stack.url, plan, pace=0.03, figures=figures).start()
+    load.wait_accepted(plan.submissions // 4)
+
+    # When PostgreSQL is stopped for longer than a record's lock, then started again
+    with services.postgres_stopped():
+        figures.faults.append(f"postgres stop ~{LOCK_OUTAGE_S} s (share group)")
+        time.sleep(LOCK_OUTAGE_S)
+    load.join()
+    ledger = Ledger(stack, load)
+    ledger.settle()
+
+    # Then every submission has its one outcome, none `failed`: Kafka's delivery count (spent by locks
+    # that ran out, and by redeliveries) sent nothing healthy to the failed topic, and no retry ran out
+    report = ledger.check()
+    assert report.problems == []
+    assert report.lost == [] and report.duplicated == 0
+    assert report.outcomes.get("failed", 0) == 0
+    assert stack.failed_count() == 0
+    retried = stack.worker_log().count("Retrying message")
+    assert retried > 0, "the outage was not felt: nothing was retried"
     figures.notes.append(f"messages retried while PostgreSQL was down: {retried}")
 
 

@@ -23,11 +23,13 @@ pytestmark = pytest.mark.slow
 CRASHES = 3
 
 
+@pytest.mark.parametrize("group_type", ["classic", "share"])
 def test_killing_a_worker_with_sigkill_three_times_mid_stream_loses_nothing_and_writes_nothing_twice(
-    make_stack, figures
+    make_stack, figures, group_type
 ):
-    # Given two worker processes sharing the queue, and a load of singles and batches spread over ~40 s
-    stack = make_stack(workers=2)
+    # Given two worker processes sharing the queue (a consumer group, or a share group whose records a
+    # dead worker held come back once their locks run out), and a load of singles and batches over ~40 s
+    stack = make_stack(workers=2, KAFKA_GROUP_TYPE=group_type)
     stack.wait_consuming(2)
     plan = Plan(uuid.uuid4().hex[:8], singles=1500, batches=10, batch_size=150)
     load = Load(stack.url, plan, pace=0.1, figures=figures).start()
