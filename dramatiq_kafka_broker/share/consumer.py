@@ -63,7 +63,11 @@ _SESSION_LOST = {122, 123}
 
 #: The share group configs this process has prepared, by group (checked and set once per process).
 _prepared: dict[str, ShareGroupConfig] = {}
-_prepared_lock = threading.Lock()
+#: Member ids of this process's closed consumers, by group, for its next consumers to join as: a consumer
+#: that could not leave its group (Kafka was away) is replaced at once by its successor, where a new id
+#: would leave its partitions with the departed member until its session times out (45 s by default).
+_free_member_ids: dict[str, list[str]] = {}
+_lock = threading.Lock()
 
 
 class _ShareMessageProxy(MessageProxy):
@@ -107,7 +111,6 @@ class _KafkaShareConsumer(Consumer):
         self.timeout = timeout
         self.topic = broker.topic_for(queue_name)
         self.group = broker.group_for(queue_name)
-        self.member_id = uuid.uuid4().hex
         self.state: ShareAssignment[_ShareMessageProxy] = ShareAssignment()
         self._outcomes: SimpleQueue[tuple[_ShareMessageProxy, int]] = SimpleQueue()
         self._wake = threading.Event()
@@ -118,15 +121,20 @@ class _KafkaShareConsumer(Consumer):
         self._closed = False
         self.config = _prepare(broker, self.group)
         self.net = ShareClient(broker.clients, broker.send_timeout_ms)
+        with _lock:
+            free = _free_member_ids.get(self.group)
+            self.member_id = free.pop() if free else uuid.uuid4().hex
         try:
             self._renewable = self.net.api_version(request_class("ShareAcknowledge")) >= 2
             self._refresh_leaders()
             self.membership = ShareMembership(self.net, self.group, self.member_id, self.topic, self.logger)
             self._heartbeat()
         except KafkaError as e:
+            self._give_back_member_id()
             self.net.close()
             raise KafkaConnectionError(f"joining share group {self.group!r}: {e}") from None
         except Exception:
+            self._give_back_member_id()
             self.net.close()
             raise
         self.logger.info("Joined share group %s as member %s.", self.group, self.member_id)
@@ -204,6 +212,11 @@ class _KafkaShareConsumer(Consumer):
             self.logger.warning("Leaving share group %s: %s", self.group, e)
         finally:
             self.net.close()
+            self._give_back_member_id()
+
+    def _give_back_member_id(self) -> None:
+        with _lock:
+            _free_member_ids.setdefault(self.group, []).append(self.member_id)
 
     # -- membership -----------------------------------------------------------------------------------------
     def _heartbeat(self) -> None:
@@ -235,8 +248,8 @@ class _KafkaShareConsumer(Consumer):
         requests, sent_acks = {}, {}
         for leader, wanted in self._by_leader(self.state.wanted()).items():
             session = self._sessions.setdefault(leader, ShareSession())
-            if not wanted and not session.open:
-                continue
+            if not wanted and not session.partitions:
+                continue  # (nothing to fetch there, nor to forget)
             acks = self.state.collect_acks(session.partitions & wanted) if session.open else {}
             sent_acks[leader] = acks
             requests[leader] = fetch_request(
@@ -423,7 +436,7 @@ class _KafkaShareConsumer(Consumer):
 
 def _prepare(broker: KafkaBroker, group: str) -> ShareGroupConfig:
     """Check that the cluster takes share groups and set the group's configs, once per process and group."""
-    with _prepared_lock:
+    with _lock:
         config = _prepared.get(group)
         if config is None:
             config = _prepared[group] = prepare_share_group(

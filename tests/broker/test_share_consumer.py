@@ -12,7 +12,7 @@ import pytest
 from dramatiq.message import Message
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from dramatiq_kafka_broker import KafkaBroker
+from dramatiq_kafka_broker import KafkaBroker, KafkaConnectionError
 from dramatiq_kafka_broker.share.consumer import DELIVERY_LIMIT, _KafkaShareConsumer
 from tests.broker.conftest import delete_topics, make_kafka_broker
 
@@ -164,4 +164,33 @@ def test_a_message_held_longer_than_a_lock_stays_its_consumers(one_partition_bro
         assert sum(broker.admin.lag("work").values()) == 0
     finally:
         first.close()
+        second.close()
+
+
+def test_a_consumer_that_could_not_leave_is_replaced_at_once_by_the_next_one(kafka_share_broker, monkeypatch):
+    # Given a consumer that holds every partition of a three-partition queue
+    broker = kafka_share_broker
+    broker.declare_queue("work")
+    first = broker.consume("work", prefetch=1, timeout=100)
+    deadline = time.monotonic() + 20
+    while len(first.state.assigned) < 3 and time.monotonic() < deadline:
+        next(first)
+    assert len(first.state.assigned) == 3
+
+    # When it closes without leaving its group (Kafka did not answer), and the worker makes another
+    def unanswered() -> None:
+        raise KafkaConnectionError("no answer")
+
+    monkeypatch.setattr(first.membership, "leave", unanswered)
+    first.close()
+    second = broker.consume("work", prefetch=1, timeout=100)
+    try:
+        # Then the new one joins as the same member and gets every partition at once, instead of sharing
+        # them with a departed member until its session times out (45 s)
+        assert second.member_id == first.member_id
+        deadline = time.monotonic() + 10
+        while len(second.state.assigned) < 3 and time.monotonic() < deadline:
+            next(second)
+        assert len(second.state.assigned) == 3
+    finally:
         second.close()
