@@ -12,6 +12,7 @@ not lose its record to another member.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import uuid
@@ -48,6 +49,10 @@ if TYPE_CHECKING:
 
 #: Longest wait of one ShareFetch for records, in milliseconds, so that acks go out promptly while idle.
 POLL_SLICE_MS = 50
+#: Share of the prefetch that must be free before the consumer fetches again (unless it holds nothing).
+FETCH_WHEN_FREE = 0.25
+#: Longest an acknowledgement waits for a fetch to carry it before a ShareAcknowledge of its own, in ms.
+ACK_LINGER_MS = 20
 #: Most deliveries of one record this consumer runs; the one after it is moved to the failed-message topic
 #: (the group's ``share.delivery.count.limit`` is set above it where the app may).
 DELIVERY_LIMIT = 5
@@ -119,6 +124,10 @@ class _KafkaShareConsumer(Consumer):
         self._topic_id: Any = None
         self._lock_ms = DEFAULT_LOCK_MS
         self._closed = False
+        # Fetch once this many messages may be taken (or nothing is held): fewer, fuller fetches, each
+        # carrying the acknowledgements gathered meanwhile, while the worker's queue still has work.
+        self._fetch_at = max(1, math.ceil(self.prefetch * FETCH_WHEN_FREE))
+        self._acks_owed_since: float | None = None
         self.config = _prepare(broker, self.group)
         self.net = ShareClient(broker.clients, broker.send_timeout_ms)
         with _lock:
@@ -164,6 +173,7 @@ class _KafkaShareConsumer(Consumer):
         deadline = time.monotonic() + self.timeout / 1000
         try:
             while True:
+                self._wake.clear()  # (before draining: an outcome queued from here on wakes the wait below)
                 self._drain_outcomes()
                 if self.membership.heartbeat_due():
                     self._heartbeat()
@@ -173,19 +183,15 @@ class _KafkaShareConsumer(Consumer):
                     return message
                 remaining_ms = int((deadline - time.monotonic()) * 1000)
                 room = self.prefetch - self.state.outstanding()
-                if room > 0 and self.state.wanted():
+                if room > 0 and self.state.wanted() and (room >= self._fetch_at or room == self.prefetch):
                     self._fetch(room, max(0, min(POLL_SLICE_MS, remaining_ms)))
                     if self.state.buffered():
                         continue
-                elif self.state.has_acks():
+                elif self._acks_due(final=remaining_ms <= 0):
                     self._acknowledge()
                 elif remaining_ms > 0:
                     self._wake.wait(min(POLL_SLICE_MS, remaining_ms) / 1000)
-                    self._wake.clear()
-                if remaining_ms <= 0 and not self.state.buffered():
-                    self._drain_outcomes()
-                    if self.state.has_acks():
-                        self._acknowledge()
+                if remaining_ms <= 0:
                     return None
         except KafkaError as e:
             raise KafkaConnectionError(
@@ -265,6 +271,7 @@ class _KafkaShareConsumer(Consumer):
         if not requests:
             return
         self._flush_if_unconfirmed(sent_acks)
+        self._acks_owed_since = None if not self.state.has_acks() else self._acks_owed_since
         answers = self._send(requests, sent_acks, self.broker.send_timeout_ms + wait_ms)
         now = time.monotonic()
         for leader, answer in answers.items():
@@ -289,7 +296,7 @@ class _KafkaShareConsumer(Consumer):
             return
         acquired = acquired_ranges(data)
         if acquired:
-            self.state.take(tp, acquired, records_by_offset(data.records), self._message_of, now)
+            self.state.take(tp, acquired, records_by_offset(data.records, acquired), self._message_of, now)
 
     def _message_of(self, tp: TopicPartition, record: Any, delivery_count: int) -> _ShareMessageProxy | None:
         """The message of an acquired record, or None for one moved to the failed-message topic (accepted
@@ -325,8 +332,18 @@ class _KafkaShareConsumer(Consumer):
                 message, kind = self._outcomes.get_nowait()
             except Empty:
                 return
-            if message.consumer is self:
-                self.state.acknowledge(message.partition, message.offset, kind)
+            owed = message.consumer is self and self.state.acknowledge(
+                message.partition, message.offset, kind
+            )
+            if owed and self._acks_owed_since is None:
+                self._acks_owed_since = time.monotonic()
+
+    def _acks_due(self, *, final: bool) -> bool:
+        """Whether the acknowledgements owed should go out on their own now."""
+        if not self.state.has_acks():
+            return False
+        since = self._acks_owed_since
+        return final or since is None or (time.monotonic() - since) * 1000 >= ACK_LINGER_MS
 
     def _acknowledge(self, *, close: bool = False) -> None:
         """A ShareAcknowledge to each leader with acknowledgements owed (to every open session when
@@ -346,6 +363,7 @@ class _KafkaShareConsumer(Consumer):
         if not requests:
             return
         self._flush_if_unconfirmed(sent_acks)
+        self._acks_owed_since = None if not self.state.has_acks() else self._acks_owed_since
         for leader, answer in self._send(requests, sent_acks, self.broker.send_timeout_ms).items():
             if self._session_answered(leader, answer):
                 for topic in answer.responses:

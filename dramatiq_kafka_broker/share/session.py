@@ -21,6 +21,10 @@ from .state import AckBatch, AcquiredRange
 
 #: The epoch that opens a session, and the one that closes it.
 OPEN, CLOSE = 0, -1
+#: Most bytes one ShareFetch asks for: the leader sends the log from the group's position on, of which only
+#: ``max_records`` are acquired, so asking for everything would ship (and parse) far more than is taken.
+#: At least one record batch comes whatever its size (KIP-74).
+MAX_FETCH_BYTES = 1 << 20
 #: The largest epoch; the next one after it is 1 (the protocol's int32 wraps past 0, which opens).
 _MAX_EPOCH = 2**31 - 1
 
@@ -89,7 +93,7 @@ def fetch_request(
         share_session_epoch=session.epoch,
         max_wait_ms=max_wait_ms,
         min_bytes=1,
-        max_bytes=2**31 - 1,
+        max_bytes=MAX_FETCH_BYTES,
         max_records=max_records,
         batch_size=max_records,
         share_acquire_mode=1,  # record-limit: never acquire more than max_records (our prefetch)
@@ -139,14 +143,20 @@ def acquired_ranges(partition_data: Any) -> list[AcquiredRange]:
     ]
 
 
-def records_by_offset(data: bytes | None) -> dict[int, Any]:
-    """The data records of a ShareFetch answer's record batches, by offset (control records left out)."""
+def records_by_offset(data: bytes | None, acquired: list[AcquiredRange]) -> dict[int, Any]:
+    """The data records of a ShareFetch answer's record batches that fall in the ``acquired`` ranges, by
+    offset (control records left out).  A batch with none of them is not decoded: the batches carry the
+    records other members acquired too."""
     found: dict[int, Any] = {}
-    if not data:
+    if not data or not acquired:
         return found
     for batch in MemoryRecords(data):
         if getattr(batch, "is_control_batch", False):
             continue
+        first, last = batch.base_offset, getattr(batch, "last_offset", None)
+        if last is not None and not any(a.first_offset <= last and first <= a.last_offset for a in acquired):
+            continue
         for record in batch:
-            found[record.offset] = record
+            if any(a.first_offset <= record.offset <= a.last_offset for a in acquired):
+                found[record.offset] = record
     return found

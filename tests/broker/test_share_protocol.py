@@ -24,6 +24,7 @@ import pytest
 from kafka import KafkaProducer
 from kafka.admin import AlterConfigOp, ConfigResource, ConfigResourceType
 from kafka.protocol.api_header import ResponseClassRegistry
+from kafka.record import MemoryRecords
 
 from dramatiq_kafka_broker import KafkaBroker
 from dramatiq_kafka_broker.share import protocol
@@ -208,9 +209,10 @@ class _Member:
         for topic in answer.responses:
             for data in topic.partitions:
                 assert data.error_code == 0 and data.acknowledge_error_code == 0, data
-                records = records_by_offset(data.records)
-                fetched += len(records)
-                for first, last, count in acquired_ranges(data):
+                ranges = acquired_ranges(data)
+                records = records_by_offset(data.records, ranges)
+                fetched += _records_sent(data.records)
+                for first, last, count in ranges:
                     acquired += [(data.partition_index, o, count) for o in range(first, last + 1)]
                     assert all(o in records for o in range(first, last + 1))
         return sorted(acquired), fetched
@@ -245,6 +247,11 @@ class _Member:
             self.membership.leave()
         finally:
             self.net.close()
+
+
+def _records_sent(data: bytes | None) -> int:
+    """How many records the answer's batches carried, acquired or not."""
+    return sum(1 for batch in MemoryRecords(data) for _ in batch) if data else 0
 
 
 def _acks(topic: str, records: list[tuple[int, int, int]], kind: int) -> dict[Any, list[AckBatch]]:
