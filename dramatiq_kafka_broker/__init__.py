@@ -24,7 +24,11 @@ The modules, by what they hold:
   and their replay;
 * :mod:`.deadletters`: the failed-message records; :mod:`.clients`: the kafka-python clients;
 * :mod:`.errors`: the error tree; :mod:`.metrics`: the delivery-error counter of ``confirm_delivery=False``;
-* :mod:`.compat`: every private kafka-python and Dramatiq name we use.
+* :mod:`.compat`: every private kafka-python and Dramatiq name we use;
+* :mod:`.share`: share groups (KIP-932, ``KafkaBroker(group_type="share")``): the messages kafka-python
+  lacks (:mod:`.share.protocol`), the share consumer (:mod:`.share.consumer`, its membership, sessions and
+  bookkeeping in :mod:`.share.membership`, :mod:`.share.session`, :mod:`.share.state`), the group's
+  set-up (:mod:`.share.admin`) and its offsets and lag (:mod:`.share.offsets`).
 """
 
 from .admin import KafkaAdmin, PartitionGrowth
