@@ -62,37 +62,46 @@ class ShareClient:
         Raises:
           KafkaConnectionError: If it could not be sent or was not answered in time.
         """
-        return self.call_many({node_id: request}, timeout_ms)[node_id]
+        answer = self.call_many({node_id: request}, timeout_ms)[node_id]
+        if isinstance(answer, KafkaConnectionError):
+            raise answer
+        return answer
 
     def call_many(self, requests: Mapping[int, Any], timeout_ms: int | None = None) -> dict[int, Any]:
-        """Send one request to each of several nodes at once and return the answers, by node.
-
-        Raises:
-          KafkaConnectionError: If one could not be sent or was not answered in time (the others' answers
-            are lost: the caller treats all as failed).
-        """
+        """Send one request to each of several nodes at once; the answers by node, where a node that could
+        not be reached (it is backing off after a failed connection) or did not answer in time has a
+        :class:`KafkaConnectionError` instead (returned, not raised: the other nodes' answers stand)."""
         timeout_ms = self.timeout_ms if timeout_ms is None else timeout_ms
         deadline = time.monotonic() + timeout_ms / 1000
-        futures = {}
-        for node_id, request in requests.items():
-            # (connects first when needed: a request sent to a node not connected yet fails at once)
-            remaining = max(1, int((deadline - time.monotonic()) * 1000))
+        waiting, futures, results = dict(requests), {}, {}
+        for node_id in list(waiting):
             try:
-                self._net.await_ready(node_id, timeout_ms=remaining)
-            except KafkaError as e:
-                raise KafkaConnectionError(f"node {node_id}: {e}") from None
-            futures[node_id] = self._net.send(node_id, request)
-        while not all(f.is_done for f in futures.values()):
+                self._net.maybe_connect(node_id)
+            except KafkaError as e:  # (a node the metadata no longer has)
+                waiting.pop(node_id)
+                results[node_id] = KafkaConnectionError(f"node {node_id}: {e}")
+        while True:
+            for node_id in list(waiting):
+                if self._net.is_ready(node_id):
+                    futures[node_id] = self._net.send(node_id, waiting.pop(node_id))
+                elif self._net.connection_delay(node_id) > 0:
+                    waiting.pop(node_id)
+                    results[node_id] = KafkaConnectionError(f"node {node_id} cannot be reached")
+            for node_id, future in list(futures.items()):
+                if future.is_done:
+                    del futures[node_id]
+                    failed = KafkaConnectionError(f"node {node_id}: {future.exception}")
+                    results[node_id] = future.value if future.succeeded() else failed
             remaining = int((deadline - time.monotonic()) * 1000)
+            if not (waiting or futures):
+                return results
             if remaining <= 0:
-                raise KafkaConnectionError(f"no answer from nodes {sorted(futures)} in {timeout_ms} ms")
+                for node_id in [*waiting, *futures]:
+                    results[node_id] = KafkaConnectionError(
+                        f"no answer from node {node_id} in {timeout_ms} ms"
+                    )
+                return results
             self._net.poll(timeout_ms=min(remaining, _POLL_SLICE_MS))
-        answers = {}
-        for node_id, future in futures.items():
-            if future.failed():
-                raise KafkaConnectionError(f"node {node_id}: {future.exception}")
-            answers[node_id] = future.value
-        return answers
 
     def any_node(self) -> int:
         """A node to ask about the cluster.

@@ -412,16 +412,28 @@ class _KafkaShareConsumer(Consumer):
     def _send(
         self, requests: dict[int, Any], acks: dict[int, dict[TopicPartition, list[AckBatch]]], timeout_ms: int
     ) -> dict[int, Any]:
-        """Send requests of the sessions, one per leader; when that fails, the sessions are opened anew (the
-        leaders' epochs are unknown now) and the acknowledgements sent with them are owed again."""
-        try:
-            return self.net.call_many(requests, timeout_ms)
-        except KafkaConnectionError:
-            for leader in requests:
-                self.state.acks_failed(acks.get(leader, {}))
-                self.state.drop(self._sessions[leader].reset())
+        """Send requests of the sessions, one per leader, and return the answers that came.
+
+        A leader that could not be reached or did not answer loses its session (its epoch is unknown now):
+        what was held or owed of its partitions is Kafka's to deliver again, and the leaders are looked up
+        again.  The other leaders' sessions go on.
+
+        Raises:
+          KafkaConnectionError: If no leader answered (Kafka is away: the worker makes a new consumer).
+        """
+        answers = self.net.call_many(requests, timeout_ms)
+        failed = {
+            leader: error for leader, error in answers.items() if isinstance(error, KafkaConnectionError)
+        }
+        for leader, error in failed.items():
+            self.logger.warning("Share session of %s with node %d lost: %s", self.group, leader, error)
+            self.state.drop(self._sessions[leader].reset())
+            del answers[leader]
+        if failed:
             self._leaders.clear()
-            raise
+            if not answers:
+                raise next(iter(failed.values()))
+        return answers
 
     def _session_answered(self, leader: int, answer: Any) -> bool:
         """Take a session's answer: False when the request failed as a whole (the session is reset)."""

@@ -414,3 +414,24 @@ def test_a_renewed_lock_keeps_the_record_from_other_members(members, share_group
     assert stolen == []
     answer = first.acknowledge(_acks(topic, got, ACCEPT))
     assert all(p.error_code == 0 for t in answer.responses for p in t.partitions)
+
+
+def test_a_node_that_cannot_be_reached_fails_alone(kafka_broker):
+    # Given the share consumer's client, and a request for a node that answers and one that does not exist
+    from kafka.protocol.metadata import MetadataRequest
+
+    from dramatiq_kafka_broker import KafkaConnectionError
+
+    net = ShareClient(kafka_broker.clients, 5_000)
+    try:
+        node = net.any_node()
+        request = MetadataRequest(topics=[], min_version=10)
+        # When both are sent at once
+        answers = net.call_many({node: request, 4242: request})
+        # Then the node that exists answered, and the other's failure is returned, not raised
+        assert answers[node].brokers
+        assert isinstance(answers[4242], KafkaConnectionError)
+        with pytest.raises(KafkaConnectionError):
+            net.call(4242, request)
+    finally:
+        net.close()
