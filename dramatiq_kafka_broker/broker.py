@@ -129,10 +129,10 @@ class KafkaBroker(Broker):
         super().__init__(middleware=middleware)
         if isinstance(bootstrap_servers, str):
             bootstrap_servers = [s.strip() for s in bootstrap_servers.split(",") if s.strip()]
-        #: How topics and groups are named, and the topics this broker creates: the one owner of those values.
         if group_type not in ("classic", "share"):
             raise ValueError(f"group_type must be 'classic' or 'share', not {group_type!r}")
         self.group_type = group_type
+        #: How topics and groups are named, and the topics this broker creates: the one owner of those values.
         self.layout = (ShareTopicLayout if group_type == "share" else TopicLayout)(
             topic_prefix=topic_prefix,
             group_id=group_id,

@@ -62,6 +62,11 @@ def test_a_queue_mode_broker_uses_a_share_group_of_its_own_and_a_classic_delay_q
         delayed.close()
 
 
+def test_a_group_type_that_is_neither_classic_nor_share_is_refused():
+    with pytest.raises(ValueError, match="group_type must be 'classic' or 'share'"):
+        KafkaBroker(group_type="queue")
+
+
 def test_two_consumers_share_one_partition(one_partition_broker):
     # Given a queue of one partition with 20 messages, and two consumers that each hold at most 2
     broker = one_partition_broker
