@@ -349,3 +349,16 @@ def test_a_redelivered_chunk_keeps_its_records_once(db, web_client, web_broker, 
     # Then
     assert sql("SELECT row, data, raw FROM invalid_records") == [(1, {"name": "Ann", "age": "x"}, None)]
     assert sql("SELECT header FROM invalid_record_headers") == [(["name", "age"],)]
+
+
+def test_a_record_holding_nul_is_kept_with_it_spelled_as_an_escape(db, web_client, web_broker, actors):
+    # Given a CSV row and an NDJSON line holding NUL, which PostgreSQL cannot store
+    csv_batch = upload(web_client, b"name,age\r\nA\x00n,3\r\n", CSV)
+    ndjson_batch = upload(web_client, b'{"name": "A\\u0000n", "age": 3}\n', NDJSON)
+    run_worker(web_broker, actors)
+    # When
+    rows = read_csv(web_client.get(f"/api/batches/{csv_batch}/invalid.csv").text)
+    [line] = web_client.get(f"/api/batches/{ndjson_batch}/invalid.ndjson").text.splitlines()
+    # Then both are listed, the NUL written as the six characters \u0000
+    assert rows[1][0] == "1" and rows[1][2:] == ["A\\u0000n", "3"]
+    assert json.loads(line)["_raw"] == '{"name": "A\\u0000n", "age": 3}'
