@@ -9,13 +9,14 @@ import json
 from typing import Any
 from urllib.parse import quote
 
+import anyio
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.hostile.conftest import check_answer
 from tests.web_support import enqueued, make_client
-from web import invalid_file
+from web import invalid_file, invalid_rows
 from web.ids import IdSigner
 
 pytestmark = pytest.mark.postgres
@@ -159,3 +160,70 @@ def test_hostile_cells_are_defused_in_the_file_and_read_back_as_they_were(db, ac
     assert [[invalid_file.unescape_cell(cell) for cell in line[2:]] for line in got[1:]] == [
         [a, "x", b] for a, b in rows
     ]
+
+
+def call_app(app: Any, path: str) -> tuple[int, list[bytes]]:
+    """GET ``path`` on the ASGI app; the status and each piece of the body as the app sent it (TestClient
+    would join them)."""
+    status, pieces, asked = 0, [], []
+
+    async def receive() -> dict[str, Any]:
+        if not asked:
+            asked.append(True)
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await anyio.sleep(3600)  # the client stays until the body ends
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        elif message["type"] == "http.response.body" and message.get("body"):
+            pieces.append(message["body"])
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [],
+        "client": ("127.0.0.1", 1234),
+        "server": ("testserver", 80),
+    }
+    anyio.run(app, scope, receive, send)
+    return status, pieces
+
+
+def test_a_huge_batchs_file_is_sent_in_pieces_of_one_page_each(db, sql):
+    # Given a registered NDJSON batch of 30,000 invalid records, kept
+    batch_id = test_signer.new_batch_id()
+    rows = 30_000
+    sql("INSERT INTO batches (id, count, source) VALUES (%s, %s, 'ndjson')", batch_id, rows)
+    sql(
+        "INSERT INTO submissions (id, batch_id, row, status, errors) "
+        "SELECT %s || '.' || n, %s, n, 'invalid', '[]' FROM generate_series(1, %s) AS n",
+        batch_id,
+        batch_id,
+        rows,
+    )
+    sql(
+        "INSERT INTO invalid_records (id, batch_id, row, data) SELECT %s || '.' || n, %s, n, "
+        "jsonb_build_object('name', repeat('x', 50), 'age', n) FROM generate_series(1, %s) AS n",
+        batch_id,
+        batch_id,
+        rows,
+    )
+    # When
+    with make_client() as client:
+        status, pieces = call_app(client.app, f"/api/batches/{batch_id}/invalid.ndjson")
+    # Then every record came, one piece per page of rows: never the whole file at once
+    assert status == 200
+    lines = b"".join(pieces).decode().splitlines()
+    assert len(lines) == rows and json.loads(lines[-1])["_row"] == rows
+    assert len(pieces) == rows // invalid_rows.PAGE_ROWS
+    assert max(len(piece) for piece in pieces) < len(b"".join(pieces)) / 10
