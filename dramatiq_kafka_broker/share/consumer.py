@@ -187,9 +187,9 @@ class _KafkaShareConsumer(Consumer):
                     self._fetch(room, max(0, min(POLL_SLICE_MS, remaining_ms)))
                     if self.state.buffered():
                         continue
-                elif self._acks_due(final=remaining_ms <= 0):
-                    self._acknowledge()
-                elif remaining_ms > 0:
+                elif (
+                    not (self._acks_due(final=remaining_ms <= 0) and self._acknowledge()) and remaining_ms > 0
+                ):
                     self._wake.wait(min(POLL_SLICE_MS, remaining_ms) / 1000)
                 if remaining_ms <= 0:
                     return None
@@ -272,7 +272,7 @@ class _KafkaShareConsumer(Consumer):
             return
         self._flush_if_unconfirmed(sent_acks)
         self._acks_owed_since = None if not self.state.has_acks() else self._acks_owed_since
-        answers = self._send(requests, sent_acks, self.broker.send_timeout_ms + wait_ms)
+        answers = self._send(requests, self.broker.send_timeout_ms + wait_ms)
         now = time.monotonic()
         for leader, answer in answers.items():
             if not self._session_answered(leader, answer):
@@ -345,9 +345,9 @@ class _KafkaShareConsumer(Consumer):
         since = self._acks_owed_since
         return final or since is None or (time.monotonic() - since) * 1000 >= ACK_LINGER_MS
 
-    def _acknowledge(self, *, close: bool = False) -> None:
+    def _acknowledge(self, *, close: bool = False) -> bool:
         """A ShareAcknowledge to each leader with acknowledgements owed (to every open session when
-        closing, which closes it)."""
+        closing, which closes it); False when there was none to send."""
         requests, sent_acks = {}, {}
         for leader, session in self._sessions.items():
             if not session.open:
@@ -361,10 +361,10 @@ class _KafkaShareConsumer(Consumer):
                 group=self.group, member_id=self.member_id, epoch=epoch, topic_id=self._topic_id, acks=acks
             )
         if not requests:
-            return
+            return False
         self._flush_if_unconfirmed(sent_acks)
         self._acks_owed_since = None if not self.state.has_acks() else self._acks_owed_since
-        for leader, answer in self._send(requests, sent_acks, self.broker.send_timeout_ms).items():
+        for leader, answer in self._send(requests, self.broker.send_timeout_ms).items():
             if self._session_answered(leader, answer):
                 for topic in answer.responses:
                     for data in topic.partitions:
@@ -374,6 +374,7 @@ class _KafkaShareConsumer(Consumer):
                                 data.error_code,
                                 data.error_message,
                             )
+        return True
 
     def _renew_locks(self) -> None:
         """Renew the locks of the records held for more than half a lock's duration (Kafka 4.3's RENEW)."""
@@ -398,7 +399,7 @@ class _KafkaShareConsumer(Consumer):
                 )
         if not requests:
             return
-        for leader, answer in self._send(requests, {}, self.broker.send_timeout_ms).items():
+        for leader, answer in self._send(requests, self.broker.send_timeout_ms).items():
             if self._session_answered(leader, answer):
                 self.state.renewed(renewals[leader], now)
 
@@ -409,9 +410,7 @@ class _KafkaShareConsumer(Consumer):
             self.broker.clients.flush_producer(self.broker.send_timeout_ms / 1000)
 
     # -- answers ---------------------------------------------------------------------------------------------
-    def _send(
-        self, requests: dict[int, Any], acks: dict[int, dict[TopicPartition, list[AckBatch]]], timeout_ms: int
-    ) -> dict[int, Any]:
+    def _send(self, requests: dict[int, Any], timeout_ms: int) -> dict[int, Any]:
         """Send requests of the sessions, one per leader, and return the answers that came.
 
         A leader that could not be reached or did not answer loses its session (its epoch is unknown now):

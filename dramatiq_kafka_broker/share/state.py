@@ -153,22 +153,14 @@ class ShareAssignment(Generic[M]):
         return any(self._acks.values())
 
     def collect_acks(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, list[AckBatch]]:
-        """The acknowledgements owed for ``partitions``, as batches; they count as sent from now on (give
-        them back with :meth:`acks_failed` if the request fails in a way worth retrying)."""
+        """The acknowledgements owed for ``partitions``, as batches; they count as sent from now on (a
+        request that fails loses its session, and with it the records those acknowledgements were for)."""
         collected = {}
         for tp in partitions:
             acks = self._acks.pop(tp, None)
             if acks:
                 collected[tp] = ack_batches(acks)
         return collected
-
-    def acks_failed(self, acks: Mapping[TopicPartition, list[AckBatch]]) -> None:
-        """Owe again acknowledgements whose request failed before Kafka took them."""
-        for tp, batches in acks.items():
-            owed = self._acks.setdefault(tp, {})
-            for first, last, kind in batches:
-                for offset in range(first, last + 1):
-                    owed.setdefault(offset, kind)
 
     def due_for_renewal(self, now: float, after_s: float) -> dict[TopicPartition, list[AckBatch]]:
         """RENEW batches for the held records whose lock was taken or renewed more than ``after_s`` ago."""

@@ -73,19 +73,6 @@ def test_an_outcome_is_owed_once_and_only_for_a_held_record():
     assert state.outstanding() == 1
 
 
-def test_acknowledgements_whose_request_failed_are_owed_again():
-    state: ShareAssignment[_Message] = ShareAssignment()
-    state.take(TP0, [AcquiredRange(0, 2, 1)], _records(0, 1, 2), _message_of, now=0.0)
-    for offset in (0, 1):
-        state.acknowledge(TP0, offset, ACCEPT)
-    sent = state.collect_acks([TP0])
-    assert not state.has_acks()
-    # When the request that carried them failed
-    state.acks_failed(sent)
-    # Then they are owed again
-    assert state.collect_acks([TP0]) == {TP0: [AckBatch(0, 1, ACCEPT)]}
-
-
 def test_closing_releases_what_was_fetched_and_not_handed_out():
     state: ShareAssignment[_Message] = ShareAssignment()
     state.take(TP0, [AcquiredRange(0, 3, 1)], _records(0, 1, 2, 3), _message_of, now=0.0)
