@@ -7,7 +7,9 @@ sent on is durable, ``nack`` accepts once the message is on the failed-message t
 shutdown release.  Kafka counts the deliveries of each record and archives -- drops, for us -- one past the
 group's ``share.delivery.count.limit``: the consumer moves a record to the failed-message topic itself on
 its last delivery instead, and renews the locks of the records it holds, so that a long-running actor does
-not lose its record to another member.
+not lose its record to another member.  Renewing takes Kafka 4.3 (ShareAcknowledge version 2); on 4.1 and
+4.2 an actor that runs longer than the lock has its message delivered again elsewhere meanwhile, and its
+ACCEPT is refused (logged).
 """
 
 from __future__ import annotations
@@ -228,9 +230,11 @@ class _KafkaShareConsumer(Consumer):
     def _heartbeat(self) -> None:
         assigned = self.membership.heartbeat(self._topic_id)
         if assigned is not None:
-            partitions = {TopicPartition(self.topic, p) for p in assigned}
-            self.logger.info("Share group %s assigned %s: %s", self.group, self.topic, sorted(assigned))
-            self.state.assign(partitions)
+            self.state.assign({TopicPartition(self.topic, p) for p in assigned})
+            if assigned:
+                self.logger.info("Share group %s assigned %s: %s", self.group, self.topic, assigned)
+            else:
+                self.logger.debug("Share group %s assigned this member no partition (yet).", self.group)
 
     def _refresh_leaders(self) -> None:
         leaders = self.net.topic_leaders(self.topic)
