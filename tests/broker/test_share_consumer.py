@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 from dramatiq.message import Message
 from kafka.admin import ConfigResource, ConfigResourceType
+from kafka.structs import TopicPartition
 
 from dramatiq_kafka_broker import KafkaBroker, KafkaConnectionError
 from dramatiq_kafka_broker.share.consumer import DELIVERY_LIMIT, _KafkaShareConsumer
@@ -70,11 +71,16 @@ def test_a_group_type_that_is_neither_classic_nor_share_is_refused():
 def test_two_consumers_share_one_partition(one_partition_broker):
     # Given a queue of one partition with 20 messages, and two consumers that each hold at most 2
     broker = one_partition_broker
-    _send(broker, 20)
     first = broker.consume("work", prefetch=2, timeout=100)
     second = broker.consume("work", prefetch=2, timeout=100)
     seen: dict[int, set[int]] = {0: set(), 1: set()}
     try:
+        # (both members assigned the partition before the messages come, or the first could take them all)
+        deadline = time.monotonic() + 20
+        while not (first.state.assigned and second.state.assigned) and time.monotonic() < deadline:
+            assert next(first) is None and next(second) is None
+        assert first.state.assigned == second.state.assigned == {TopicPartition(broker.topic_for("work"), 0)}
+        _send(broker, 20)
         # When both take turns, each acking what it got
         deadline = time.monotonic() + 30
         while len(seen[0] | seen[1]) < 20 and time.monotonic() < deadline:
