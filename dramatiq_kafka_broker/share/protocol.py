@@ -28,7 +28,7 @@ from typing import Any
 from .. import compat
 
 #: The share-group messages this package defines, each a request and a response in ``schemas/``.
-MESSAGES = ("ShareGroupHeartbeat", "ShareFetch", "ShareAcknowledge")
+MESSAGES = ("ShareGroupHeartbeat", "ShareFetch", "ShareAcknowledge", "DescribeShareGroupOffsets")
 #: The package whose files hold the JSON definitions.
 SCHEMAS_PACKAGE = f"{__package__}.schemas"
 
