@@ -86,7 +86,8 @@ class ShareMembership:
         self._next_at = time.monotonic() + (self.interval_s if self.has_partitions else JOINING_HEARTBEAT_S)
         code = answer.error_code
         if code in _COORDINATOR_MOVED:
-            self.logger.info("The coordinator of share group %s moved (error %d).", self.group, code)
+            # (asked again at each heartbeat until it settles: logged once it is found elsewhere)
+            self.logger.debug("The coordinator of share group %s is not ready (error %d).", self.group, code)
             self._find_coordinator()
             return None
         if code in _DROPPED:
@@ -125,7 +126,10 @@ class ShareMembership:
 
     def _find_coordinator(self) -> None:
         try:
-            self.coordinator = self.net.find_coordinator(self.group)
+            coordinator = self.net.find_coordinator(self.group)
+            if coordinator != self.coordinator:
+                self.logger.info("The coordinator of share group %s is node %d now.", self.group, coordinator)
+            self.coordinator = coordinator
         except KafkaError as e:
             self.logger.info("No coordinator for share group %s yet: %s", self.group, e)
         self._next_at = time.monotonic() + JOINING_HEARTBEAT_S
