@@ -113,3 +113,7 @@ def test_a_cluster_whose_share_groups_are_off_is_named_with_the_feature(tenant_b
     message = str(raised.value)
     assert "share.version is 0" in message
     assert "kafka-features.sh" in message and "KAFKA_GROUP_TYPE=classic" in message
+    # ...and a broker in share mode says so where the web's /readyz asks (without joining a group)
+    share_broker = tenant_broker_factory({"KAFKA_GROUP_TYPE": "share"})
+    with pytest.raises(share_admin.ShareGroupsUnavailable, match=r"share\.version is 0"):
+        share_broker.admin.ping()
