@@ -170,6 +170,26 @@ def send_to_group_coordinator(admin: KafkaAdminClient, group_id: str, request: A
     return admin._manager.run(call)
 
 
+def keep_response_class(cls: Any) -> None:
+    """Make ``cls`` the class kafka-python decodes the answers of its API key with.
+
+    kafka-python's registry holds one class per API key, by weak reference, and every response class built
+    registers itself there: a second class built for the same key (a test building one, say) takes the
+    key over, and once it is collected the answers of that key can no longer be decoded.
+    """
+    import weakref
+
+    from kafka.protocol.api_header import ResponseClassRegistry
+
+    current = ResponseClassRegistry._response_class_registry.get(cls.API_KEY)
+    try:
+        if current is not None and current == cls:
+            return
+    except ReferenceError:  # (the class registered last was collected)
+        pass
+    ResponseClassRegistry.register_response_class(weakref.proxy(cls))
+
+
 def share_network_client(options: dict[str, Any], timeout_ms: int) -> Any:
     """A kafka-python network client, bootstrapped, with no IO thread: the caller's thread drives it.
 

@@ -59,11 +59,14 @@ def request_class(name: str) -> Any:
 
 
 def response_class(name: str) -> Any:
-    """The response class of message ``name`` (one of :data:`MESSAGES`).
+    """The response class of message ``name`` (one of :data:`MESSAGES`), which kafka-python decodes the
+    answers of its API key with (registered again if another class took the key over).
 
     Raises:
       KeyError: If ``name`` is not one of :data:`MESSAGES`.
     """
     if name not in MESSAGES:
         raise KeyError(f"no share-group message {name!r}: add its schemas and list it in MESSAGES")
-    return _message_class(f"{name}Response")
+    cls = _message_class(f"{name}Response")
+    compat.keep_response_class(cls)
+    return cls

@@ -11,6 +11,7 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
 from dramatiq_kafka_broker import compat
+from dramatiq_kafka_broker.share import protocol
 
 #: Private names that are instance attributes, found on a client made against the real Kafka instead.
 _INSTANCE_ATTRIBUTES = {
@@ -203,6 +204,11 @@ def test_a_share_message_class_is_built_from_our_package_and_decodes_its_answers
 
     header = RequestHeader(request_api_key=78, request_api_version=1, correlation_id=1, client_id="t")
     assert ResponseClassRegistry.get_response_class(header).name == "ShareFetchResponse"
+    # ...until the share messages' own class takes its key back (this one is about to be collected)
+    ours = protocol.response_class("ShareFetch")
+    assert ours is not response
+    del response
+    assert ResponseClassRegistry.get_response_class(header) == ours[1]
 
 
 def test_the_share_network_client_is_bootstrapped_and_driven_by_its_callers_thread(kafka_bootstrap_servers):
