@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from pipeline.contract import OUTCOMES, Status
-from web.errors import ApiError
+from web.errors import InvalidCursor
 from web.reads import int_parameter, run_query
 
 #: Default and largest ``limit`` of ``GET /api/batches``.
@@ -60,12 +60,6 @@ ORDER BY b.created_at DESC, b.id DESC
 #: The keyset conditions of every page after the first (PostgreSQL compares the row values in index order).
 _AFTER_REGISTERED = "WHERE (created_at, id) < (%(at)s, %(id)s)"
 _AFTER_IN_FLIGHT = "AND (f.first_at, f.batch_id) < (%(at)s, %(id)s)"
-
-
-class InvalidCursor(ApiError):
-    """A ``cursor`` that is not one the API gave (400)."""
-
-    code = "invalid_cursor"
 
 
 def encode_cursor(created_at: datetime.datetime, batch_id: str) -> str:

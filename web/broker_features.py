@@ -9,12 +9,20 @@ raise :class:`Unknown`), and the Enqueuer sends one message at a time.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any, Protocol, runtime_checkable
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
+import anyio
+import anyio.to_thread
 import dramatiq
 
 from dramatiq_kafka_broker import FailedMessage, FailedRanges
+from web.errors import KafkaUnavailable
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class Unknown(Exception):
@@ -102,3 +110,33 @@ class BatchBroker(Protocol):
 
     def enqueue_many(self, messages: list[dramatiq.Message[Any]]) -> list[dramatiq.Message[Any]]:
         """Enqueue the messages and return once all of them are acknowledged."""
+
+
+async def ask_kafka(
+    call: Callable[[], T],
+    *,
+    what: str,
+    timeout: float | None,
+    retry_after: int,
+    passing: tuple[type[BaseException], ...] = (),
+) -> T:
+    """Run ``call`` (blocking calls of the broker's operations) in the thread pool, within ``timeout``
+    seconds (``None``: no limit, for a call that changes something and must not be left midway).
+
+    Raises:
+      KafkaUnavailable: 503 ``kafka_unavailable`` when Kafka does not answer in time or the call fails
+        (logged as on ``what``); exceptions of ``passing`` go through as they are.
+    """
+    try:
+        if timeout is None:
+            return await anyio.to_thread.run_sync(call)
+        with anyio.fail_after(timeout):
+            return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+    except passing:
+        raise
+    except TimeoutError:
+        logger.warning("%s: Kafka did not answer within %s s", what, timeout)
+        raise KafkaUnavailable("Kafka did not answer in time", retry_after=retry_after) from None
+    except Exception as exc:  # whatever the client library raises, the operator needs "Kafka is down"
+        logger.warning("%s: cannot reach Kafka: %s: %s", what, type(exc).__name__, exc)
+        raise KafkaUnavailable(f"cannot reach Kafka: {type(exc).__name__}", retry_after=retry_after) from None

@@ -6,9 +6,13 @@ Every error leaves the API as ``{"error": {"code": "<machine-readable>", "messag
      +-- Malformed               400  malformed_json | malformed_csv | malformed_multipart
      +-- InvalidParameter        400  invalid_parameter   (query string)
      +-- InvalidIdempotencyKey   400  invalid_idempotency_key
+     +-- InvalidCursor           400  invalid_cursor      (GET /api/batches)
+     +-- InvalidSnapshot         400  invalid_snapshot    (failed messages)
      +-- Unauthorized            401  unauthorized        (+ WWW-Authenticate: Bearer)
      +-- NotFound                404  not_found
+     |    +-- NoFailedTopic           no_failed_topic      (not a Kafka broker)
      +-- IdempotencyKeyInFlight  409  idempotency_key_in_flight (+ Retry-After)
+     +-- FailedMessagesMoved     409  failed_messages_changed
      +-- PayloadTooLarge         413  payload_too_large
      +-- UnsupportedMediaType    415  unsupported_media_type
      +-- InvalidBody             422  invalid_body
@@ -16,6 +20,7 @@ Every error leaves the API as ``{"error": {"code": "<machine-readable>", "messag
      +-- ServiceUnavailable      503
           +-- QueueUnavailable        queue_unavailable    (+ Retry-After)
           +-- DatabaseUnavailable     database_unavailable (+ Retry-After)
+          +-- KafkaUnavailable        kafka_unavailable    (+ Retry-After; Kafka's admin API)
 
 Starlette's own ``HTTPException`` (unknown route, wrong method) is rendered in the same shape; a client
 that hangs up mid-body gets a 400 nobody reads; anything else is a bug: logged with its traceback and
@@ -97,6 +102,32 @@ class NotFound(ApiError):
     code = "not_found"
 
 
+class NoFailedTopic(NotFound):
+    """The broker keeps no failed-message topic (Dramatiq's ``StubBroker``: not Kafka) (404)."""
+
+    code = "no_failed_topic"
+
+
+class InvalidCursor(ApiError):
+    """A ``cursor`` that is not one the API gave (400)."""
+
+    code = "invalid_cursor"
+
+
+class InvalidSnapshot(ApiError):
+    """The snapshot cannot be read, or names failed messages the topic does not hold (400)."""
+
+    status = 400
+    code = "invalid_snapshot"
+
+
+class FailedMessagesMoved(ApiError):
+    """Messages of the snapshot were replayed, purged or expired since it was listed (409)."""
+
+    status = 409
+    code = "failed_messages_changed"
+
+
 class IdempotencyKeyInFlight(ApiError):
     """Another request with this ``Idempotency-Key`` is being accepted; retry after ``retry_after`` (409)."""
 
@@ -155,6 +186,12 @@ class DatabaseUnavailable(ServiceUnavailable):
     """PostgreSQL cannot be reached (503)."""
 
     code = "database_unavailable"
+
+
+class KafkaUnavailable(ServiceUnavailable):
+    """Kafka's admin API did not answer in time, or cannot be reached (503)."""
+
+    code = "kafka_unavailable"
 
 
 def error_response(

@@ -52,8 +52,6 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import anyio
-import anyio.to_thread
 from dramatiq import Message
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -68,11 +66,16 @@ from dramatiq_kafka_broker import (
 )
 from pipeline.contract import PERSIST_USERS, PROCESS_USER, PROCESS_USERS, QUEUE, VALIDATE_USERS
 from web.bodies import ByteLimit, read_body
-from web.broker_features import BrokerOperations, Unknown, operations_of
-from web.errors import ApiError, InvalidBody, NotFound, UnsupportedMediaType
+from web.broker_features import BrokerOperations, Unknown, ask_kafka, operations_of
+from web.errors import (
+    FailedMessagesMoved,
+    InvalidBody,
+    InvalidSnapshot,
+    NoFailedTopic,
+    UnsupportedMediaType,
+)
 from web.parsing import parse_object
 from web.reads import int_parameter, retry_after
-from web.ui import KafkaUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -96,26 +99,6 @@ _MAX_PARTITION = 2**31 - 1
 # One replay or purge at a time in this process: a second with the same snapshot then finds it stale (409)
 # instead of replaying the same messages again.
 _ACTING = threading.Lock()
-
-
-class InvalidSnapshot(ApiError):
-    """The snapshot cannot be read, or names failed messages the topic does not hold (400)."""
-
-    status = 400
-    code = "invalid_snapshot"
-
-
-class FailedMessagesMoved(ApiError):
-    """Messages of the snapshot were replayed, purged or expired since it was listed (409)."""
-
-    status = 409
-    code = "failed_messages_changed"
-
-
-class NoFailedTopic(NotFound):
-    """The broker keeps no failed-message topic (Dramatiq's ``StubBroker``: not Kafka) (404)."""
-
-    code = "no_failed_topic"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,24 +217,19 @@ async def _ask(request: Request, call: Callable[[], T], *, timeout: float | None
     """Run a blocking call of the broker's operations in the thread pool; Kafka's and the snapshot's
     failures become their API errors.  ``timeout`` (seconds) only for calls that change nothing."""
     try:
-        if timeout is None:
-            return await anyio.to_thread.run_sync(call)
-        with anyio.fail_after(timeout):
-            return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+        return await ask_kafka(
+            call,
+            what="failed messages",
+            timeout=timeout,
+            retry_after=retry_after(request),
+            passing=(Unknown, FailedMessagesChanged, UnknownFailedMessages),
+        )
     except Unknown as exc:
         raise NoFailedTopic(f"{exc}: failed messages are kept only by the Kafka broker") from None
     except FailedMessagesChanged as exc:
         raise FailedMessagesMoved(f"{exc}; list them again") from None
     except UnknownFailedMessages as exc:
         raise InvalidSnapshot(f"the snapshot names failed messages the topic does not hold: {exc}") from None
-    except TimeoutError:
-        logger.warning("failed messages: Kafka did not answer within %s s", timeout)
-        raise KafkaUnavailable("Kafka did not answer in time", retry_after=retry_after(request)) from None
-    except Exception as exc:  # whatever the client library raises, the operator needs "Kafka is down"
-        logger.warning("failed messages: cannot reach Kafka: %s: %s", type(exc).__name__, exc)
-        raise KafkaUnavailable(
-            f"cannot reach Kafka: {type(exc).__name__}: {exc}", retry_after=retry_after(request)
-        ) from None
 
 
 async def list_failed(request: Request) -> Response:

@@ -21,8 +21,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import anyio
-import anyio.to_thread
 import dramatiq
 from dramatiq.common import dq_name
 from starlette.requests import Request
@@ -31,8 +29,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from pipeline.contract import QUEUE
-from web.broker_features import operations_of
-from web.errors import ServiceUnavailable
+from web.broker_features import ask_kafka, operations_of
 from web.reads import int_parameter, retry_after, run_query, user_json
 
 logger = logging.getLogger(__name__)
@@ -43,12 +40,6 @@ OVERVIEW_TIMEOUT_SECONDS = 5.0
 #: Default and largest ``limit`` of ``GET /api/users/newest``.
 NEWEST_DEFAULT_LIMIT = 10
 NEWEST_MAX_LIMIT = 100
-
-
-class KafkaUnavailable(ServiceUnavailable):
-    """Kafka's admin API did not answer the overview's questions in time (503)."""
-
-    code = "kafka_unavailable"
 
 
 async def index(request: Request) -> Response:
@@ -83,17 +74,12 @@ async def overview(request: Request) -> Response:
     work waiting for a worker.  503 ``kafka_unavailable`` when Kafka does not answer in time.
     """
     broker = request.app.state.broker
-    try:
-        with anyio.fail_after(OVERVIEW_TIMEOUT_SECONDS):
-            answer = await anyio.to_thread.run_sync(_inspect, broker, abandon_on_cancel=True)
-    except TimeoutError:
-        logger.warning("overview: Kafka did not answer within %s s", OVERVIEW_TIMEOUT_SECONDS)
-        raise KafkaUnavailable("Kafka did not answer in time", retry_after=retry_after(request)) from None
-    except Exception as exc:  # whatever the client library raises, the operator needs "Kafka is down"
-        logger.warning("overview: cannot inspect Kafka: %s: %s", type(exc).__name__, exc)
-        raise KafkaUnavailable(
-            f"cannot inspect Kafka: {type(exc).__name__}", retry_after=retry_after(request)
-        ) from None
+    answer = await ask_kafka(
+        lambda: _inspect(broker),
+        what="overview",
+        timeout=OVERVIEW_TIMEOUT_SECONDS,
+        retry_after=retry_after(request),
+    )
     return JSONResponse(answer)
 
 
